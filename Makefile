@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+WORKDIR ?= workdirs/demo
+
+.PHONY: install test demo fixtures bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The whole suite, slow tests included; -n 2 uses both cores of the CI machine.
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q --durations=15 tests
+
+# Reference fixtures from transformers/TRL, made in a separate venv with torch (never needed by `make test`).
+REFVENV ?= .refvenv
+fixtures:
+	test -x $(REFVENV)/bin/python || ($(PYTHON) -m venv $(REFVENV) && \
+	  $(REFVENV)/bin/pip install -q torch==2.13.0 && \
+	  $(REFVENV)/bin/pip install -q transformers trl safetensors sentencepiece tokenizers numpy)
+	for s in experiments/make_*_fixtures.py; do $(REFVENV)/bin/python $$s || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,225 @@
+"""Grain input pipelines: JSONL records -> tokens -> fixed-shape numpy batches.
+
+A data file has one JSON object per line, either
+
+  {"prompt": "...", "completion": "..."}        # completion optional (on-policy runs need none)
+  {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+
+A chat record's last message, when it is the assistant's, is the completion; the messages before it are
+rendered with the family's chat template (`gkd_jax.tokenizers.apply_chat_template`) into the prompt,
+ending with the opening of the assistant turn. Chat records need `chat_family`.
+
+Every batch is a dict of int32 numpy arrays, B = the per-process batch size:
+
+  prompt_tokens      [B,P]  LEFT-padded with pad_id (BOS first when the tokenizer has one)
+  prompt_mask        [B,P]  1 on real prompt tokens
+  completion_tokens  [B,C]  RIGHT-padded; the completion followed by its end token
+  completion_mask    [B,C]  1 on completion tokens and the end token; all 0 for a prompt-only record
+
+The end token is the tokenizer's EOS for plain records and the family's end-of-turn token for chat
+records (`completion_end_id`); a sampler should stop at the same id.
+
+Truncation policy: a prompt longer than P keeps its LAST P tokens (what the completion directly follows),
+with the BOS put back in front when it had one; it is never dropped. A completion plus its end token
+longer than C is cut to its first C tokens, so the end token is lost only when the completion itself is
+cut.
+
+Order and sharding: process `shard_index` of `shard_count` reads records shard_index, shard_index +
+shard_count, ... (disjoint; together they cover the file; with `even_shards` the last
+len % shard_count records are dropped so every process has the same number of batches). Each epoch of
+the shard is shuffled with a seed derived from (`seed`, epoch): the same seed gives the same batches.
+The iterator's position is `iterator.get_state()` / `set_state()`, and Grain's
+`grain.checkpoint.CheckpointSave/CheckpointRestore` store it with Orbax (see gkd_jax.checkpoints): a
+resumed run sees exactly the batches the uninterrupted run would have seen next.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional, Sequence
+
+from absl import flags
+import grain
+import jax
+import numpy as np
+
+from gkd_jax import tokenizers as tok_lib
+
+ROLES = ("system", "user", "assistant")
+
+
+def _record_error(path: str, lineno: int, message: str) -> ValueError:
+  return ValueError(f"{path}:{lineno}: {message}")
+
+
+def _validate_record(record, path: str, lineno: int) -> dict:
+  """Returns the record normalised to {"prompt", "completion"} or {"messages"}; raises on bad input."""
+  if not isinstance(record, dict):
+    raise _record_error(path, lineno, f"expected a JSON object, got {type(record).__name__}")
+  if "messages" in record:
+    messages = record["messages"]
+    if not isinstance(messages, list) or not messages:
+      raise _record_error(path, lineno, "'messages' must be a non-empty list of {role, content}")
+    for i, m in enumerate(messages):
+      if (not isinstance(m, dict) or m.get("role") not in ROLES or
+          not isinstance(m.get("content"), str)):
+        raise _record_error(path, lineno, f"messages[{i}] must be {{'role': one of {ROLES}, "
+                            f"'content': string}}, got {json.dumps(m)[:80]}")
+    if not any(m["role"] == "user" for m in messages):
+      raise _record_error(path, lineno, "'messages' has no user message")
+    return {"messages": messages}
+  if "prompt" not in record:
+    raise _record_error(path, lineno, "missing 'prompt' (records need 'prompt' and an optional "
+                        f"'completion', or chat 'messages'); keys: {sorted(record)}")
+  prompt, completion = record["prompt"], record.get("completion")
+  if not isinstance(prompt, str) or not prompt:
+    raise _record_error(path, lineno, f"'prompt' must be a non-empty string, got {prompt!r:.80}")
+  if completion is not None and not isinstance(completion, str):
+    raise _record_error(path, lineno, f"'completion' must be a string, got {completion!r:.80}")
+  return {"prompt": prompt, "completion": completion}
+
+
+def read_jsonl_records(path: str) -> list[dict]:
+  """Reads and validates every line of a JSONL file (blank lines skipped); errors name the line."""
+  records = []
+  with open(path) as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise _record_error(path, lineno, f"not valid JSON ({e.msg} at column {e.colno})") from None
+      records.append(_validate_record(record, path, lineno))
+  if not records:
+    raise ValueError(f"{path}: no records")
+  return records
+
+
+def completion_end_id(tokenizer, chat_family: Optional[str] = None) -> int:
+  """The id that ends a completion: the family's end-of-turn token for chat data, else EOS."""
+  if chat_family:
+    i = tokenizer.token_to_id(tok_lib.end_of_turn_token(chat_family))
+    if i is not None:
+      return i
+  return tokenizer.eos_id
+
+
+def record_text(record: dict, chat_family: Optional[str]) -> tuple[str, Optional[str]]:
+  """(prompt text, completion text or None) of a validated record."""
+  if "messages" not in record:
+    return record["prompt"], record["completion"]
+  if not chat_family:
+    raise ValueError("chat 'messages' records need a chat_family (gemma, llama3 or chatml)")
+  messages = record["messages"]
+  completion = None
+  if messages[-1]["role"] == "assistant":
+    completion = messages[-1]["content"]
+    messages = messages[:-1]
+  return tok_lib.apply_chat_template(messages, chat_family, add_generation_prompt=True), completion
+
+
+def truncate_prompt(ids: Sequence[int], max_len: int, bos_id: Optional[int]) -> list[int]:
+  """The last `max_len` tokens, with a leading BOS kept in front (see the module docstring)."""
+  ids = list(ids)
+  if len(ids) <= max_len:
+    return ids
+  if bos_id is not None and ids and ids[0] == bos_id:
+    return [bos_id] + ids[len(ids) - (max_len - 1):]
+  return ids[len(ids) - max_len:]
+
+
+class TokenizeAndPad(grain.transforms.Map):
+  """Record -> fixed-shape int32 arrays for one example (see the module docstring for the layout)."""
+
+  def __init__(self, tokenizer, max_prompt_len: int, max_completion_len: int,
+               chat_family: Optional[str] = None):
+    self.tokenizer = tokenizer
+    self.max_prompt_len = max_prompt_len
+    self.max_completion_len = max_completion_len
+    self.chat_family = chat_family
+    self.end_id = completion_end_id(tokenizer, chat_family)
+
+  def map(self, record: dict) -> dict:
+    tok, P, C = self.tokenizer, self.max_prompt_len, self.max_completion_len
+    prompt, completion = record_text(record, self.chat_family)
+    prompt_ids = truncate_prompt(tok.encode(prompt, add_bos=True), P, tok.bos_id)
+    prompt_tokens_P = np.full((P,), tok.pad_id, np.int32)
+    prompt_mask_P = np.zeros((P,), np.int32)
+    if prompt_ids:
+      prompt_tokens_P[P - len(prompt_ids):] = prompt_ids
+      prompt_mask_P[P - len(prompt_ids):] = 1
+    completion_tokens_C = np.full((C,), tok.pad_id, np.int32)
+    completion_mask_C = np.zeros((C,), np.int32)
+    if completion is not None:
+      completion_ids = (tok.encode(completion, add_bos=False) + [self.end_id])[:C]
+      completion_tokens_C[:len(completion_ids)] = completion_ids
+      completion_mask_C[:len(completion_ids)] = 1
+    return {"prompt_tokens": prompt_tokens_P, "prompt_mask": prompt_mask_P,
+            "completion_tokens": completion_tokens_C, "completion_mask": completion_mask_C}
+
+
+def make_dataset(records: Sequence[dict], tokenizer, *, batch_size: int, max_prompt_len: int,
+                 max_completion_len: int, seed: int = 0, shuffle: bool = True,
+                 num_epochs: Optional[int] = None, shard_index: Optional[int] = None,
+                 shard_count: Optional[int] = None, worker_count: int = 0,
+                 chat_family: Optional[str] = None, drop_remainder: bool = True,
+                 even_shards: bool = True) -> grain.IterDataset:
+  """The pipeline over in-memory records; `iter()` of the result yields batches (see make_loader)."""
+  shard_index = jax.process_index() if shard_index is None else shard_index
+  shard_count = jax.process_count() if shard_count is None else shard_count
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count})")
+  if batch_size <= 0:
+    raise ValueError(f"batch_size={batch_size} must be > 0")
+  if max_prompt_len < 2 or max_completion_len < 1:
+    raise ValueError(f"need max_prompt_len >= 2 and max_completion_len >= 1, got "
+                     f"{max_prompt_len}, {max_completion_len}")
+  if num_epochs is not None and num_epochs < 0:
+    num_epochs = None  # -1 in configs: repeat forever
+  if chat_family:
+    chat_family = tok_lib.chat_family(chat_family)
+  elif any("messages" in r for r in records):
+    raise ValueError("the data has chat 'messages' records: set data.chat_family "
+                     "(gemma, llama3 or chatml)")
+  records = list(records)
+  if even_shards and shard_count > 1:
+    records = records[:len(records) - len(records) % shard_count]
+  ds = grain.MapDataset.source(records)[shard_index::shard_count]
+  if len(ds) < batch_size and drop_remainder and num_epochs is not None:
+    raise ValueError(f"shard {shard_index}/{shard_count} has {len(ds)} records, fewer than one "
+                     f"batch of {batch_size}")
+  if shuffle:
+    ds = ds.shuffle(seed=seed)  # reshuffled every epoch by repeat() below
+  ds = ds.map(TokenizeAndPad(tokenizer, max_prompt_len, max_completion_len, chat_family))
+  if num_epochs != 1:
+    ds = ds.repeat(num_epochs)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  # Records are in memory: no reader threads (GIL contention), a small prefetch buffer.
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  if worker_count > 0:
+    # Grain's worker processes read absl flags; outside an absl app (tests, notebooks) nobody has
+    # parsed them yet, so mark the defaults as parsed.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return it_ds
+
+
+def make_loader(path: str, tokenizer, *, batch_size: int, max_prompt_len: int,
+                max_completion_len: int, seed: int = 0, shuffle: bool = True,
+                num_epochs: Optional[int] = None, shard_index: Optional[int] = None,
+                shard_count: Optional[int] = None, worker_count: int = 0,
+                chat_family: Optional[str] = None, drop_remainder: bool = True,
+                even_shards: bool = True) -> grain.IterDataset:
+  """A Grain pipeline over a JSONL file; `iter(make_loader(...))` yields per-process batches.
+
+  `batch_size` is per process (global batch / process count). `num_epochs` None or -1 repeats forever.
+  `shard_index`/`shard_count` default to jax.process_index()/process_count(). `worker_count` > 0 moves
+  tokenization into that many Grain worker processes (same batches, same order).
+  """
+  return make_dataset(read_jsonl_records(path), tokenizer, batch_size=batch_size,
+                      max_prompt_len=max_prompt_len, max_completion_len=max_completion_len,
+                      seed=seed, shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index,
+                      shard_count=shard_count, worker_count=worker_count, chat_family=chat_family,
+                      drop_remainder=drop_remainder, even_shards=even_shards)

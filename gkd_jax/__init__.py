@@ -1,3 +1,24 @@
 """gkd_jax: on-policy knowledge distillation of language models in JAX/Flax."""
 
 __version__ = "0.1.0"
+
+# Heavy submodules (jax, flax) load on first use: `import gkd_jax` stays cheap.
+_LAZY = {
+    "score": ("gkd_jax.scoring", "score"),
+    "sample": ("gkd_jax.sampling", "sample"),
+    "SampleOutput": ("gkd_jax.sampling", "SampleOutput"),
+}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    import importlib
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+  raise AttributeError(f"module 'gkd_jax' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY))

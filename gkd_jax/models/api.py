@@ -1,0 +1,114 @@
+"""The model contract: a hashable `Model` (architecture) plus a pure `params` pytree.
+
+    model = build(cfg, dtype=jnp.bfloat16)     # no arrays allocated
+    params = init(model, jax.random.key(0))    # nested dict of arrays, layout below
+    param_shapes(model)                        # same tree of jax.ShapeDtypeStruct
+    logical_axes(model)                        # same tree of PartitionSpec(logical names)
+    unembedding(model, params)                 # [D,V] (embed.T when tied)
+
+`Model` is a frozen dataclass (config + dtype) and so a valid static argument of `jax.jit`;
+`model.graphdef` is the NNX graph definition and `model.bind(params)` merges it with a params tree
+(do that inside `jit`: it is free at run time). The params tree (exactly `nnx.state(module,
+nnx.Param).to_pure_dict()`), with D=embed_dim, V=vocab, H/K=query/kv heads, Dh=head_dim, F=mlp_dim:
+
+    embed                      [V,D]     (vocab, embed)
+    lm_head                    [D,V]     (embed, vocab)          only when tie_embeddings=False
+    final_norm/scale           [D]       (embed,)
+    layers/{i}/attn_norm/scale [D]       layers is a dict keyed by int layer index 0..L-1
+    layers/{i}/attn/q          [D,H,Dh]  (embed, heads, head_dim)
+    layers/{i}/attn/k, v       [D,K,Dh]  (embed, kv_heads, head_dim)
+    layers/{i}/attn/o          [H,Dh,D]  (heads, head_dim, embed)
+    layers/{i}/attn/q_bias     [H,Dh]    k_bias/v_bias [K,Dh]    only when qkv_bias
+    layers/{i}/attn/q_norm/scale, k_norm/scale  [Dh]  (head_dim,) only when qk_norm
+    layers/{i}/post_attn_norm/scale [D]                          only when post_attn_norm
+    layers/{i}/mlp_norm/scale  [D]
+    layers/{i}/mlp/gate, up    [D,F]     (embed, mlp)
+    layers/{i}/mlp/down        [F,D]     (mlp, embed)
+    layers/{i}/post_mlp_norm/scale [D]                           only when post_mlp_norm
+
+Norm scales are stored as in HF checkpoints (Gemma: the `w` of x * (1 + w)). Matrices are stored
+input-major (x @ W), i.e. transposed relative to torch's nn.Linear weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import PartitionSpec
+
+from gkd_jax.models.config import ModelConfig
+from gkd_jax.models.decoder import Decoder
+
+Params = Any  # nested dict of arrays
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """Architecture (config) and parameter/activation dtype. Hashable: a `jax.jit` static arg."""
+
+  config: ModelConfig
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
+
+  @property
+  def graphdef(self):
+    return _abstract(self)[0]
+
+  def bind(self, params: Params) -> Decoder:
+    """The NNX `Decoder` holding `params` (call inside jit; shares the arrays, no copy)."""
+    return nnx.merge(self.graphdef, params)
+
+
+@functools.lru_cache(maxsize=64)
+def _abstract(model: Model):
+  module = nnx.eval_shape(lambda: Decoder(model.config, model.dtype, nnx.Rngs(0)))
+  graphdef, state = nnx.split(module, nnx.Param)
+  return graphdef, state
+
+
+def build(config: ModelConfig, dtype=jnp.float32) -> Model:
+  """A `Model` for `config` whose parameters and activations are `dtype`."""
+  if not isinstance(config, ModelConfig):
+    raise TypeError(f"build() needs a ModelConfig, got {type(config).__name__}")
+  return Model(config, dtype)
+
+
+def init(model: Model, rng: jax.Array) -> Params:
+  """Random parameters (normal(0, 0.02) matrices, HF-style norm init), a nested dict of arrays."""
+  @jax.jit
+  def _init(rng):
+    return nnx.state(Decoder(model.config, model.dtype, nnx.Rngs(params=rng)), nnx.Param)
+  return _init(rng).to_pure_dict()
+
+
+def param_shapes(model: Model) -> Params:
+  """The params tree with `jax.ShapeDtypeStruct` leaves."""
+  return _abstract(model)[1].to_pure_dict()
+
+
+def logical_axes(model: Model) -> Params:
+  """The params tree with `PartitionSpec(*logical axis names)` leaves."""
+  state = _abstract(model)[1]
+  specs = jax.tree.map(lambda v: PartitionSpec(*v.get_metadata()["out_sharding"]), state,
+                       is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.State(specs).to_pure_dict() if not isinstance(specs, dict) else specs
+
+
+def unembedding(model: Model, params: Params) -> jax.Array:
+  """[D,V] unembedding matrix (embed.T when embeddings are tied); logits = hidden @ it, then the
+  final soft-cap `model.config.final_logit_softcap` if set."""
+  if model.config.tie_embeddings:
+    return params["embed"].T
+  return params["lm_head"]
+
+
+def num_params(model: Model) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(param_shapes(model))))

@@ -1,0 +1,207 @@
+"""One decoder-only transformer in Flax NNX covering Gemma 2/3, Llama 3, Qwen 2/3.
+
+The modules are thin: every parameter is an `nnx.Param` whose `out_sharding` metadata holds its
+logical axis names (`eager_sharding=False`, so nothing is placed on a mesh at construction). The
+numerics follow transformers (the reference implementation) op by op:
+
+- RMSNorm is computed in float32. Gemma (`norm_scale_plus_one`) multiplies by (1 + w) in float32 and
+  casts back; Llama/Qwen cast the normalised input back to the activation dtype, then multiply by w.
+- Gemma scales embeddings by sqrt(embed_dim) cast to the activation dtype.
+- Attention logits are computed in float32, scaled by `query_pre_attn_scalar**-0.5` (or
+  head_dim**-0.5), soft-capped (c * tanh(x / c)) *before* masking, then masked and softmaxed in
+  float32; the probabilities are cast back to the activation dtype before multiplying by V.
+- Sliding-window layers see a key when 0 <= q_pos - k_pos < sliding_window.
+- Q/K norm (Qwen 3, Gemma 3) acts over head_dim after the projection and before RoPE.
+
+Cache-free: `Block.__call__` takes a `kv_fn` that decides what keys/values to attend over (the fresh
+ones for `score`, a KV cache for `sample`) so one code path serves scoring, prefill and decode.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gkd_jax.models import rope
+from gkd_jax.models.config import ModelConfig
+
+MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
+# kv_fn(k_BxKxTxH, v_BxKxTxH) -> (keys to attend over, values to attend over, anything to return)
+KVFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, object]]
+
+
+def _param(rngs: nnx.Rngs, shape, axes, dtype, init: str = "normal") -> nnx.Param:
+  if init == "normal":
+    value = 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
+  elif init == "ones":
+    value = jnp.ones(shape, jnp.float32)
+  else:
+    value = jnp.zeros(shape, jnp.float32)
+  return nnx.Param(value.astype(dtype), out_sharding=tuple(axes), eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm over the last axis; `plus_one` is Gemma's x * (1 + w) (weights stored as in HF)."""
+
+  def __init__(self, dim: int, axis_name: str, *, eps: float, plus_one: bool, dtype, rngs):
+    self.eps = eps
+    self.plus_one = plus_one
+    self.scale = _param(rngs, (dim,), (axis_name,), dtype, "zeros" if plus_one else "ones")
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    w = self.scale[...]
+    if self.plus_one:
+      return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
+    return w * y.astype(x.dtype)
+
+
+def softcap(x: jax.Array, cap: Optional[float]) -> jax.Array:
+  return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention. q: [D,H,Dh], k/v: [D,K,Dh], o: [H,Dh,D]."""
+
+  def __init__(self, cfg: ModelConfig, sliding: bool, dtype, rngs: nnx.Rngs):
+    D, H, K, Dh = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self.num_heads, self.num_kv_heads, self.head_dim = H, K, Dh
+    self.q = _param(rngs, (D, H, Dh), ("embed", "heads", "head_dim"), dtype)
+    self.k = _param(rngs, (D, K, Dh), ("embed", "kv_heads", "head_dim"), dtype)
+    self.v = _param(rngs, (D, K, Dh), ("embed", "kv_heads", "head_dim"), dtype)
+    self.o = _param(rngs, (H, Dh, D), ("heads", "head_dim", "embed"), dtype)
+    if cfg.qkv_bias:
+      self.q_bias = _param(rngs, (H, Dh), ("heads", "head_dim"), dtype, "zeros")
+      self.k_bias = _param(rngs, (K, Dh), ("kv_heads", "head_dim"), dtype, "zeros")
+      self.v_bias = _param(rngs, (K, Dh), ("kv_heads", "head_dim"), dtype, "zeros")
+    else:
+      self.q_bias = self.k_bias = self.v_bias = None
+    if cfg.qk_norm:
+      kw = dict(eps=cfg.norm_eps, plus_one=cfg.norm_scale_plus_one, dtype=dtype, rngs=rngs)
+      self.q_norm = RMSNorm(Dh, "head_dim", **kw)
+      self.k_norm = RMSNorm(Dh, "head_dim", **kw)
+    else:
+      self.q_norm = self.k_norm = None
+    scalar = cfg.query_pre_attn_scalar if cfg.query_pre_attn_scalar is not None else Dh
+    self.scale = float(scalar) ** -0.5
+    self.logit_cap = cfg.attn_logit_softcap
+
+  def _project(self, x, w, b, norm):
+    y = jnp.einsum("btd,dnh->bnth", x, w[...])
+    if b is not None:
+      y = y + b[...][None, :, None, :]
+    if norm is not None:
+      y = norm(y)
+    return y
+
+  def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv_fn: Optional[KVFn]):
+    q = rope.apply(self._project(x_BxTxD, self.q, self.q_bias, self.q_norm), cos, sin)
+    k = rope.apply(self._project(x_BxTxD, self.k, self.k_bias, self.k_norm), cos, sin)
+    v = self._project(x_BxTxD, self.v, self.v_bias, None)
+    extra = None
+    if kv_fn is not None:
+      k, v, extra = kv_fn(k, v)
+    B, H, T, Dh = q.shape
+    K = self.num_kv_heads
+    q = q.reshape(B, K, H // K, T, Dh)
+    logits = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+    logits = softcap(logits * self.scale, self.logit_cap)
+    logits = jnp.where(mask_BxTxS[:, None, None], logits, MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v).reshape(B, H, T, Dh)
+    return jnp.einsum("bnth,nhd->btd", out, self.o[...]), extra
+
+
+class MLP(nnx.Module):
+  """Gated MLP: down(act(gate(x)) * up(x)); silu -> SwiGLU, gelu_tanh -> GeGLU."""
+
+  def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs):
+    D, F = cfg.embed_dim, cfg.mlp_dim
+    self.gate = _param(rngs, (D, F), ("embed", "mlp"), dtype)
+    self.up = _param(rngs, (D, F), ("embed", "mlp"), dtype)
+    self.down = _param(rngs, (F, D), ("mlp", "embed"), dtype)
+    self.activation = cfg.activation
+
+  def __call__(self, x):
+    g = x @ self.gate[...]
+    g = jax.nn.silu(g) if self.activation == "silu" else jax.nn.gelu(g, approximate=True)
+    return (g * (x @ self.up[...])) @ self.down[...]
+
+
+class Block(nnx.Module):
+  """Pre-norm block, with Gemma's optional post-attention / post-MLP (sandwich) norms."""
+
+  def __init__(self, cfg: ModelConfig, sliding: bool, dtype, rngs: nnx.Rngs):
+    kw = dict(eps=cfg.norm_eps, plus_one=cfg.norm_scale_plus_one, dtype=dtype, rngs=rngs)
+    D = cfg.embed_dim
+    self.sliding = sliding
+    self.attn_norm = RMSNorm(D, "embed", **kw)
+    self.attn = Attention(cfg, sliding, dtype, rngs)
+    self.post_attn_norm = RMSNorm(D, "embed", **kw) if cfg.post_attn_norm else None
+    self.mlp_norm = RMSNorm(D, "embed", **kw)
+    self.mlp = MLP(cfg, dtype, rngs)
+    self.post_mlp_norm = RMSNorm(D, "embed", **kw) if cfg.post_mlp_norm else None
+
+  def __call__(self, x, cos, sin, mask, kv_fn: Optional[KVFn] = None):
+    h, extra = self.attn(self.attn_norm(x), cos, sin, mask, kv_fn)
+    if self.post_attn_norm is not None:
+      h = self.post_attn_norm(h)
+    x = x + h
+    h = self.mlp(self.mlp_norm(x))
+    if self.post_mlp_norm is not None:
+      h = self.post_mlp_norm(h)
+    return x + h, extra
+
+
+class Decoder(nnx.Module):
+  """Embedding -> blocks -> final norm -> (tied or untied) unembedding."""
+
+  def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.dtype = dtype
+    V, D = cfg.vocab_size, cfg.embed_dim
+    self.embed = _param(rngs, (V, D), ("vocab", "embed"), dtype)
+    self.layers = nnx.List([Block(cfg, s, dtype, rngs) for s in cfg.is_sliding])
+    self.final_norm = RMSNorm(D, "embed", eps=cfg.norm_eps, plus_one=cfg.norm_scale_plus_one,
+                              dtype=dtype, rngs=rngs)
+    self.lm_head = None if cfg.tie_embeddings else _param(rngs, (D, V), ("embed", "vocab"), dtype)
+
+  def embed_tokens(self, tokens_BxT):
+    x = jnp.take(self.embed[...], tokens_BxT, axis=0)
+    if self.cfg.scale_embeddings:
+      x = x * jnp.asarray(math.sqrt(self.cfg.embed_dim), dtype=x.dtype)
+    return x
+
+  def unembedding(self) -> jax.Array:
+    """[D,V] matrix mapping final-norm hidden states to logits (before the final soft-cap)."""
+    return self.embed[...].T if self.lm_head is None else self.lm_head[...]
+
+  def logits(self, hidden_BxTxD) -> jax.Array:
+    logits = jnp.einsum("btd,dv->btv", hidden_BxTxD, self.unembedding(),
+                        preferred_element_type=jnp.float32)
+    return softcap(logits, self.cfg.final_logit_softcap)
+
+  def __call__(self, tokens_BxT, positions_BxT, masks: dict, kv_fns=None):
+    """Final-norm hidden states [B,T,D] and the per-layer `kv_fn` results.
+
+    masks: {False: full-attention mask [B,T,S], True: sliding mask [B,T,S']} (bool, True = visible).
+    kv_fns: None or one `KVFn` per layer.
+    """
+    cfg = self.cfg
+    x = self.embed_tokens(tokens_BxT)
+    rot = {}
+    for sliding in sorted(set(cfg.is_sliding)):
+      rot[sliding] = rope.cos_sin(rope.inv_freq(cfg, sliding), positions_BxT, x.dtype)
+    extras = []
+    for i, layer in enumerate(self.layers):
+      s = cfg.is_sliding[i]
+      cos, sin = rot[s]
+      x, extra = layer(x, cos, sin, masks[s], None if kv_fns is None else kv_fns[i])
+      extras.append(extra)
+    return self.final_norm(x), extras

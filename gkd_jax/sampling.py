@@ -1,0 +1,211 @@
+"""sample(): autoregressive generation with a KV cache, one prefill and a compiled decode loop.
+
+Layout. Prompts may be padded anywhere (left, right, mixed); they are first left-aligned inside the
+jitted function (valid tokens moved to the end of the row, order kept), so every row's cache index
+and RoPE position differ by a per-row constant (its padding count). Generated token i of every row
+then sits at cache index P + i.
+
+KV cache. One [B, K, S, Dh] key and value buffer per layer (model dtype), heads-major so decode
+attention is a plain batched matmul. Full-attention layers have S = P + max_new_tokens. Sliding
+layers keep a ring buffer of S = min(sliding_window, P + max_new_tokens) slots: cache index i lives in
+slot i mod S and the slot's index is recomputed from the step (no bookkeeping array), so memory and
+per-token attention cost of sliding layers are bounded by the window. A key is visible when it is a
+real token (index >= the row's padding count) and, on sliding layers, q_pos - k_pos < window.
+
+Decode. The first token is sampled from the prefill logits; a `lax.while_loop` then feeds one token
+per iteration and stops as soon as every row has emitted an EOS (or max_new_tokens is reached). No
+host synchronisation happens inside; `sample` can be called under an outer `jax.jit` and a mesh.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gkd_jax.models.api import Model, Params
+from gkd_jax.scoring import attention_masks, positions_from_mask
+
+
+class SampleOutput(NamedTuple):
+  tokens: jax.Array  # [B,N] int32 generated tokens; pad_id after the first EOS
+  mask: jax.Array  # [B,N] int32, 1 up to and including the first EOS
+  logprobs: jax.Array  # [B,N] float32 log-prob under the sampling distribution; 0 where masked
+
+
+def sample(model: Model, params: Params, prompt_tokens, prompt_mask, rng, *, max_new_tokens: int,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           eos_id: Union[None, int, Sequence[int]] = None) -> SampleOutput:
+  """Generate `max_new_tokens` tokens after each prompt.
+
+  prompt_tokens, prompt_mask: [B,P] (mask 1 = real token; every row needs at least one).
+  temperature: 0 means greedy (argmax); otherwise logits / temperature, then top-k (0 = off), then
+    top-p (nucleus, 1.0 = off) over what is left, as in transformers. `temperature` and `top_p` may
+    be traced values; `max_new_tokens`, `top_k` and `eos_id` are static.
+  eos_id: one id or several (any of them ends a row); None uses `model.config.eos_id`; a row with no
+    EOS runs to max_new_tokens.
+  Returns SampleOutput(tokens, mask, logprobs): logprobs are the chosen token's log-probability
+  under the distribution actually sampled from (logits / temperature restricted to the top-k/top-p
+  set and renormalised; for temperature 0, log_softmax(logits)), 0 where mask is 0.
+  """
+  if int(max_new_tokens) < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+  if int(top_k) < 0 or int(top_k) > model.config.vocab_size:
+    raise ValueError(f"top_k={top_k} must be in [0, vocab_size={model.config.vocab_size}]")
+  if eos_id is None:
+    eos_id = model.config.eos_id
+  eos_ids = () if eos_id is None else tuple(int(e) for e in np.atleast_1d(eos_id))
+  static_t = isinstance(temperature, (int, float))
+  if static_t and temperature < 0:
+    raise ValueError(f"temperature={temperature} must be >= 0")
+  if isinstance(top_p, (int, float)) and not 0 < top_p <= 1:
+    raise ValueError(f"top_p={top_p} must be in (0, 1]")
+  greedy = static_t and temperature == 0
+  use_top_p = not (isinstance(top_p, (int, float)) and top_p >= 1.0)
+  return _sample(model, params, prompt_tokens, prompt_mask, rng, temperature, top_p,
+                 max_new_tokens=int(max_new_tokens), top_k=int(top_k), eos_ids=eos_ids,
+                 greedy=greedy, use_top_p=use_top_p)
+
+
+def choose_tokens(logits_BxV, rng, temperature, top_p, *, top_k: int, greedy: bool,
+                  use_top_p: bool) -> tuple[jax.Array, jax.Array]:
+  """One token per row from float32 logits, and its log-probability under the distribution it was
+  drawn from: softmax(logits) when greedy (temperature 0), else softmax of logits / temperature
+  restricted to the top-k / top-p set."""
+  def pick(logits, tok):
+    return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tok[:, None], axis=-1)[:, 0]
+
+  best = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  best_lp = pick(logits_BxV, best)
+  if greedy:
+    return best, best_lp
+  t = jnp.asarray(temperature, jnp.float32)
+  scaled = logits_BxV / jnp.where(t > 0, t, 1.0)
+  if top_k > 0:
+    vals, idx = jax.lax.top_k(scaled, top_k)  # sorted, descending
+    if use_top_p:
+      vals = _nucleus_sorted(vals, top_p)
+    choice = jax.random.categorical(rng, vals, axis=-1)
+    tok = jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0]
+    lp = pick(vals, choice)
+  else:
+    if use_top_p:
+      desc = -jnp.sort(-scaled, axis=-1)
+      kept = _nucleus_sorted(desc, top_p)
+      threshold = jnp.min(jnp.where(jnp.isfinite(kept), kept, jnp.inf), axis=-1, keepdims=True)
+      scaled = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+    tok = jax.random.categorical(rng, scaled, axis=-1)
+    lp = pick(scaled, tok)
+  sampled = t > 0
+  return jnp.where(sampled, tok.astype(jnp.int32), best), jnp.where(sampled, lp, best_lp)
+
+
+def _nucleus_sorted(desc_BxK, top_p):
+  """Keep the smallest prefix of descending logits whose probability mass reaches top_p."""
+  probs = jax.nn.softmax(desc_BxK, axis=-1)
+  before = jnp.cumsum(probs, axis=-1) - probs
+  keep = before < jnp.asarray(top_p, jnp.float32)
+  keep = keep.at[:, 0].set(True)
+  return jnp.where(keep, desc_BxK, -jnp.inf)
+
+
+def _left_align(tokens_BxP, mask_BxP):
+  order = jnp.argsort(mask_BxP.astype(jnp.int32), axis=-1, stable=True)
+  return (jnp.take_along_axis(tokens_BxP, order, axis=-1),
+          jnp.take_along_axis(mask_BxP.astype(jnp.int32), order, axis=-1))
+
+
+def cache_sizes(model: Model, prompt_len: int, max_new_tokens: int) -> tuple[int, ...]:
+  """Per-layer KV cache length: P+N for full layers, min(window, P+N) for sliding ones."""
+  total = prompt_len + max_new_tokens
+  cfg = model.config
+  return tuple(min(cfg.sliding_window, total) if s else total for s in cfg.is_sliding)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "eos_ids",
+                                             "greedy", "use_top_p"))
+def _sample(model: Model, params, prompt_tokens, prompt_mask, rng, temperature, top_p, *,
+            max_new_tokens, top_k, eos_ids, greedy, use_top_p) -> SampleOutput:
+  cfg = model.config
+  B, P = prompt_tokens.shape
+  N = max_new_tokens
+  window = cfg.sliding_window
+  sizes = cache_sizes(model, P, N)
+  decoder = model.bind(params)
+  tokens, mask = _left_align(prompt_tokens.astype(jnp.int32), prompt_mask)
+  pad_B = P - jnp.sum(mask, axis=-1)
+
+  # Prefill: attend within the prompt, write its keys/values into fresh caches.
+  def prefill_fn(size):
+    first = max(0, P - size)
+    slots = np.arange(first, P) % size
+
+    def kv_fn(k, v):
+      shape = k.shape[:2] + (size,) + k.shape[3:]
+      kc = jnp.zeros(shape, k.dtype).at[:, :, slots].set(k[:, :, first:])
+      vc = jnp.zeros(shape, v.dtype).at[:, :, slots].set(v[:, :, first:])
+      return k, v, (kc, vc)
+    return kv_fn
+
+  hidden, caches = decoder(tokens, positions_from_mask(mask), attention_masks(model, mask),
+                           [prefill_fn(s) for s in sizes])
+  logits0 = decoder.logits(hidden[:, -1:])[:, 0]
+
+  choose = functools.partial(choose_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                             greedy=greedy, use_top_p=use_top_p)
+  eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+
+  tok0, lp0 = choose(logits0, jax.random.fold_in(rng, 0))
+  out_tokens = jnp.full((B, N), cfg.pad_id, jnp.int32).at[:, 0].set(tok0)
+  out_mask = jnp.zeros((B, N), jnp.int32).at[:, 0].set(1)
+  out_lp = jnp.zeros((B, N), jnp.float32).at[:, 0].set(lp0)
+  done0 = jnp.isin(tok0, eos)
+
+  def step(tok_B, t, caches):
+    """Feed the token at cache index t; return next-token logits and the updated caches."""
+    masks = {}
+    for sliding in set(cfg.is_sliding):
+      S = min(window, P + N) if sliding else P + N
+      slot_idx = t - jnp.mod(t - jnp.arange(S), S)  # cache index held by each slot
+      vis = slot_idx[None, :] >= pad_B[:, None]
+      if sliding:
+        vis = vis & (t - slot_idx[None, :] < window)
+      masks[sliding] = vis[:, None, :]
+
+    def update_fn(cache, size):
+      def kv_fn(k, v):
+        at = (0, 0, jnp.mod(t, size), 0)
+        kc = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), at)
+        vc = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), at)
+        return kc, vc, (kc, vc)
+      return kv_fn
+
+    positions = (t - pad_B)[:, None]
+    hidden, new_caches = decoder(tok_B[:, None], positions, masks,
+                                 [update_fn(c, s) for c, s in zip(caches, sizes)])
+    return decoder.logits(hidden)[:, 0], new_caches
+
+  def cond(carry):
+    i, _, done = carry[:3]
+    return (i < N) & ~jnp.all(done)
+
+  def body(carry):
+    i, prev, done, caches, out_tokens, out_mask, out_lp = carry
+    logits, caches = step(prev, P + i - 1, caches)
+    tok, lp = choose(logits, jax.random.fold_in(rng, i))
+    live = ~done
+    lp = jnp.where(live, lp, 0.0)
+    tok = jnp.where(live, tok, cfg.pad_id)
+    col = (0, i)
+    out_tokens = jax.lax.dynamic_update_slice(out_tokens, tok[:, None], col)
+    out_mask = jax.lax.dynamic_update_slice(out_mask, live.astype(jnp.int32)[:, None], col)
+    out_lp = jax.lax.dynamic_update_slice(out_lp, lp[:, None], col)
+    done = done | (live & jnp.isin(tok, eos))
+    return i + 1, tok, done, caches, out_tokens, out_mask, out_lp
+
+  carry = (jnp.int32(1), tok0, done0, caches, out_tokens, out_mask, out_lp)
+  carry = jax.lax.while_loop(cond, body, carry)
+  return SampleOutput(carry[4], carry[5], carry[6])

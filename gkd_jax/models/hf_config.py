@@ -195,7 +195,9 @@ def config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
       tie_embeddings=bool(d["tie_word_embeddings"]),
       scale_embeddings=gemma,
       query_pre_attn_scalar=None if qpas is None else float(qpas),
-      attn_logit_softcap=_opt_float(d.get("attn_logit_softcapping") if gemma else None),
+      # transformers' Gemma 3 reads attn_logit_softcapping but never applies it: neither do we.
+      attn_logit_softcap=_opt_float(d.get("attn_logit_softcapping")
+                                    if model_type == "gemma2" else None),
       final_logit_softcap=_opt_float(d.get("final_logit_softcapping") if gemma else None),
       rope_theta=theta,
       rope_local_theta=local_theta,
@@ -229,6 +231,9 @@ def _check_representable(c: ModelConfig) -> None:
   if not gemma and (c.attn_logit_softcap or c.final_logit_softcap or c.query_pre_attn_scalar):
     raise ValueError(f"cannot write config.json: {c.model_type} has no soft-caps or "
                      "query_pre_attn_scalar in transformers")
+  if c.attn_logit_softcap and c.model_type != "gemma2":
+    raise ValueError(f"cannot write config.json: transformers' {c.model_type} does not apply "
+                     "attention logit soft-capping")
   if c.rope_local_theta not in (None, c.rope_theta) and c.model_type != "gemma3_text":
     raise ValueError(f"cannot write config.json: rope_local_theta is Gemma 3 only "
                      f"(model_type={c.model_type})")

@@ -1,0 +1,379 @@
+"""HuggingFace checkpoint folders in and out: config.json + *.safetensors (sharded or not).
+
+  model, params = load_pretrained("path/to/Qwen3-0.6B", dtype=jnp.bfloat16, shardings=...)
+  save_pretrained("out/student", model, params)      # opens in transformers unchanged
+
+Loading streams tensor by tensor (`safetensors.safe_open`): one tensor at a time is read, laid out
+for our params tree, cast, and placed with `jax.device_put(x, sharding)`; the checkpoint is never
+held twice in host memory. Everything is validated before any tensor is read: every expected
+tensor present, no unexpected one, HF shapes right, dtypes floating point. Any violation is one
+ValueError (FileNotFoundError for missing files) that names the tensor, field or file; there is no
+fallback to random weights.
+
+HF nn.Linear weights are [out, in]; ours are input-major with split heads, e.g. q_proj.weight
+[H*Dh, D] <-> q [D, H, Dh] and o_proj.weight [D, H*Dh] <-> o [H, Dh, D].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gkd_jax.models.config import ModelConfig
+from gkd_jax.models.hf_config import config_from_hf, config_to_hf
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+GENERATION_CONFIG = "generation_config.json"
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+# Tensors some checkpoints carry that hold nothing we need (recomputed RoPE tables).
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# Multimodal Gemma 3 (model_type "gemma3"): our decoder is its language model; skip the vision tower.
+_MULTIMODAL_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
+                        ("language_model.lm_head.", "lm_head."))
+_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                    "model.multi_modal_projector.")
+
+# Our parameter names, by role. api.py's names; the contract's names as an alternative scheme.
+_NAMES = {
+    "api": dict(embed=("embed",), lm_head=("lm_head",), final_norm=("final_norm", "scale"),
+                attn_norm=("attn_norm", "scale"), q=("attn", "q"), k=("attn", "k"),
+                v=("attn", "v"), o=("attn", "o"), q_bias=("attn", "q_bias"),
+                k_bias=("attn", "k_bias"), v_bias=("attn", "v_bias"),
+                q_norm=("attn", "q_norm", "scale"), k_norm=("attn", "k_norm", "scale"),
+                post_attn_norm=("post_attn_norm", "scale"), mlp_norm=("mlp_norm", "scale"),
+                gate=("mlp", "gate"), up=("mlp", "up"), down=("mlp", "down"),
+                post_mlp_norm=("post_mlp_norm", "scale")),
+    "contract": dict(embed=("embedder", "embedding"), lm_head=("lm_head", "kernel"),
+                     final_norm=("final_norm", "scale"), attn_norm=("pre_attn_norm", "scale"),
+                     q=("attn", "q_proj", "kernel"), k=("attn", "k_proj", "kernel"),
+                     v=("attn", "v_proj", "kernel"), o=("attn", "o_proj", "kernel"),
+                     q_bias=("attn", "q_proj", "bias"), k_bias=("attn", "k_proj", "bias"),
+                     v_bias=("attn", "v_proj", "bias"), q_norm=("attn", "q_norm", "scale"),
+                     k_norm=("attn", "k_norm", "scale"),
+                     post_attn_norm=("post_attn_norm", "scale"),
+                     mlp_norm=("pre_mlp_norm", "scale"), gate=("mlp", "gate_proj", "kernel"),
+                     up=("mlp", "up_proj", "kernel"), down=("mlp", "down_proj", "kernel"),
+                     post_mlp_norm=("post_mlp_norm", "scale")),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  """One HF tensor and where it lives in our params tree."""
+
+  hf_name: str
+  path: tuple  # keys into the params dict (layer indices are ints)
+  hf_shape: tuple[int, ...]
+  shape: tuple[int, ...]
+  transpose: bool = False  # an nn.Linear weight [out, in]; ours is [in, out] (heads split)
+
+  def to_ours(self, x: np.ndarray) -> np.ndarray:
+    """HF layout -> ours (a view: transpose, then split heads)."""
+    return (x.T if self.transpose else x).reshape(self.shape)
+
+  def to_hf(self, x: np.ndarray) -> np.ndarray:
+    if self.transpose:
+      x = x.reshape(self.hf_shape[::-1]).T
+    return np.ascontiguousarray(x.reshape(self.hf_shape))
+
+
+def tensor_plan(config: ModelConfig, scheme: str = "api") -> list[_Entry]:
+  """Every HF tensor of a checkpoint for `config`, in checkpoint order, with our path and shape."""
+  n = _NAMES[scheme]
+  D, F, V = config.embed_dim, config.mlp_dim, config.vocab_size
+  H, K, Dh = config.num_heads, config.num_kv_heads, config.head_dim
+  gemma = config.model_type.startswith("gemma")
+  out = [_Entry("model.embed_tokens.weight", n["embed"], (V, D), (V, D))]
+  for i in range(config.num_layers):
+    pre, ours = f"model.layers.{i}.", lambda role: ("layers", i) + n[role]
+    e = [(pre + "input_layernorm.weight", "attn_norm", (D,), (D,)),
+         (pre + "self_attn.q_proj.weight", "q", (H * Dh, D), (D, H, Dh)),
+         (pre + "self_attn.k_proj.weight", "k", (K * Dh, D), (D, K, Dh)),
+         (pre + "self_attn.v_proj.weight", "v", (K * Dh, D), (D, K, Dh)),
+         (pre + "self_attn.o_proj.weight", "o", (D, H * Dh), (H, Dh, D))]
+    if config.qkv_bias:
+      e += [(pre + "self_attn.q_proj.bias", "q_bias", (H * Dh,), (H, Dh)),
+            (pre + "self_attn.k_proj.bias", "k_bias", (K * Dh,), (K, Dh)),
+            (pre + "self_attn.v_proj.bias", "v_bias", (K * Dh,), (K, Dh))]
+    if config.qk_norm:
+      e += [(pre + "self_attn.q_norm.weight", "q_norm", (Dh,), (Dh,)),
+            (pre + "self_attn.k_norm.weight", "k_norm", (Dh,), (Dh,))]
+    if gemma:  # Gemma names: post_attention_layernorm is the *post*-attention norm
+      if config.post_attn_norm:
+        e.append((pre + "post_attention_layernorm.weight", "post_attn_norm", (D,), (D,)))
+      e.append((pre + "pre_feedforward_layernorm.weight", "mlp_norm", (D,), (D,)))
+      if config.post_mlp_norm:
+        e.append((pre + "post_feedforward_layernorm.weight", "post_mlp_norm", (D,), (D,)))
+    else:  # Llama/Qwen names: post_attention_layernorm is the pre-MLP norm
+      e.append((pre + "post_attention_layernorm.weight", "mlp_norm", (D,), (D,)))
+    e += [(pre + "mlp.gate_proj.weight", "gate", (F, D), (D, F)),
+          (pre + "mlp.up_proj.weight", "up", (F, D), (D, F)),
+          (pre + "mlp.down_proj.weight", "down", (D, F), (F, D))]
+    out += [_Entry(name, ours(role), hf, mine, len(hf) == 2) for name, role, hf, mine in e]
+  out.append(_Entry("model.norm.weight", n["final_norm"], (D,), (D,)))
+  if not config.tie_embeddings:
+    out.append(_Entry("lm_head.weight", n["lm_head"], (V, D), (D, V), True))
+  return out
+
+
+def _model_api():
+  from gkd_jax.models import api  # the decoder; imported only when a model is built
+  return api
+
+
+def _plan_for(model) -> list[_Entry]:
+  """The plan in the naming scheme of `model`'s params tree, checked leaf by leaf against it."""
+  shapes = _model_api().param_shapes(model)
+  scheme = "api" if "embed" in shapes else "contract"
+  plan = tensor_plan(model.config, scheme)
+  leaves = {tuple(_key(k) for k in p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_leaves_with_path(shapes)}
+  mine = {e.path: e.shape for e in plan}
+  if leaves != mine:
+    raise RuntimeError(f"HF tensor map and decoder params disagree: only in decoder "
+                       f"{sorted(set(leaves) - set(mine), key=str)[:5]}, only in map "
+                       f"{sorted(set(mine) - set(leaves), key=str)[:5]}, shape differences "
+                       f"{[(p, leaves[p], mine[p]) for p in leaves if p in mine and leaves[p] != mine[p]][:5]}")
+  return plan
+
+
+def _key(k):
+  return getattr(k, "key", getattr(k, "idx", k))
+
+
+# ----------------------------------------------------------------------------------------- files
+
+def read_hf_config(path: Union[str, os.PathLike]) -> dict[str, Any]:
+  f = Path(path) / CONFIG
+  if not f.is_file():
+    raise FileNotFoundError(f"no {CONFIG} in checkpoint folder {str(path)!r}")
+  with open(f) as fh:
+    try:
+      return json.load(fh)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{f}: not valid JSON ({e})") from None
+
+
+def _weight_files(path: Path) -> dict[str, Path]:
+  """HF tensor name -> the safetensors file that holds it (from the index, or by listing)."""
+  index = path / INDEX
+  if index.is_file():
+    with open(index) as fh:
+      weight_map = json.load(fh).get("weight_map")
+    if not isinstance(weight_map, dict):
+      raise ValueError(f"{index}: no 'weight_map' object")
+    files = {name: path / shard for name, shard in weight_map.items()}
+    for shard in sorted(set(files.values())):
+      if not shard.is_file():
+        first = next(n for n, s in files.items() if s == shard)
+        raise FileNotFoundError(f"{index} names shard {shard.name!r} (holding e.g. {first!r}) "
+                                f"but {shard} does not exist")
+    return files
+  shards = sorted(path.glob("*.safetensors"))
+  if not shards:
+    raise FileNotFoundError(f"no {WEIGHTS}, {INDEX} or *.safetensors in {str(path)!r} "
+                            "(only safetensors checkpoints are supported)")
+  from safetensors import safe_open
+  files = {}
+  for shard in shards:
+    with safe_open(shard, framework="np") as f:
+      for name in f.keys():
+        if name in files:
+          raise ValueError(f"tensor {name!r} is in both {files[name].name} and {shard.name}")
+        files[name] = shard
+  return files
+
+
+def _canonical(name: str, multimodal: bool) -> Optional[str]:
+  """Checkpoint name -> our HF name, or None for tensors we deliberately skip."""
+  if name.endswith(_IGNORED_SUFFIXES):
+    return None
+  if multimodal:
+    if name.startswith(_VISION_PREFIXES):
+      return None
+    for old, new in _MULTIMODAL_PREFIXES:
+      if name.startswith(old):
+        return new + name[len(old):]
+  return name
+
+
+# ------------------------------------------------------------------------------------------ load
+
+ShardingsArg = Union[None, Any, Callable[[tuple, jax.ShapeDtypeStruct], Any]]
+
+
+def read_params(path, model, dtype=jnp.float32, shardings: ShardingsArg = None,
+                multimodal: bool = False) -> dict:
+  """The params tree of `model` from the safetensors files in `path` (validated, streamed).
+
+  shardings: None (default device), a pytree of `jax.sharding.Sharding` with the params' structure,
+  or a callable (path_tuple, ShapeDtypeStruct) -> Sharding.
+  """
+  from safetensors import safe_open
+  path = Path(path)
+  plan = _plan_for(model)
+  files = {}
+  for name, file in _weight_files(path).items():
+    canon = _canonical(name, multimodal)
+    if canon is not None:
+      files[canon] = (name, file)
+  expected = {e.hf_name for e in plan}
+  tied_head = model.config.tie_embeddings and "lm_head.weight" in files
+  missing = sorted(expected - set(files))
+  if missing:
+    raise ValueError(f"checkpoint {str(path)!r} is missing {len(missing)} tensor(s) that "
+                     f"{model.config.model_type} needs: {', '.join(missing[:8])}"
+                     + (" ..." if len(missing) > 8 else ""))
+  extra = sorted(set(files) - expected - ({"lm_head.weight"} if tied_head else set()))
+  if extra:
+    raise ValueError(f"checkpoint {str(path)!r} has {len(extra)} unexpected tensor(s) for this "
+                     f"config: {', '.join(extra[:8])}" + (" ..." if len(extra) > 8 else ""))
+  out_dtype = np.dtype(jnp.dtype(dtype))
+  if not jnp.issubdtype(out_dtype, jnp.floating):
+    raise ValueError(f"dtype={out_dtype} must be a floating-point dtype")
+  params: dict = {}
+  with contextlib.ExitStack() as stack:
+    handles = {}
+
+    def open_(file):
+      if file not in handles:
+        handles[file] = stack.enter_context(safe_open(file, framework="np"))
+      return handles[file]
+
+    for e in plan + ([_Entry("lm_head.weight", None, e0.hf_shape, e0.hf_shape)
+                      for e0 in plan[:1]] if tied_head else []):
+      name, file = files[e.hf_name]
+      f = open_(file)
+      if name not in f.keys():
+        raise ValueError(f"tensor {name!r} is listed for {file.name} but that file lacks it")
+      s = f.get_slice(name)
+      shape, st_dtype = tuple(s.get_shape()), s.get_dtype()
+      if shape != e.hf_shape:
+        raise ValueError(f"tensor {name!r} has shape {list(shape)}, expected "
+                         f"{list(e.hf_shape)} for this config ({file.name})")
+      if st_dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"tensor {name!r} has dtype {st_dtype}, which cannot be cast to "
+                         f"{out_dtype} (expected a float tensor; {file.name})")
+    for e in plan:
+      name, file = files[e.hf_name]
+      x = e.to_ours(handles[file].get_tensor(name)).astype(out_dtype)
+      _set(params, e.path, _place(x, e.path, shardings))
+      del x
+    if tied_head:  # tolerated only when it is the embedding itself
+      name, file = files["lm_head.weight"]
+      head = handles[file].get_tensor(name).astype(out_dtype)
+      emb = plan[0]
+      if not np.array_equal(head, np.asarray(_get(params, emb.path))):
+        raise ValueError(f"tensor {name!r} differs from {files[emb.hf_name][0]!r} but "
+                         "tie_word_embeddings is true in config.json")
+  return params
+
+
+def _place(x: np.ndarray, path: tuple, shardings: ShardingsArg):
+  if shardings is None:
+    return jax.device_put(x)
+  if isinstance(shardings, jax.sharding.Sharding):
+    sharding = shardings
+  elif callable(shardings):
+    sharding = shardings(path, jax.ShapeDtypeStruct(x.shape, x.dtype))
+  else:
+    sharding = _get(shardings, path)
+  return jax.device_put(x, sharding)
+
+
+def _set(tree: dict, path: tuple, value) -> None:
+  for k in path[:-1]:
+    tree = tree.setdefault(k, {})
+  tree[path[-1]] = value
+
+
+def _get(tree, path: tuple):
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def load_pretrained(path, dtype=jnp.float32, shardings: ShardingsArg = None):
+  """(model, params) from a HuggingFace checkpoint folder; see the module docstring."""
+  hf = read_hf_config(path)
+  config = config_from_hf(hf)
+  model = _model_api().build(config, dtype)
+  params = read_params(path, model, dtype, shardings, multimodal=hf.get("model_type") == "gemma3")
+  return model, params
+
+
+# ------------------------------------------------------------------------------------------ save
+
+def _to_host(x) -> np.ndarray:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(jax.device_get(x))
+
+
+def save_pretrained(path, model, params, max_shard_bytes: int = 5 * 2**30) -> None:
+  """Write config.json, generation_config.json and model.safetensors (or shards + index).
+
+  The files are what transformers itself writes for the family (5.x config dialect, torch
+  tensor names and layouts, tied embeddings without lm_head.weight); tensors keep the params'
+  dtype. Shards are built one at a time, so host memory holds at most one shard. On a
+  multi-process run every process must call this (arrays are gathered); process 0 writes.
+  """
+  from safetensors.numpy import save_file
+  plan = _plan_for(model)
+  path = Path(path)
+  leaves = [_get(params, e.path) for e in plan]
+  dtype_name = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(
+      str(jnp.dtype(leaves[0].dtype)), "float32")
+  writer = jax.process_index() == 0
+  if writer:
+    path.mkdir(parents=True, exist_ok=True)
+    hf = config_to_hf(model.config, dtype=dtype_name)
+    _write_json(path / CONFIG, hf)
+    gen = {k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+           if hf.get(k) is not None}
+    _write_json(path / GENERATION_CONFIG, gen)
+  shards, current, size = [], [], 0
+  for e, x in zip(plan, leaves):
+    nbytes = int(np.prod(e.shape)) * jnp.dtype(x.dtype).itemsize
+    if current and size + nbytes > max_shard_bytes:
+      shards.append(current)
+      current, size = [], 0
+    current.append(e)
+    size += nbytes
+  shards.append(current)
+  names = ([WEIGHTS] if len(shards) == 1 else
+           [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+  by_path = {e.path: x for e, x in zip(plan, leaves)}
+  weight_map, total = {}, 0
+  for name, shard in zip(names, shards):
+    tensors = {e.hf_name: e.to_hf(_to_host(by_path[e.path])) for e in shard}
+    total += sum(t.nbytes for t in tensors.values())
+    weight_map.update({k: name for k in tensors})
+    if writer:
+      save_file(tensors, path / name, metadata={"format": "pt"})
+    del tensors
+  if writer:
+    index = path / INDEX
+    if len(shards) > 1:
+      _write_json(index, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    elif index.exists():  # a stale index from an earlier, sharded save would shadow the new file
+      index.unlink()
+
+
+def _write_json(file: Path, obj) -> None:
+  tmp = file.with_suffix(file.suffix + ".tmp")
+  with open(tmp, "w") as fh:
+    json.dump(obj, fh, indent=2, sort_keys=True)
+    fh.write("\n")
+  os.replace(tmp, file)

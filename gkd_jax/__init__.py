@@ -7,6 +7,8 @@ _LAZY = {
     "score": ("gkd_jax.scoring", "score"),
     "sample": ("gkd_jax.sampling", "sample"),
     "SampleOutput": ("gkd_jax.sampling", "SampleOutput"),
+    "load_pretrained": ("gkd_jax.models.hf", "load_pretrained"),
+    "save_pretrained": ("gkd_jax.models.hf", "save_pretrained"),
 }
 
 

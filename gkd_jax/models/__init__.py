@@ -16,3 +16,5 @@ Repo rules for helpers working in parallel in this tree: see /tmp/common.md (rea
 from gkd_jax.models.config import FULL, SLIDING, ModelConfig, RopeScaling
 from gkd_jax.models.api import (Model, build, init, logical_axes, num_params, param_shapes,
                                 unembedding)
+from gkd_jax.models.hf import load_pretrained, save_pretrained
+from gkd_jax.models.presets import PRESETS, get_preset

@@ -43,28 +43,14 @@ _MULTIMODAL_PREFIXES = (("language_model.model.", "model."), ("model.language_mo
 _VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
                     "model.multi_modal_projector.")
 
-# Our parameter names, by role. api.py's names; the contract's names as an alternative scheme.
-_NAMES = {
-    "api": dict(embed=("embed",), lm_head=("lm_head",), final_norm=("final_norm", "scale"),
-                attn_norm=("attn_norm", "scale"), q=("attn", "q"), k=("attn", "k"),
-                v=("attn", "v"), o=("attn", "o"), q_bias=("attn", "q_bias"),
-                k_bias=("attn", "k_bias"), v_bias=("attn", "v_bias"),
-                q_norm=("attn", "q_norm", "scale"), k_norm=("attn", "k_norm", "scale"),
-                post_attn_norm=("post_attn_norm", "scale"), mlp_norm=("mlp_norm", "scale"),
-                gate=("mlp", "gate"), up=("mlp", "up"), down=("mlp", "down"),
-                post_mlp_norm=("post_mlp_norm", "scale")),
-    "contract": dict(embed=("embedder", "embedding"), lm_head=("lm_head", "kernel"),
-                     final_norm=("final_norm", "scale"), attn_norm=("pre_attn_norm", "scale"),
-                     q=("attn", "q_proj", "kernel"), k=("attn", "k_proj", "kernel"),
-                     v=("attn", "v_proj", "kernel"), o=("attn", "o_proj", "kernel"),
-                     q_bias=("attn", "q_proj", "bias"), k_bias=("attn", "k_proj", "bias"),
-                     v_bias=("attn", "v_proj", "bias"), q_norm=("attn", "q_norm", "scale"),
-                     k_norm=("attn", "k_norm", "scale"),
-                     post_attn_norm=("post_attn_norm", "scale"),
-                     mlp_norm=("pre_mlp_norm", "scale"), gate=("mlp", "gate_proj", "kernel"),
-                     up=("mlp", "up_proj", "kernel"), down=("mlp", "down_proj", "kernel"),
-                     post_mlp_norm=("post_mlp_norm", "scale")),
-}
+# Our parameter paths (api.py's params layout), by role; layer roles sit under ("layers", i).
+_NAMES = dict(embed=("embed",), lm_head=("lm_head",), final_norm=("final_norm", "scale"),
+              attn_norm=("attn_norm", "scale"), q=("attn", "q"), k=("attn", "k"), v=("attn", "v"),
+              o=("attn", "o"), q_bias=("attn", "q_bias"), k_bias=("attn", "k_bias"),
+              v_bias=("attn", "v_bias"), q_norm=("attn", "q_norm", "scale"),
+              k_norm=("attn", "k_norm", "scale"), post_attn_norm=("post_attn_norm", "scale"),
+              mlp_norm=("mlp_norm", "scale"), gate=("mlp", "gate"), up=("mlp", "up"),
+              down=("mlp", "down"), post_mlp_norm=("post_mlp_norm", "scale"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,9 +73,9 @@ class _Entry:
     return np.ascontiguousarray(x.reshape(self.hf_shape))
 
 
-def tensor_plan(config: ModelConfig, scheme: str = "api") -> list[_Entry]:
+def tensor_plan(config: ModelConfig) -> list[_Entry]:
   """Every HF tensor of a checkpoint for `config`, in checkpoint order, with our path and shape."""
-  n = _NAMES[scheme]
+  n = _NAMES
   D, F, V = config.embed_dim, config.mlp_dim, config.vocab_size
   H, K, Dh = config.num_heads, config.num_kv_heads, config.head_dim
   gemma = config.model_type.startswith("gemma")
@@ -132,10 +118,9 @@ def _model_api():
 
 
 def _plan_for(model) -> list[_Entry]:
-  """The plan in the naming scheme of `model`'s params tree, checked leaf by leaf against it."""
+  """The plan for `model`, checked leaf by leaf against its params tree (shapes included)."""
   shapes = _model_api().param_shapes(model)
-  scheme = "api" if "embed" in shapes else "contract"
-  plan = tensor_plan(model.config, scheme)
+  plan = tensor_plan(model.config)
   leaves = {tuple(_key(k) for k in p): tuple(x.shape)
             for p, x in jax.tree_util.tree_leaves_with_path(shapes)}
   mine = {e.path: e.shape for e in plan}

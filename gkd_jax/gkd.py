@@ -1,0 +1,225 @@
+"""The GKD algorithm: choose completions (λ mixing, SeqKD), the loss, one train step.
+
+Conventions (DESIGN.md §1): a batch holds LEFT-padded prompts [B,P] and RIGHT-padded dataset
+completions [B,C] (EOS included in the mask). With probability λ the completions are replaced by the
+student's own samples (no gradient through sampling); otherwise they stay the dataset's, or become
+the teacher's samples when `seq_kd`. Student and teacher then score the same prompt+completion
+sequence and the loss is a token-level divergence averaged over valid completion tokens of the
+global batch, plus an optional cross-entropy on dataset (off-policy) completions.
+
+SFT (divergence_weight=0, ce_weight=1), supervised KD (λ=0), SeqKD (λ=0, seq_kd), on-policy GKD (λ=1)
+and mixtures are settings of `GKDSettings`, not code paths of their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from gkd_jax import kernels, losses, models
+from gkd_jax.divergences import masked_mean
+from gkd_jax.scoring import score
+from gkd_jax.sampling import sample
+
+
+@dataclasses.dataclass(frozen=True)
+class GKDSettings:
+  """Static (hashable) algorithm settings, built from `config.gkd` and `config.sampling`."""
+
+  lmbda: float = 1.0
+  mixing: str = "batch"  # "batch" | "example"
+  seq_kd: bool = False
+  loss: str = "jsd"
+  beta: float = 0.5
+  alpha: float = 0.1
+  temperature: float = 1.0
+  divergence_weight: float = 1.0
+  ce_weight: float = 0.0
+  kernel_impl: str = "auto"
+  sample_temperature: float = 1.0
+  sample_top_k: int = 0
+  sample_top_p: float = 1.0
+  sample_max_new_tokens: int = 64
+  eos_id: Optional[int] = None
+
+  @classmethod
+  def from_config(cls, config, eos_id):
+    g, s = config.gkd, config.sampling
+    return cls(lmbda=float(g.lmbda), mixing=g.mixing, seq_kd=bool(g.seq_kd), loss=g.loss,
+               beta=float(g.beta), alpha=float(g.alpha), temperature=float(g.temperature),
+               divergence_weight=float(g.divergence_weight), ce_weight=float(g.ce_weight),
+               kernel_impl=g.kernel_impl, sample_temperature=float(s.temperature),
+               sample_top_k=int(s.top_k), sample_top_p=float(s.top_p),
+               sample_max_new_tokens=int(s.max_new_tokens), eos_id=eos_id)
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
+  """optax optimizer from `config.optim`; gradient accumulation via optax.MultiSteps."""
+  accum = int(optim.grad_accum_steps)
+  num_updates = max(1, num_steps // accum)
+  warmup = min(int(optim.warmup_steps), num_updates - 1) if num_updates > 1 else 0
+  lr = float(optim.learning_rate)
+  decay_steps = max(1, num_updates - warmup)
+  if optim.schedule == "constant":
+    decay = optax.constant_schedule(lr)
+  elif optim.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(lr, decay_steps)
+  else:  # linear
+    decay = optax.linear_schedule(lr, 0.0, decay_steps)
+  schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+  if optim.name == "adamw":
+    tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
+  elif optim.name == "adafactor":
+    tx = optax.adafactor(schedule, weight_decay_rate=optim.weight_decay or None)
+  else:
+    tx = optax.sgd(schedule, momentum=optim.b1 or None)
+  if optim.grad_clip:
+    tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)
+  if accum > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=accum)
+  return tx
+
+
+def _fit_length(tokens_BxN, mask_BxN, length, pad_id):
+  """Pads or cuts sampled completions to the batch's completion length."""
+  n = tokens_BxN.shape[1]
+  if n >= length:
+    return tokens_BxN[:, :length], mask_BxN[:, :length]
+  pad = ((0, 0), (0, length - n))
+  return (jnp.pad(tokens_BxN, pad, constant_values=pad_id), jnp.pad(mask_BxN, pad))
+
+
+def _samples(model, params, prompt_BxP, prompt_mask_BxP, rng, length, s: GKDSettings):
+  out = sample(model, jax.lax.stop_gradient(params), prompt_BxP, prompt_mask_BxP, rng,
+               max_new_tokens=s.sample_max_new_tokens, temperature=s.sample_temperature,
+               top_k=s.sample_top_k, top_p=s.sample_top_p, eos_id=s.eos_id)
+  tokens, mask = _fit_length(out.tokens, out.mask.astype(jnp.int32), length,
+                             model.config.pad_id)
+  return tokens.astype(jnp.int32), mask
+
+
+def choose_completions(student, params, teacher, teacher_params, batch, rng, s: GKDSettings):
+  """Returns (completion_tokens [B,C], completion_mask [B,C], on_policy [B] float32)."""
+  prompt_BxP, pmask_BxP = batch["prompt_tokens"], batch["prompt_mask"]
+  b, c = batch["completion_tokens"].shape
+  coin_rng, student_rng, teacher_rng = jax.random.split(rng, 3)
+
+  def off_policy(rows):
+    if s.seq_kd:
+      return _samples(teacher, teacher_params, prompt_BxP[rows], pmask_BxP[rows], teacher_rng,
+                      c, s)
+    return batch["completion_tokens"][rows], batch["completion_mask"][rows]
+
+  def on_policy(rows):
+    return _samples(student, params, prompt_BxP[rows], pmask_BxP[rows], student_rng, c, s)
+
+  everything = slice(None)
+  if s.lmbda == 0.0:
+    tokens, mask = off_policy(everything)
+    return tokens, mask, jnp.zeros((b,), jnp.float32)
+  if s.lmbda == 1.0:
+    tokens, mask = on_policy(everything)
+    return tokens, mask, jnp.ones((b,), jnp.float32)
+  if s.mixing == "example":  # exactly round(λ·B) on-policy rows; the data is already shuffled
+    k = int(round(s.lmbda * b))
+    on_tokens, on_mask = on_policy(slice(0, k))
+    off_tokens, off_mask = off_policy(slice(k, b))
+    on_B = (jnp.arange(b) < k).astype(jnp.float32)
+    return (jnp.concatenate([on_tokens, off_tokens]), jnp.concatenate([on_mask, off_mask]), on_B)
+  coin = jax.random.bernoulli(coin_rng, s.lmbda)  # one coin per batch (Algorithm 1, TRL)
+  tokens, mask = jax.lax.cond(coin, lambda: on_policy(everything), lambda: off_policy(everything))
+  return tokens, mask, jnp.full((b,), coin, jnp.float32)
+
+
+def _completion_hidden(model, params, tokens_BxT, mask_BxT, prompt_len):
+  """Final hidden states at the positions that predict each completion token: [B,C,D]."""
+  hidden_BxTxD = score(model, params, tokens_BxT, mask_BxT, return_hidden=True)
+  return hidden_BxTxD[:, prompt_len - 1:-1]
+
+
+def loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prompt_len,
+            loss_mask_BxC, on_policy_B, s: GKDSettings):
+  """Scalar loss and metrics for one sequence batch (prompt + chosen completion)."""
+  targets_BxC = tokens_BxT[:, prompt_len:]
+  b, c = targets_BxC.shape
+  hs_BxCxD = _completion_hidden(student, params, tokens_BxT, mask_BxT, prompt_len)
+  hs_NxD = hs_BxCxD.reshape(b * c, -1)
+  ws_DxV = models.unembedding(student, params)
+  s_cap = student.config.final_logit_softcap
+  mask_N = loss_mask_BxC.reshape(-1).astype(jnp.float32)
+  metrics = {}
+  loss = 0.0
+  if teacher is not None:
+    ht_NxD = jax.lax.stop_gradient(
+        _completion_hidden(teacher, teacher_params, tokens_BxT, mask_BxT, prompt_len)
+    ).reshape(b * c, -1)
+    wt_DxV = jax.lax.stop_gradient(models.unembedding(teacher, teacher_params))
+    t_cap = teacher.config.final_logit_softcap
+    if s.divergence_weight > 0:
+      div_N = kernels.fused_linear_divergence(
+          hs_NxD, ws_DxV, ht_NxD, wt_DxV, kind=s.loss, beta=s.beta, alpha=s.alpha,
+          temperature=s.temperature, student_softcap=s_cap, teacher_softcap=t_cap,
+          tokens=targets_BxC.reshape(-1), impl=s.kernel_impl)
+      metrics["divergence"] = masked_mean(div_N, mask_N)
+      loss = loss + s.divergence_weight * metrics["divergence"]
+    metrics["teacher_entropy"] = masked_mean(
+        losses.entropy(ht_NxD, wt_DxV, softcap=t_cap), mask_N)
+  if s.ce_weight > 0:  # SFT term on dataset completions only (never on the student's own samples)
+    ce_mask_N = (loss_mask_BxC * (1.0 - on_policy_B[:, None])).reshape(-1)
+    ce_N = losses.cross_entropy(hs_NxD, ws_DxV, targets_BxC.reshape(-1), softcap=s_cap)
+    metrics["cross_entropy"] = masked_mean(ce_N, ce_mask_N)
+    loss = loss + s.ce_weight * metrics["cross_entropy"]
+  metrics["student_entropy"] = masked_mean(
+      losses.entropy(jax.lax.stop_gradient(hs_NxD), jax.lax.stop_gradient(ws_DxV),
+                     softcap=s_cap), mask_N)
+  metrics["loss"] = loss
+  return loss, metrics
+
+
+def train_step(state: TrainState, teacher_params, batch, rng, *, student, teacher, optimizer,
+               settings: GKDSettings):
+  """One GKD update. Pure: jit it with `functools.partial` over the keyword-only statics."""
+  rng = jax.random.fold_in(rng, state.step)
+  comp_BxC, cmask_BxC, on_policy_B = choose_completions(
+      student, state.params, teacher, teacher_params, batch, rng, settings)
+  prompt_len = batch["prompt_tokens"].shape[1]
+  tokens_BxT = jnp.concatenate([batch["prompt_tokens"], comp_BxC], axis=1)
+  mask_BxT = jnp.concatenate([batch["prompt_mask"], cmask_BxC], axis=1)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (_, metrics), grads = grad_fn(state.params, teacher_params, student, teacher, tokens_BxT,
+                                mask_BxT, prompt_len, cmask_BxC, on_policy_B, settings)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics.update(
+      on_policy_fraction=jnp.mean(on_policy_B),
+      completion_length=jnp.mean(jnp.sum(cmask_BxC, axis=1).astype(jnp.float32)),
+      grad_norm=optax.global_norm(grads),
+      num_tokens=jnp.sum(cmask_BxC).astype(jnp.float32))
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, teacher_params, batch, *, student, teacher, settings: GKDSettings):
+  """Held-out loss terms on dataset completions (off-policy, no sampling, no update)."""
+  prompt_len = batch["prompt_tokens"].shape[1]
+  tokens_BxT = jnp.concatenate([batch["prompt_tokens"], batch["completion_tokens"]], axis=1)
+  mask_BxT = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1)
+  b = tokens_BxT.shape[0]
+  # Report both terms whatever the training weights are.
+  settings = dataclasses.replace(settings, ce_weight=1.0,
+                                 divergence_weight=1.0 if teacher is not None else 0.0)
+  _, metrics = loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prompt_len,
+                       batch["completion_mask"], jnp.zeros((b,), jnp.float32), settings)
+  del metrics["loss"]
+  return metrics

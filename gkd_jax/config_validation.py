@@ -18,7 +18,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES = ("batch", "embed", "mlp", "heads", "kv_heads", "head_dim", "vocab")
 DTYPES = ("float32", "bfloat16")
 TASKS = ("", "arithmetic")
-CHAT_FAMILIES = ("", "gemma", "llama3", "chatml")
+CHAT_FAMILIES = ("", "gemma", "llama3", "chatml", "qwen2.5")
 MODES = ("train", "eval", "sample")
 
 

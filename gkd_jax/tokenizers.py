@@ -26,10 +26,12 @@ import os
 from typing import Any, Optional, Sequence
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
-CHAT_FAMILIES = ("gemma", "llama3", "chatml")
+CHAT_FAMILIES = ("gemma", "llama3", "chatml", "qwen2.5")
 _FAMILY_ALIASES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3_text": "gemma",
-                   "llama": "llama3", "llama3": "llama3", "qwen": "chatml", "qwen2": "chatml",
-                   "qwen3": "chatml", "chatml": "chatml"}
+                   "llama": "llama3", "llama3": "llama3", "chatml": "chatml", "qwen3": "chatml",
+                   "qwen": "qwen2.5", "qwen2": "qwen2.5", "qwen2.5": "qwen2.5"}
+# What Qwen 2/2.5 instruct templates insert when a conversation has no system message.
+QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 
 class Tokenizer:
@@ -193,7 +195,7 @@ def load_tokenizer(path: str) -> Tokenizer:
 
 
 def chat_family(name: str) -> str:
-  """Canonical chat family ('gemma' | 'llama3' | 'chatml') for a family or HF model_type name."""
+  """Canonical chat family (one of CHAT_FAMILIES) for a family or HF model_type name."""
   family = _FAMILY_ALIASES.get(str(name).lower())
   if family is None:
     raise ValueError(f"unknown chat family {name!r}; choose one of {sorted(_FAMILY_ALIASES)}")
@@ -215,27 +217,32 @@ def apply_chat_template(messages: Sequence[dict], family: str,
                         add_generation_prompt: bool = True) -> str:
   """Renders a conversation in a family's instruction format, without the leading BOS.
 
-  gemma:  "<start_of_turn>user\\n{u}<end_of_turn>\\n<start_of_turn>model\\n{a}<end_of_turn>\\n"; Gemma
-          has no system role: a system message is prepended to the first user turn followed by "\\n\\n".
-  llama3: "<|start_header_id|>{role}<|end_header_id|>\\n\\n{content.strip()}<|eot_id|>" per message.
-  chatml: "<|im_start|>{role}\\n{content}<|im_end|>\\n" per message (Qwen; no default system prompt).
-  With `add_generation_prompt` the opening of an assistant turn follows, ready for sampling.
+  gemma:   "<start_of_turn>user\\n{u}<end_of_turn>\\n<start_of_turn>model\\n{a}<end_of_turn>\\n" with
+           contents trimmed; a leading system message becomes a "{system}\\n\\n" prefix of the first
+           turn (Gemma 3's template; Gemma 2's refuses system messages).
+  llama3:  "<|start_header_id|>{role}<|end_header_id|>\\n\\n{content trimmed}<|eot_id|>" per message
+           (the Llama 3 template; Llama 3.1+ templates also insert a dated system header, not
+           rendered here: pass it as a system message when distilling from those models).
+  chatml:  "<|im_start|>{role}\\n{content}<|im_end|>\\n" per message (Qwen 3 prompts, ChatML models).
+  qwen2.5: chatml, with Qwen's default system message when the conversation has none.
+  With `add_generation_prompt` the opening of an assistant turn follows, ready for sampling. The
+  result equals the checkpoints' Jinja templates minus the BOS (tests/fixtures/chat_templates).
   """
   _check_messages(messages)
   family = chat_family(family)
   out = []
   if family == "gemma":
     messages = list(messages)
-    system = ""
+    prefix = ""
     if messages[0]["role"] == "system":
-      system = messages[0]["content"] + "\n\n"
+      prefix = messages[0]["content"] + "\n\n"
       messages = messages[1:]
     for i, m in enumerate(messages):
       if m["role"] == "system":
         raise ValueError("gemma: a system message is only allowed first")
       role = "model" if m["role"] == "assistant" else "user"
-      content = (system if i == 0 else "") + m["content"]
-      out.append(f"<start_of_turn>{role}\n{content.strip()}<end_of_turn>\n")
+      out.append(f"<start_of_turn>{role}\n{prefix if i == 0 else ''}{m['content'].strip()}"
+                 "<end_of_turn>\n")
     if add_generation_prompt:
       out.append("<start_of_turn>model\n")
   elif family == "llama3":
@@ -245,6 +252,8 @@ def apply_chat_template(messages: Sequence[dict], family: str,
     if add_generation_prompt:
       out.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
   else:
+    if family == "qwen2.5" and messages[0]["role"] != "system":
+      messages = [{"role": "system", "content": QWEN25_DEFAULT_SYSTEM}] + list(messages)
     for m in messages:
       out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
     if add_generation_prompt:
@@ -254,5 +263,5 @@ def apply_chat_template(messages: Sequence[dict], family: str,
 
 def end_of_turn_token(family: str) -> str:
   """The token that closes an assistant turn in `family` (a completion's natural EOS in chat data)."""
-  return {"gemma": "<end_of_turn>", "llama3": "<|eot_id|>", "chatml": "<|im_end|>"}[
-      chat_family(family)]
+  return {"gemma": "<end_of_turn>", "llama3": "<|eot_id|>", "chatml": "<|im_end|>",
+          "qwen2.5": "<|im_end|>"}[chat_family(family)]

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -320,10 +321,10 @@ def save_pretrained(path, model, params, max_shard_bytes: int = 5 * 2**30) -> No
   leaves = [_get(params, e.path) for e in plan]
   dtype_name = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(
       str(jnp.dtype(leaves[0].dtype)), "float32")
+  hf = config_to_hf(model.config, dtype=dtype_name)  # validates before anything is written
   writer = jax.process_index() == 0
   if writer:
     path.mkdir(parents=True, exist_ok=True)
-    hf = config_to_hf(model.config, dtype=dtype_name)
     _write_json(path / CONFIG, hf)
     gen = {k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
            if hf.get(k) is not None}
@@ -354,6 +355,10 @@ def save_pretrained(path, model, params, max_shard_bytes: int = 5 * 2**30) -> No
       _write_json(index, {"metadata": {"total_size": total}, "weight_map": weight_map})
     elif index.exists():  # a stale index from an earlier, sharded save would shadow the new file
       index.unlink()
+    for old in path.glob("model*.safetensors"):  # stale shards of an earlier save (as transformers)
+      if old.name not in names and re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors|"
+                                                r"model\.safetensors", old.name):
+        old.unlink()
 
 
 def _write_json(file: Path, obj) -> None:

@@ -97,6 +97,11 @@ def test_config_json_round_trip(name):
   assert "rope_parameters" in written and "rope_theta" not in written
   assert json.loads(json.dumps(written)) == written
   assert hf_config.config_from_hf(written) == cfg
+  # transformers 5.x type-checks config fields: integers must be written as ints.
+  for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "head_dim", "query_pre_attn_scalar",
+              "sliding_window", "max_position_embeddings"):
+    assert written.get(key) is None or type(written[key]) is int, (key, written[key])
 
 
 def test_omitted_fields_take_transformers_defaults():

@@ -283,7 +283,8 @@ def config_to_hf(c: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
     d["rope_parameters"] = _rope_dict(c.rope_theta, c.rope_scaling)
   sliding = SLIDING in c.layer_types
   if gemma:
-    d.update(query_pre_attn_scalar=c.query_pre_attn_scalar or c.head_dim,
+    qpas = c.query_pre_attn_scalar or c.head_dim  # transformers 5.x type-checks: an int
+    d.update(query_pre_attn_scalar=int(qpas) if float(qpas).is_integer() else qpas,
              attn_logit_softcapping=c.attn_logit_softcap,
              final_logit_softcapping=c.final_logit_softcap,
              sliding_window=c.sliding_window or _DEFAULTS[c.model_type]["sliding_window"])

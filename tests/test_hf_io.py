@@ -116,6 +116,26 @@ def test_load_places_each_tensor_with_given_shardings():
   assert params["layers"][0]["attn"]["q"].sharding == NamedSharding(mesh, PartitionSpec())
 
 
+def test_load_streams_one_tensor_at_a_time(tmp_path):
+  """Host memory while loading stays near one tensor, not the checkpoint size."""
+  import tracemalloc
+  cfg = models.get_preset("tiny_llama").replace(
+      vocab_size=2048, embed_dim=128, mlp_dim=512, num_layers=4, num_heads=4, num_kv_heads=2,
+      head_dim=64, tie_embeddings=False, layer_types=())
+  model = models.build(cfg)
+  hf.save_pretrained(tmp_path, model, _random_params(model, 5))
+  total = os.path.getsize(tmp_path / "model.safetensors")
+  largest = cfg.vocab_size * cfg.embed_dim * 4
+  tracemalloc.start()
+  try:
+    params = hf.read_params(tmp_path, model)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert sum(x.nbytes for x in jax.tree.leaves(params)) > 6 * largest > total / 2
+  assert peak < 3 * largest, (peak, largest, total)  # measured: about 2x (buffer + placed array)
+
+
 def test_multimodal_gemma3_loads_its_language_model(tmp_path):
   """A Gemma 3 4B+-style folder (model_type gemma3, text_config, language_model.* names)."""
   src = os.path.join(FIXTURES, "gemma3_text")

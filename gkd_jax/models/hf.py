@@ -252,7 +252,7 @@ def read_params(path, model, dtype=jnp.float32, shardings: ShardingsArg = None,
                          f"{out_dtype} (expected a float tensor; {file.name})")
     for e in plan:
       name, file = files[e.hf_name]
-      x = e.to_ours(handles[file].get_tensor(name)).astype(out_dtype)
+      x = e.to_ours(handles[file].get_tensor(name)).astype(out_dtype, copy=False)
       _set(params, e.path, _place(x, e.path, shardings))
       del x
     if tied_head:  # tolerated only when it is the embedding itself

@@ -27,11 +27,9 @@ TINY = ("tiny_llama", "tiny_gemma2", "tiny_gemma3", "tiny_qwen2", "tiny_qwen3")
 
 def _random_params(model, seed):
   """Fresh random values for every leaf (norm scales and biases too, never zeros)."""
-  shapes = models.param_shapes(model)
-  leaves, treedef = jax.tree.flatten(shapes)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(treedef, [jax.random.normal(k, s.shape, jnp.float32).astype(s.dtype)
-                                      for k, s in zip(keys, leaves)])
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape, np.float32), s.dtype),
+                      models.param_shapes(model))
 
 
 def _assert_same_tree(a, b):
@@ -98,7 +96,7 @@ def test_fixture_checkpoint_round_trips_to_identical_files(tmp_path):
     assert config_from_hf(json.load(f)) == model.config
 
 
-def test_load_places_each_tensor_with_given_shardings():
+def test_load_places_each_tensor_with_given_shardings(tmp_path):
   mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "model"))
   path = os.path.join(FIXTURES, "llama")
   _, ref = gkd_jax.load_pretrained(path)
@@ -114,6 +112,12 @@ def test_load_places_each_tensor_with_given_shardings():
   tree = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), ref)
   _, params = gkd_jax.load_pretrained(path, shardings=tree)
   assert params["layers"][0]["attn"]["q"].sharding == NamedSharding(mesh, PartitionSpec())
+  # Arrays spread over the mesh save to the same files.
+  model, sharded = gkd_jax.load_pretrained(path, shardings=sharding)
+  gkd_jax.save_pretrained(tmp_path, model, sharded)
+  a = load_file(os.path.join(path, "model.safetensors"))
+  b = load_file(tmp_path / "model.safetensors")
+  assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_load_streams_one_tensor_at_a_time(tmp_path):

@@ -236,32 +236,33 @@ def read_params(path, model, dtype=jnp.float32, shardings: ShardingsArg = None,
         handles[file] = stack.enter_context(safe_open(file, framework="np"))
       return handles[file]
 
-    for e in plan + ([_Entry("lm_head.weight", None, e0.hf_shape, e0.hf_shape)
-                      for e0 in plan[:1]] if tied_head else []):
-      name, file = files[e.hf_name]
+    checks = [(e.hf_name, e.hf_shape) for e in plan]
+    if tied_head:
+      checks.append(("lm_head.weight", plan[0].hf_shape))
+    for canon, hf_shape in checks:
+      name, file = files[canon]
       f = open_(file)
       if name not in f.keys():
         raise ValueError(f"tensor {name!r} is listed for {file.name} but that file lacks it")
       s = f.get_slice(name)
       shape, st_dtype = tuple(s.get_shape()), s.get_dtype()
-      if shape != e.hf_shape:
+      if shape != hf_shape:
         raise ValueError(f"tensor {name!r} has shape {list(shape)}, expected "
-                         f"{list(e.hf_shape)} for this config ({file.name})")
+                         f"{list(hf_shape)} for this config ({file.name})")
       if st_dtype not in _FLOAT_DTYPES:
         raise ValueError(f"tensor {name!r} has dtype {st_dtype}, which cannot be cast to "
                          f"{out_dtype} (expected a float tensor; {file.name})")
+    if tied_head:  # tolerated only when it is the embedding itself (as some releases store it)
+      (head, head_file), (emb, emb_file) = files["lm_head.weight"], files[plan[0].hf_name]
+      if not np.array_equal(handles[head_file].get_tensor(head),
+                            handles[emb_file].get_tensor(emb)):
+        raise ValueError(f"tensor {head!r} differs from {emb!r} but tie_word_embeddings is "
+                         "true in config.json")
     for e in plan:
       name, file = files[e.hf_name]
       x = e.to_ours(handles[file].get_tensor(name)).astype(out_dtype, copy=False)
       _set(params, e.path, _place(x, e.path, shardings))
       del x
-    if tied_head:  # tolerated only when it is the embedding itself
-      name, file = files["lm_head.weight"]
-      head = handles[file].get_tensor(name).astype(out_dtype)
-      emb = plan[0]
-      if not np.array_equal(head, np.asarray(_get(params, emb.path))):
-        raise ValueError(f"tensor {name!r} differs from {files[emb.hf_name][0]!r} but "
-                         "tie_word_embeddings is true in config.json")
   return params
 
 

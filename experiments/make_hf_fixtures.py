@@ -14,7 +14,8 @@ included, so no parameter sits at its trivial init), and writes to tests/fixture
                      rope_scaling, rope_local_base_freq, sliding_window_pattern, no layer_types),
                      checked here to parse to the same transformers config
   expected.npz       tokens/mask [B,T] (a full row, a left-padded row, a right-padded row),
-                     logits [B,T,V] float32 (positions = cumsum(mask)-1), and a greedy
+                     logits [B,T,V] float32 (positions = cumsum(mask)-1), final-norm hidden
+                     states [B,T,D] (what score(..., return_hidden=True) returns), and a greedy
                      continuation: prompt_tokens/prompt_mask [B,P] (left-padded),
                      greedy_tokens [B,N] from `generate`, greedy_margin (smallest top-1 minus
                      top-2 logit along the path, so a tie can't make the test flaky)
@@ -109,9 +110,12 @@ def inputs(gen: torch.Generator, vocab: int):
   return tokens, mask, prompt, prompt_mask
 
 
-def logits_of(model, tokens, mask) -> np.ndarray:
+def logits_of(model, tokens, mask, hidden=False) -> np.ndarray:
   positions = (mask.cumsum(-1) - 1).clamp(min=0)
   with torch.no_grad():
+    if hidden:  # the base model's output: final-norm hidden states
+      out = model.model(input_ids=tokens, attention_mask=mask, position_ids=positions)
+      return out.last_hidden_state.float().numpy()
     out = model(input_ids=tokens, attention_mask=mask, position_ids=positions)
   return out.logits.float().numpy()
 
@@ -181,6 +185,7 @@ def make(family: str, seed: int) -> None:
         raise RuntimeError(f"{family}: {cap} barely changes the logits ({diff:.1e})")
   np.savez_compressed(os.path.join(out, "expected.npz"), tokens=tokens.numpy().astype(np.int32),
                       mask=mask.numpy().astype(np.int32), logits=logits.astype(np.float32),
+                      hidden=logits_of(model, tokens, mask, hidden=True).astype(np.float32),
                       prompt_tokens=prompt.numpy().astype(np.int32),
                       prompt_mask=prompt_mask.numpy().astype(np.int32),
                       greedy_tokens=new.astype(np.int32), greedy_margin=np.float32(margin))

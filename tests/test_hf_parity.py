@@ -4,8 +4,8 @@ tests/fixtures/hf/<family>/ holds a tiny random checkpoint saved by transformers
 logits and a greedy continuation computed by transformers (experiments/make_hf_fixtures.py; no
 torch here). Each family is loaded from its own config.json (transformers 5.x dialect) and from
 the same config rewritten in the 4.x dialect; both must reproduce transformers' outputs:
-float32 logits within 1e-4 at every unpadded position (full, left-padded and right-padded rows)
-through `gkd_jax.score`, and the identical greedy continuation through `gkd_jax.sample`
+float32 logits (and final-norm hidden states) within 1e-4 at every unpadded position (full,
+left-padded and right-padded rows) through `gkd_jax.score`, and the identical greedy continuation through `gkd_jax.sample`
 (prefill + KV-cache decode, prompts left-padded, decode running past the sliding window).
 """
 
@@ -74,6 +74,22 @@ def test_logits_match_transformers(family, dialect, loaded, tmp_path):
   assert not valid.all() and valid[0].all()  # padded rows are really exercised
   err = np.abs(logits[valid] - exp["logits"][valid]).max()
   assert err <= TOL, f"{family} ({dialect}): max |dlogit| {err:.2e}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hidden_states_match_transformers(family, loaded, tmp_path):
+  """return_hidden=True gives transformers' final-norm hidden states; unembedding maps them to
+  the logits (the path the fused divergence kernel takes)."""
+  model, params, exp = loaded(family, "v5", tmp_path)
+  hidden = gkd_jax.score(model, params, jnp.asarray(exp["tokens"]), jnp.asarray(exp["mask"]),
+                         return_hidden=True)
+  valid = exp["mask"].astype(bool)
+  np.testing.assert_allclose(np.asarray(hidden)[valid], exp["hidden"][valid], atol=TOL, rtol=0)
+  logits = jnp.einsum("btd,dv->btv", hidden, gkd_jax.models.unembedding(model, params))
+  cap = model.config.final_logit_softcap
+  if cap:
+    logits = cap * jnp.tanh(logits / cap)
+  np.testing.assert_allclose(np.asarray(logits)[valid], exp["logits"][valid], atol=TOL, rtol=0)
 
 
 @pytest.mark.parametrize("dialect", ["v5", "v4"])

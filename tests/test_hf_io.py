@@ -147,8 +147,8 @@ def test_multimodal_gemma3_loads_its_language_model(tmp_path):
     text = json.load(f)
   with open(tmp_path / "config.json", "w") as f:
     json.dump({"model_type": "gemma3", "text_config": text, "vision_config": {}}, f)
-  tensors = {"language_model." + k: v for k, v in load_file(os.path.join(src,
-                                                                          "model.safetensors")).items()}
+  text_tensors = load_file(os.path.join(src, "model.safetensors"))
+  tensors = {"language_model." + k: v for k, v in text_tensors.items()}
   tensors["vision_tower.vision_model.post_layernorm.weight"] = np.ones(4, np.float32)
   tensors["multi_modal_projector.mm_input_projection_weight"] = np.ones((4, 4), np.float32)
   save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})

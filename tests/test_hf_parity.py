@@ -5,8 +5,9 @@ logits and a greedy continuation computed by transformers (experiments/make_hf_f
 torch here). Each family is loaded from its own config.json (transformers 5.x dialect) and from
 the same config rewritten in the 4.x dialect; both must reproduce transformers' outputs:
 float32 logits (and final-norm hidden states) within 1e-4 at every unpadded position (full,
-left-padded and right-padded rows) through `gkd_jax.score`, and the identical greedy continuation through `gkd_jax.sample`
-(prefill + KV-cache decode, prompts left-padded, decode running past the sliding window).
+left-padded and right-padded rows) through `gkd_jax.score`, and the identical greedy continuation
+through `gkd_jax.sample` (prefill + KV-cache decode, prompts left-padded, decode running past the
+sliding window).
 """
 
 import os

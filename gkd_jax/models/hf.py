@@ -38,7 +38,7 @@ GENERATION_CONFIG = "generation_config.json"
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 # Tensors some checkpoints carry that hold nothing we need (recomputed RoPE tables).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-# Multimodal Gemma 3 (model_type "gemma3"): our decoder is its language model; skip the vision tower.
+# Multimodal Gemma 3 (model_type "gemma3"): we load its language model and skip the vision tower.
 _MULTIMODAL_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
                         ("language_model.lm_head.", "lm_head."))
 _VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
@@ -126,10 +126,11 @@ def _plan_for(model) -> list[_Entry]:
             for p, x in jax.tree_util.tree_leaves_with_path(shapes)}
   mine = {e.path: e.shape for e in plan}
   if leaves != mine:
+    shapes_differ = [(p, leaves[p], mine[p]) for p in leaves if mine.get(p, leaves[p]) != leaves[p]]
     raise RuntimeError(f"HF tensor map and decoder params disagree: only in decoder "
                        f"{sorted(set(leaves) - set(mine), key=str)[:5]}, only in map "
                        f"{sorted(set(mine) - set(leaves), key=str)[:5]}, shape differences "
-                       f"{[(p, leaves[p], mine[p]) for p in leaves if p in mine and leaves[p] != mine[p]][:5]}")
+                       f"{shapes_differ[:5]}")
   return plan
 
 

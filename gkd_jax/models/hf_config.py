@@ -132,7 +132,7 @@ def _layer_types(model_type: str, d: Mapping[str, Any], num_layers: int) -> tupl
 
 
 def config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
-  """A config.json dict (either dialect) -> ModelConfig. ValueError naming the field if unsupported."""
+  """config.json dict (either dialect) -> ModelConfig; a ValueError names any unsupported field."""
   model_type = hf.get("model_type")
   if model_type == "gemma3":  # multimodal Gemma 3: its language model is a gemma3_text config
     text = dict(hf.get("text_config") or {})
@@ -250,7 +250,7 @@ def _rope_dict(theta: float, scaling: Optional[RopeScaling]) -> dict[str, Any]:
 
 
 def config_to_hf(c: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
-  """ModelConfig -> config.json dict in the transformers 5.x dialect (rope_parameters, layer_types)."""
+  """ModelConfig -> config.json dict, transformers 5.x dialect (rope_parameters, layer_types)."""
   _check_representable(c)
   gemma = c.model_type in _GEMMA
   d: dict[str, Any] = {

@@ -1,0 +1,185 @@
+"""Pure-XLA streaming over vocabulary blocks (the CPU default and the fallback everywhere).
+
+Forward: pass 1 computes the per-token normalisers of student and teacher with an online log-sum-exp;
+pass 2 sums the divergence terms and ``G = sum_v df/ds_v`` (see `common`). Backward: one pass that
+recomputes each logit tile, forms ``dz = ct * (g - p_S G) * dscale`` and contracts it immediately:
+``d student_hidden += dz @ W_blk^T`` and ``d W_blk = student_hidden^T @ dz`` written in place. Nothing of
+size [N, V] is ever live; the largest temporaries are [N, vocab_block] tiles and the [N, Ds] float32
+hidden-state gradient accumulator.
+
+Ragged vocabularies need no padding: the last block is shifted left to end at V and the columns it shares
+with the previous block are masked out of every reduction (gradients of those columns are recomputed
+identically, so overwriting them is harmless).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from gkd_jax.kernels import common
+
+DEFAULT_VOCAB_BLOCK = 512
+
+
+def _block(j, bv, V):
+  start = jnp.minimum(j * bv, V - bv)
+  cols = start + jnp.arange(bv)
+  return start, cols, cols >= j * bv
+
+
+def _forward(spec, get_tiles, N, V, bv, tokens):
+  nb = -(-V // bv)
+
+  def stats_body(j, carry):
+    ms, ls, mt, lt = carry
+    start, _, ok = _block(j, bv, V)
+    zs_raw, zt_raw = get_tiles(start)
+    zs = common.scale(zs_raw, spec.student_softcap, spec.temperature)
+    zt = common.scale(zt_raw, spec.teacher_softcap, spec.temperature)
+    ms, ls = common.stats_update(ms, ls, zs, ok[None, :])
+    mt, lt = common.stats_update(mt, lt, zt, ok[None, :])
+    return ms, ls, mt, lt
+
+  init = common.stats_init((N,)) + common.stats_init((N,))
+  ms, ls, mt, lt = jax.lax.fori_loop(0, nb, stats_body, init)
+  norms = common.stats_finalize(ms, ls) + common.stats_finalize(mt, lt)
+
+  def value_body(j, carry):
+    F, G = carry
+    start, cols, ok = _block(j, bv, V)
+    s, t, _ = _logprobs(spec, get_tiles(start), norms)
+    onehot = cols[None, :] == tokens[:, None]
+    f, g = common.tile_terms(spec, s, t, ok[None, :], onehot)
+    return F + f.sum(-1), G + g.sum(-1)
+
+  zeros = jnp.zeros((N,), jnp.float32)
+  F, G = jax.lax.fori_loop(0, nb, value_body, (zeros, zeros))
+  return F, norms + (G,)
+
+
+def _logprobs(spec, tiles, norms):
+  zs_raw, zt_raw = tiles
+  sh_s, ll_s, sh_t, ll_t = norms
+  zs = common.scale(zs_raw, spec.student_softcap, spec.temperature)
+  zt = common.scale(zt_raw, spec.teacher_softcap, spec.temperature)
+  s = (zs - sh_s[:, None]) - ll_s[:, None]
+  t = (zt - sh_t[:, None]) - ll_t[:, None]
+  return s, t, zs_raw
+
+
+def _tile_grad(spec, tiles, norms, G, ct, cols, tokens):
+  """dz [N, bv] for every column of the tile (no overlap masking)."""
+  s, t, zs_raw = _logprobs(spec, tiles, norms)
+  onehot = cols[None, :] == tokens[:, None]
+  ok = jnp.ones(s.shape, bool)
+  _, g = common.tile_terms(spec, s, t, ok, onehot)
+  return common.student_logit_grad(spec, s, g, G, ct, zs_raw, ok)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fused with the unembedding: hidden [N, D] @ unembed [D, V].
+
+
+def _fused_tiles(hs, Ws, ht, Wt, bv):
+  def get(start):
+    ws = jax.lax.dynamic_slice_in_dim(Ws, start, bv, axis=1)
+    wt = jax.lax.dynamic_slice_in_dim(Wt, start, bv, axis=1)
+    return common.dot(hs, ws), common.dot(ht, wt)
+  return get
+
+
+def fused(spec, bv, hs, Ws, ht, Wt, tokens):
+  """Per-token divergence [N] of hs @ Ws vs ht @ Wt; custom VJP to hs and Ws only."""
+  struct, values = spec.split()
+  return fused_split(struct, bv, values, hs, Ws, ht, Wt, tokens)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def fused_split(struct, bv, values, hs, Ws, ht, Wt, tokens):
+  """`fused` with the hyperparameters as a runtime array (`common.Spec.split`)."""
+  return _fused_fwd(struct, bv, values, hs, Ws, ht, Wt, tokens)[0]
+
+
+def _fused_fwd(struct, bv, values, hs, Ws, ht, Wt, tokens):
+  spec = struct.bind(values)
+  N, V = hs.shape[0], Ws.shape[1]
+  F, res = _forward(spec, _fused_tiles(hs, Ws, ht, Wt, bv), N, V, bv, tokens)
+  return F, (values, hs, Ws, ht, Wt, tokens, res)
+
+
+def _fused_bwd(struct, bv, residuals, ct):
+  values, hs, Ws, ht, Wt, tokens, (sh_s, ll_s, sh_t, ll_t, G) = residuals
+  spec = struct.bind(values)
+  norms = (sh_s, ll_s, sh_t, ll_t)
+  N, V = hs.shape[0], Ws.shape[1]
+  get = _fused_tiles(hs, Ws, ht, Wt, bv)
+  ct = ct.astype(jnp.float32)
+
+  def body(j, carry):
+    dhs, dWs = carry
+    start, cols, ok = _block(j, bv, V)
+    dz = _tile_grad(spec, get(start), norms, G, ct, cols, tokens).astype(hs.dtype)
+    dW_blk = common.dot(hs, dz, trans_a=True).astype(Ws.dtype)
+    dWs = jax.lax.dynamic_update_slice_in_dim(dWs, dW_blk, start, axis=1)
+    ws = jax.lax.dynamic_slice_in_dim(Ws, start, bv, axis=1)
+    dhs = dhs + common.dot(jnp.where(ok[None, :], dz, 0).astype(hs.dtype), ws, trans_b=True)
+    return dhs, dWs
+
+  init = (jnp.zeros(hs.shape, jnp.float32), jnp.zeros(Ws.shape, Ws.dtype))
+  dhs, dWs = jax.lax.fori_loop(0, -(-V // bv), body, init)
+  return None, dhs.astype(hs.dtype), dWs, None, None, None
+
+
+fused_split.defvjp(_fused_fwd, _fused_bwd)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Logits given: student_logits [N, V], teacher_logits [N, V].
+
+
+def _logit_tiles(zs, zt, bv):
+  def get(start):
+    return (jax.lax.dynamic_slice_in_dim(zs, start, bv, axis=1),
+        jax.lax.dynamic_slice_in_dim(zt, start, bv, axis=1))
+  return get
+
+
+def from_logits(spec, bv, zs, zt, tokens):
+  """Per-token divergence [N] of logits [N, V]; custom VJP to zs only."""
+  struct, values = spec.split()
+  return from_logits_split(struct, bv, values, zs, zt, tokens)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def from_logits_split(struct, bv, values, zs, zt, tokens):
+  return _logits_fwd(struct, bv, values, zs, zt, tokens)[0]
+
+
+def _logits_fwd(struct, bv, values, zs, zt, tokens):
+  spec = struct.bind(values)
+  N, V = zs.shape
+  F, res = _forward(spec, _logit_tiles(zs, zt, bv), N, V, bv, tokens)
+  return F, (values, zs, zt, tokens, res)
+
+
+def _logits_bwd(struct, bv, residuals, ct):
+  values, zs, zt, tokens, (sh_s, ll_s, sh_t, ll_t, G) = residuals
+  spec = struct.bind(values)
+  norms = (sh_s, ll_s, sh_t, ll_t)
+  V = zs.shape[1]
+  get = _logit_tiles(zs, zt, bv)
+  ct = ct.astype(jnp.float32)
+
+  def body(j, dzs):
+    start, cols, _ = _block(j, bv, V)
+    dz = _tile_grad(spec, get(start), norms, G, ct, cols, tokens)
+    return jax.lax.dynamic_update_slice_in_dim(dzs, dz.astype(zs.dtype), start, axis=1)
+
+  dzs = jax.lax.fori_loop(0, -(-V // bv), body, jnp.zeros(zs.shape, zs.dtype))
+  return None, dzs, None, None
+
+
+from_logits_split.defvjp(_logits_fwd, _logits_bwd)

@@ -118,8 +118,8 @@ def fused_linear_divergence(
   if impl == "chunked":
     bv = min(vocab_block or chunked.DEFAULT_VOCAB_BLOCK, Ws.shape[1])
     return chunked.fused(spec, bv, hs, Ws, ht, Wt, tok)
-  from gkd_jax.kernels import pallas_dispatch
-  return pallas_dispatch.fused(spec, hs, Ws, ht, Wt, tok, vocab_block=vocab_block,
+  from gkd_jax.kernels import pallas
+  return pallas.fused(spec, hs, Ws, ht, Wt, tok, vocab_block=vocab_block,
                 token_block=token_block, hidden_block=hidden_block,
                 interpret=interpret)
 

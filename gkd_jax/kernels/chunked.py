@@ -76,7 +76,7 @@ def _tile_grad(spec, tiles, norms, G, ct, cols, tokens):
   onehot = cols[None, :] == tokens[:, None]
   ok = jnp.ones(s.shape, bool)
   _, g = common.tile_terms(spec, s, t, ok, onehot)
-  return common.student_logit_grad(spec, s, g, G, ct, zs_raw, ok)
+  return common.student_logit_grad(spec, s, g, G[:, None], ct[:, None], zs_raw, ok)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ def tile_terms(spec: Spec, s, t, ok, onehot=None):
     g = jnp.where(alive_s, p_s * (sm + 1.0) - a * jnp.exp(jnp.where(alive_s, s + sm, 0.0)), 0.0)
   elif kind == "tvd":
     f = 0.5 * jnp.abs(p_t - p_s)
-    g = 0.5 * jnp.sign(p_s - p_t) * p_s
+    g = jnp.where(p_s > p_t, 0.5 * p_s, jnp.where(p_s < p_t, -0.5 * p_s, 0.0))
   elif kind == "sampled_reverse_kl":
     f = jnp.where(onehot, s - t, 0.0)
     g = jnp.where(onehot, 1.0, 0.0)
@@ -184,8 +184,11 @@ def tile_terms(spec: Spec, s, t, ok, onehot=None):
 
 
 def student_logit_grad(spec: Spec, s, g, G, ct, zs_raw, ok):
-  """Cotangent of the raw student logits for a tile: ct * (g - p_S G) * dscale, zero where not ok."""
-  dz = (g - jnp.exp(s) * G[..., None]) * ct[..., None]
+  """Cotangent of the raw student logits for a tile: ct * (g - p_S G) * dscale, zero where not ok.
+
+  G and ct are per-token, shaped to broadcast against the tile (e.g. [N, 1]).
+  """
+  dz = (g - jnp.exp(s) * G) * ct
   dz = dz * dscale(zs_raw, spec.student_softcap, spec.temperature)
   return jnp.where(ok, dz, 0.0)
 

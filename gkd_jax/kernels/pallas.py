@@ -1,0 +1,145 @@
+"""impl="pallas": custom VJP around the Pallas kernels, dispatched by the platform being lowered for.
+
+`jax.lax.platform_dependent` picks, at lowering time, Mosaic kernels for TPU (`pallas_tpu.py`), the
+Triton forward kernel for CUDA (`pallas_gpu.py`, whose backward is the chunked XLA pass: per vocabulary
+block the two contractions are large GEMMs that cuBLAS does better than a hand-tiled Triton loop), and
+the chunked XLA pass on any other platform. ``interpret=None`` (default) runs the TPU kernels in
+interpret mode when the default backend is CPU (the tests); pass ``interpret=False`` to export the real
+kernels from a CPU host with ``jax.export(..., platforms=["tpu"])`` or ``["cuda"]``.
+
+Ragged shapes: N and V are zero-padded up to the block sizes (a copy, only when they do not divide);
+padded vocabulary columns are masked inside the kernels, padded tokens get a zero cotangent.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.pallas import tpu as pltpu
+
+from gkd_jax.kernels import chunked, common, pallas_gpu, pallas_tpu
+
+TPU_TOKEN_BLOCK = 256
+TPU_VOCAB_BLOCK = 512
+
+
+def _round_up(x, m):
+  return -(-x // m) * m
+
+
+def _pad_to(x, axis, size, value=0):
+  if x.shape[axis] == size:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths, constant_values=value)
+
+
+def block_sizes(N, V, token_block=None, vocab_block=None):
+  bn = token_block or min(TPU_TOKEN_BLOCK, _round_up(N, 8))
+  bv = vocab_block or min(TPU_VOCAB_BLOCK, _round_up(V, 128))
+  return bn, bv
+
+
+def _use_interpret(interpret):
+  """None: interpret on a CPU host; False: real kernels (e.g. `jax.export` for TPU/CUDA from CPU)."""
+  if interpret is None:
+    return jax.default_backend() == "cpu"
+  return bool(interpret)
+
+
+def _interpret_params(interpret):
+  if interpret is True or interpret is None:
+    return pltpu.InterpretParams()
+  return interpret
+
+
+def fused(spec, hs, Ws, ht, Wt, tok, *, vocab_block=None, token_block=None, hidden_block=None,
+          interpret=None):
+  N, V = hs.shape[0], Ws.shape[1]
+  bn, bv = block_sizes(N, V, token_block, vocab_block)
+  cfg = (bn, bv, hidden_block, interpret if interpret in (None, True, False) else interpret)
+  return _fused(spec, cfg, hs, Ws, ht, Wt, tok)
+
+
+def _pad_inputs(bn, bv, hs, Ws, ht, Wt, tok):
+  N, V = hs.shape[0], Ws.shape[1]
+  n, v = _round_up(N, bn), _round_up(V, bv)
+  return (_pad_to(hs, 0, n), _pad_to(Ws, 1, v), _pad_to(ht, 0, n), _pad_to(Wt, 1, v),
+          _pad_to(tok, 0, n)[:, None])
+
+
+def _forward_all(spec, cfg, hs, Ws, ht, Wt, tok):
+  """(F [N], stats (ms, ls, mt, lt, G) [N, 1]) on the platform being lowered for."""
+  bn, bv, hidden_block, interpret = cfg
+  N, V = hs.shape[0], Ws.shape[1]
+  padded = _pad_inputs(bn, bv, hs, Ws, ht, Wt, tok)
+
+  def tpu(interp):
+    def run():
+      outs = pallas_tpu.forward(spec, V, *padded, bn=bn, bv=bv, interpret=interp)
+      return tuple(x[:N] for x in outs)
+    return run
+
+  def gpu():
+    return pallas_gpu.forward(spec, V, hs, Ws, ht, Wt, tok, hidden_block=hidden_block)
+
+  def other():  # any other platform: the chunked XLA forward, in the same output format
+    struct, values = spec.split()
+    F, (sh_s, ll_s, sh_t, ll_t, G) = chunked._forward(
+        struct.bind(values), chunked._fused_tiles(hs, Ws, ht, Wt, min(bv, V)), N, V, min(bv, V), tok)
+    return tuple(x[:, None] for x in (sh_s, jnp.exp(ll_s), sh_t, jnp.exp(ll_t), F, G))
+
+  if _use_interpret(interpret):
+    outs = tpu(_interpret_params(interpret))()
+  else:
+    outs = jax.lax.platform_dependent(tpu=tpu(False), cuda=gpu, default=other)
+  ms, ls, mt, lt, F, G = outs
+  return F[:, 0], (ms, ls, mt, lt, G)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fused(spec, cfg, hs, Ws, ht, Wt, tok):
+  return _forward_all(spec, cfg, hs, Ws, ht, Wt, tok)[0]
+
+
+def _fused_fwd(spec, cfg, hs, Ws, ht, Wt, tok):
+  F, stats = _forward_all(spec, cfg, hs, Ws, ht, Wt, tok)
+  return F, (hs, Ws, ht, Wt, tok, stats)
+
+
+def _fused_bwd(spec, cfg, residuals, ct):
+  hs, Ws, ht, Wt, tok, stats = residuals
+  bn, bv, _, interpret = cfg
+  N, V = hs.shape[0], Ws.shape[1]
+  ct = ct.astype(jnp.float32)
+
+  def tpu(interp):
+    def run():
+      padded = _pad_inputs(bn, bv, hs, Ws, ht, Wt, tok)
+      n = padded[0].shape[0]
+      ct_p = _pad_to(ct, 0, n)[:, None]
+      # Padded tokens: finite statistics (max 0, sum 1) so that their zero cotangent stays zero.
+      stats_p = tuple(_pad_to(x, 0, n, value) for x, value in zip(stats, (0, 1, 0, 1, 0)))
+      dh, dw = pallas_tpu.backward(spec, V, *padded, ct_p, stats_p, bn=bn, bv=bv, interpret=interp)
+      return dh[:N], dw[:, :V]
+    return run
+
+  def gpu():  # chunked XLA backward from the kernel's statistics (also the non-TPU/GPU fallback)
+    ms, ls, mt, lt, G = (x[:, 0] for x in stats)
+    norms = common.stats_finalize(ms, ls) + common.stats_finalize(mt, lt)
+    struct, values = spec.split()
+    bvc = min(chunked.DEFAULT_VOCAB_BLOCK, V)
+    res = (values, hs, Ws, ht, Wt, tok, norms + (G,))
+    return chunked._fused_bwd(struct, bvc, res, ct)[1:3]
+
+  if _use_interpret(interpret):
+    dh, dw = tpu(_interpret_params(interpret))()
+  else:
+    dh, dw = jax.lax.platform_dependent(tpu=tpu(False), cuda=gpu, default=gpu)
+  return dh, dw, None, None, None
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)

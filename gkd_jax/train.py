@@ -1,0 +1,304 @@
+"""The one trainer: config -> mesh + models + data -> jitted `train_step` loop -> checkpoints/metrics.
+
+Everything that can fail on bad input (config values, paths, data lines, vocabularies) is checked
+before anything is written to the workdir, so a bad launch never damages an existing run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Optional
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gkd_jax import checkpoints, data, gkd, metrics, models, sharding, tasks
+from gkd_jax.config_validation import validate
+from gkd_jax.models.hf import load_pretrained, save_pretrained
+from gkd_jax.models.hf_config import config_from_hf
+from gkd_jax.models.presets import get_preset
+from gkd_jax.sampling import sample
+from gkd_jax.tokenizers import load_tokenizer
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class Run:
+  """What a config builds before the loop starts."""
+
+  config: Any
+  mesh: jax.sharding.Mesh
+  tokenizer: Any
+  student: Any
+  params: Any
+  param_shardings: Any
+  teacher: Optional[Any]
+  teacher_params: Optional[Any]
+  settings: gkd.GKDSettings
+
+
+def _load(section, name, mesh, rules):
+  """(model, params) from an HF checkpoint dir, placed with the shardings of its logical axes."""
+  path = section.path
+  if not os.path.isfile(os.path.join(path, "config.json")):
+    raise ValueError(f"{name}.path={path!r} is not a checkpoint directory (no config.json)")
+  dtype = DTYPES[section.dtype]
+  with open(os.path.join(path, "config.json")) as f:
+    model = models.build(config_from_hf(json.load(f)), dtype)
+  shardings = sharding.tree_shardings(mesh, models.logical_axes(model), rules,
+                                      shapes=models.param_shapes(model))
+  return load_pretrained(path, dtype=dtype, shardings=shardings)
+
+
+def build(config, mode: str = "train", devices=None) -> Run:
+  """Validates the config and loads tokenizer and models onto the mesh. Writes nothing.
+
+  mode: "train" | "eval" | "sample" (sampling needs no teacher and no data).
+  devices: the devices of the mesh (default: all).
+  """
+  devices = jax.devices() if devices is None else devices
+  validate(config, num_devices=len(devices), mode=mode)
+  load_teacher = mode != "sample"
+  mesh = sharding.make_mesh(config.mesh, devices)
+  rules = tuple(config.sharding_rules)
+  tokenizer = load_tokenizer(config.tokenizer.path or config.student.path)
+  if config.student.path:
+    student, params = _load(config.student, "student", mesh, rules)
+  else:
+    student = models.build(get_preset(config.student.preset),
+                           DTYPES[config.student.dtype])
+    params = models.init(student, jax.random.key(config.seed))
+  teacher = teacher_params = None
+  if config.teacher.path and load_teacher:
+    teacher, teacher_params = _load(config.teacher, "teacher", mesh, rules)
+    sv, tv = student.config.vocab_size, teacher.config.vocab_size
+    if sv != tv:
+      raise ValueError(f"teacher vocabulary ({tv}, {config.teacher.path}) differs from the "
+                       f"student's ({sv}): distillation needs one shared vocabulary")
+  if tokenizer.vocab_size > student.config.vocab_size:
+    raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the student's vocabulary "
+                     f"is {student.config.vocab_size}")
+  param_shardings = sharding.tree_shardings(mesh, models.logical_axes(student), rules,
+                                            shapes=models.param_shapes(student))
+  params = jax.device_put(params, param_shardings)
+  settings = gkd.GKDSettings.from_config(config, eos_id=tokenizer.eos_id)
+  return Run(config, mesh, tokenizer, student, params, param_shardings, teacher, teacher_params,
+             settings)
+
+
+def _loader(run: Run, path, *, batch_size, shuffle, num_epochs):
+  c = run.config.data
+  return data.make_loader(
+      path, run.tokenizer, batch_size=batch_size // jax.process_count(),
+      max_prompt_len=c.max_prompt_len, max_completion_len=c.max_completion_len,
+      seed=run.config.seed, shuffle=shuffle, num_epochs=num_epochs, worker_count=c.worker_count,
+      chat_family=c.chat_family or None)
+
+
+def _global_batch(run: Run, local_batch):
+  """Process-local numpy batch -> global jax arrays sharded over the batch axes."""
+  out = {}
+  for key, value in local_batch.items():
+    sh = sharding.batch_sharding(run.mesh, tuple(run.config.sharding_rules), value.ndim)
+    out[key] = jax.make_array_from_process_local_data(sh, np.asarray(value))
+  return out
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_id"))
+def _greedy(model, params, prompt_BxP, pmask_BxP, *, max_new_tokens, eos_id):
+  return sample(model, params, prompt_BxP, pmask_BxP, jax.random.key(0),
+                max_new_tokens=max_new_tokens, temperature=0.0, eos_id=eos_id)
+
+
+def task_accuracy(run: Run, model, params) -> Optional[float]:
+  """The bundled task's own metric on eval prompts, with greedy decoding."""
+  c = run.config
+  if not c.task.name:
+    return None
+  task = tasks.get_task(c.task.name)
+  loader = _loader(run, c.data.eval_path, batch_size=c.eval.batch_size, shuffle=False,
+                   num_epochs=1)
+  prompts, completions = [], []
+  for local in loader:
+    out = _greedy(model, params, jnp.asarray(local["prompt_tokens"]),
+                  jnp.asarray(local["prompt_mask"]), max_new_tokens=c.eval.max_new_tokens,
+                  eos_id=run.tokenizer.eos_id)
+    tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
+    for row in range(tokens.shape[0]):
+      prompt_ids = local["prompt_tokens"][row][local["prompt_mask"][row] == 1]
+      ids = [t for t, m in zip(tokens[row], mask[row]) if m and t != run.tokenizer.eos_id]
+      prompts.append(run.tokenizer.decode(list(prompt_ids)))
+      completions.append(run.tokenizer.decode(ids))
+    if len(prompts) >= c.eval.num_examples:
+      break
+  n = min(len(prompts), c.eval.num_examples)
+  return task.accuracy(prompts[:n], completions[:n])
+
+
+def _heldout(run: Run, params, eval_fn):
+  c = run.config
+  loader = _loader(run, c.data.eval_path, batch_size=c.eval.batch_size, shuffle=False,
+                   num_epochs=1)
+  sums, count = {}, 0
+  for local in loader:
+    m = eval_fn(params, run.teacher_params, _global_batch(run, local))
+    for k, v in m.items():
+      sums[k] = sums.get(k, 0.0) + float(v)
+    count += 1
+    if count * c.eval.batch_size >= c.eval.num_examples:
+      break
+  return {f"eval/{k}": v / max(count, 1) for k, v in sums.items()}
+
+
+def evaluate(run: Run, params, eval_fn) -> dict:
+  """Held-out loss terms and the task metric ({} when the config has no eval data)."""
+  if not run.config.data.eval_path:
+    return {}
+  out = _heldout(run, params, eval_fn)
+  acc = task_accuracy(run, run.student, params)
+  if acc is not None:
+    out["eval/accuracy"] = acc
+  return out
+
+
+def _summary_table(rows: dict) -> str:
+  lines = ["", "  model                      accuracy", "  -------------------------  --------"]
+  for name, value in rows.items():
+    lines.append(f"  {name:<25}  {value:8.3f}" if value is not None else f"  {name:<25}       n/a")
+  return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Steps:
+  """The jitted functions of a run, with explicit shardings on its mesh."""
+
+  init_state: Any  # params -> TrainState
+  abstract_state: Any  # TrainState of ShapeDtypeStructs with shardings (checkpoint restore target)
+  train_step: Any  # (state, teacher_params, batch, rng) -> (state, metrics); state donated
+  eval_step: Any  # (params, teacher_params, batch) -> metrics
+
+
+def compile_steps(run: Run) -> Steps:
+  c = run.config
+  optimizer = gkd.make_optimizer(c.optim, c.train.num_steps)
+
+  def init_state(params):
+    return gkd.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=optimizer.init(params))
+
+  abstract = jax.eval_shape(init_state, run.params)
+  repl = sharding.replicated(run.mesh)
+  state_sh = gkd.TrainState(
+      step=repl, params=run.param_shardings,
+      opt_state=optax.tree_map_params(optimizer, lambda _, s: s, abstract.opt_state,
+                                      run.param_shardings, transform_non_params=lambda _: repl))
+  teacher_sh = (None if run.teacher is None
+                else jax.tree.map(lambda x: x.sharding, run.teacher_params))
+  batch_sh = sharding.batch_sharding(run.mesh, tuple(c.sharding_rules), 2)
+  train_step = jax.jit(
+      functools.partial(gkd.train_step, student=run.student, teacher=run.teacher,
+                        optimizer=optimizer, settings=run.settings),
+      in_shardings=(state_sh, teacher_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+      donate_argnums=0)
+  eval_step = jax.jit(
+      functools.partial(gkd.eval_step, student=run.student, teacher=run.teacher,
+                        settings=run.settings),
+      in_shardings=(run.param_shardings, teacher_sh, batch_sh), out_shardings=repl)
+  abstract_state = jax.tree.map(
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, state_sh)
+  return Steps(jax.jit(init_state, out_shardings=state_sh), abstract_state, train_step,
+               eval_step)
+
+
+def train(config, workdir: str) -> dict:
+  """Runs (or resumes) training in `workdir`; returns the final summary."""
+  run = build(config)
+  c = config
+  steps = compile_steps(run)
+  data_iter = iter(_loader(run, c.data.train_path, batch_size=c.train.batch_size,
+                           shuffle=c.data.shuffle, num_epochs=c.data.num_epochs))
+  step_fn, eval_fn = steps.train_step, steps.eval_step
+
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpoints.make_manager(os.path.join(workdir, "checkpoints"),
+                                     keep=c.train.keep_checkpoints,
+                                     save_every=c.train.checkpoint_every,
+                                     async_save=c.train.async_checkpoints)
+  restored = checkpoints.restore_latest(manager, steps.abstract_state, data_iter)
+  if restored is None:
+    state = steps.init_state(run.params)
+  else:
+    _, state = restored
+  step = int(state.step)
+  writer = metrics.MetricWriter(workdir, jax.process_index(), resume_step=step)
+  summary_path = os.path.join(workdir, "summary.json")
+  summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
+  if step == 0:
+    before = evaluate(run, state.params, eval_fn)
+    writer.write(0, before)
+    summary["student_before"] = before.get("eval/accuracy")
+    if run.teacher is not None:
+      summary["teacher"] = task_accuracy(run, run.teacher, run.teacher_params)
+    if jax.process_index() == 0:
+      with open(summary_path, "w") as f:
+        json.dump(summary, f)
+
+  rng = jax.random.key(c.seed)
+  progress = metrics.Progress(c.train.num_steps, step)
+  tick, last_logged = time.perf_counter(), step
+  stopped = False
+  with checkpoints.PreemptionGuard() as guard:
+    while step < c.train.num_steps and not stopped:
+      batch = _global_batch(run, next(data_iter))
+      state, m = step_fn(state, run.teacher_params, batch, rng)
+      step += 1
+      if step % c.train.log_every == 0 or step == c.train.num_steps:
+        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        now = time.perf_counter()
+        m["step_time_s"] = (now - tick) / (step - last_logged)  # the first includes compilation
+        m["tokens_per_s"] = m["num_tokens"] / m["step_time_s"]
+        tick, last_logged = now, step
+        writer.write(step, m)
+        progress.update(step, m)
+      else:
+        progress.update(step)
+      if c.train.eval_every and step % c.train.eval_every == 0 and step < c.train.num_steps:
+        result = evaluate(run, state.params, eval_fn)
+        writer.write(step, result)
+        progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
+      checkpoints.save(manager, step, state, data_iter)
+      stopped = guard.should_stop(step)
+  checkpoints.save(manager, step, state, data_iter, force=True)
+  manager.wait_until_finished()
+  progress.close()
+  if stopped:
+    writer.close()
+    raise SystemExit(f"stopped by SIGTERM/preemption at step {step}; checkpoint saved, run the "
+                     "same command again to resume")
+  final = evaluate(run, state.params, eval_fn)
+  writer.write(step, final)
+  writer.close()
+  summary["student_after"] = final.get("eval/accuracy")
+  if c.train.export_final and jax.process_index() == 0:
+    save_pretrained(os.path.join(workdir, "student"), run.student, jax.device_get(state.params))
+  if jax.process_index() == 0:
+    with open(summary_path, "w") as f:
+      json.dump(summary, f)
+    print(_summary_table({"teacher": summary.get("teacher"),
+                          "student before distillation": summary.get("student_before"),
+                          "student after distillation": summary.get("student_after")}))
+  return summary
+
+
+def evaluate_checkpoint(config) -> dict:
+  """Held-out loss terms and the task metric of `config.student` (what `gkd-jax eval` prints)."""
+  run = build(config, mode="eval")
+  return evaluate(run, run.params, compile_steps(run).eval_step)

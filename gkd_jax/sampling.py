@@ -38,7 +38,7 @@ class SampleOutput(NamedTuple):
 
 def sample(model: Model, params: Params, prompt_tokens, prompt_mask, rng, *, max_new_tokens: int,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           eos_id: Union[None, int, Sequence[int]] = None) -> SampleOutput:
+           eos_id: Union[None, int, Sequence[int]] = None, return_logits: bool = False):
   """Generate `max_new_tokens` tokens after each prompt.
 
   prompt_tokens, prompt_mask: [B,P] (mask 1 = real token; every row needs at least one).
@@ -50,6 +50,8 @@ def sample(model: Model, params: Params, prompt_tokens, prompt_mask, rng, *, max
   Returns SampleOutput(tokens, mask, logprobs): logprobs are the chosen token's log-probability
   under the distribution actually sampled from (logits / temperature restricted to the top-k/top-p
   set and renormalised; for temperature 0, log_softmax(logits)), 0 where mask is 0.
+  return_logits=True (for tests and debugging) returns (SampleOutput, logits [B,N,V] float32), the
+  model's next-token logits at each step (zeros for steps never run).
   """
   if int(max_new_tokens) < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
@@ -67,7 +69,7 @@ def sample(model: Model, params: Params, prompt_tokens, prompt_mask, rng, *, max
   use_top_p = not (isinstance(top_p, (int, float)) and top_p >= 1.0)
   return _sample(model, params, prompt_tokens, prompt_mask, rng, temperature, top_p,
                  max_new_tokens=int(max_new_tokens), top_k=int(top_k), eos_ids=eos_ids,
-                 greedy=greedy, use_top_p=use_top_p)
+                 greedy=greedy, use_top_p=use_top_p, return_logits=bool(return_logits))
 
 
 def choose_tokens(logits_BxV, rng, temperature, top_p, *, top_k: int, greedy: bool,
@@ -126,9 +128,9 @@ def cache_sizes(model: Model, prompt_len: int, max_new_tokens: int) -> tuple[int
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "eos_ids",
-                                             "greedy", "use_top_p"))
+                                             "greedy", "use_top_p", "return_logits"))
 def _sample(model: Model, params, prompt_tokens, prompt_mask, rng, temperature, top_p, *,
-            max_new_tokens, top_k, eos_ids, greedy, use_top_p) -> SampleOutput:
+            max_new_tokens, top_k, eos_ids, greedy, use_top_p, return_logits):
   cfg = model.config
   B, P = prompt_tokens.shape
   N = max_new_tokens
@@ -140,14 +142,13 @@ def _sample(model: Model, params, prompt_tokens, prompt_mask, rng, temperature, 
 
   # Prefill: attend within the prompt, write its keys/values into fresh caches.
   def prefill_fn(size):
-    first = max(0, P - size)
-    slots = np.arange(first, P) % size
+    def to_cache(x):  # cache index i -> slot i mod size, for the last min(P, size) indices
+      if P <= size:
+        return jnp.pad(x, ((0, 0), (0, 0), (0, size - P), (0, 0)))
+      return jnp.roll(x[:, :, P - size:], (P - size) % size, axis=2)
 
     def kv_fn(k, v):
-      shape = k.shape[:2] + (size,) + k.shape[3:]
-      kc = jnp.zeros(shape, k.dtype).at[:, :, slots].set(k[:, :, first:])
-      vc = jnp.zeros(shape, v.dtype).at[:, :, slots].set(v[:, :, first:])
-      return k, v, (kc, vc)
+      return k, v, (to_cache(k), to_cache(v))
     return kv_fn
 
   hidden, caches = decoder(tokens, positions_from_mask(mask), attention_masks(model, mask),
@@ -158,11 +159,11 @@ def _sample(model: Model, params, prompt_tokens, prompt_mask, rng, temperature, 
                              greedy=greedy, use_top_p=use_top_p)
   eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
 
-  tok0, lp0 = choose(logits0, jax.random.fold_in(rng, 0))
-  out_tokens = jnp.full((B, N), cfg.pad_id, jnp.int32).at[:, 0].set(tok0)
-  out_mask = jnp.zeros((B, N), jnp.int32).at[:, 0].set(1)
-  out_lp = jnp.zeros((B, N), jnp.float32).at[:, 0].set(lp0)
-  done0 = jnp.isin(tok0, eos)
+  out_tokens = jnp.full((B, N), cfg.pad_id, jnp.int32)
+  out_mask = jnp.zeros((B, N), jnp.int32)
+  out_lp = jnp.zeros((B, N), jnp.float32)
+  # Optional [B,N,V] record of every step's logits (a size-0 placeholder when not asked for).
+  out_logits = jnp.zeros((B, N, cfg.vocab_size) if return_logits else (0,), jnp.float32)
 
   def step(tok_B, t, caches):
     """Feed the token at cache index t; return next-token logits and the updated caches."""
@@ -193,8 +194,10 @@ def _sample(model: Model, params, prompt_tokens, prompt_mask, rng, temperature, 
     return (i < N) & ~jnp.all(done)
 
   def body(carry):
-    i, prev, done, caches, out_tokens, out_mask, out_lp = carry
-    logits, caches = step(prev, P + i - 1, caches)
+    # Choose token i from the logits in hand, record it, then feed it (cache index P + i). The
+    # last iteration's forward is unused: one extra step out of N keeps a single copy of the
+    # sampling code in the compiled program.
+    i, logits, done, caches, out_tokens, out_mask, out_lp, out_logits = carry
     tok, lp = choose(logits, jax.random.fold_in(rng, i))
     live = ~done
     lp = jnp.where(live, lp, 0.0)
@@ -203,9 +206,14 @@ def _sample(model: Model, params, prompt_tokens, prompt_mask, rng, temperature, 
     out_tokens = jax.lax.dynamic_update_slice(out_tokens, tok[:, None], col)
     out_mask = jax.lax.dynamic_update_slice(out_mask, live.astype(jnp.int32)[:, None], col)
     out_lp = jax.lax.dynamic_update_slice(out_lp, lp[:, None], col)
+    if return_logits:
+      out_logits = jax.lax.dynamic_update_slice(out_logits, logits[:, None], (0, i, 0))
     done = done | (live & jnp.isin(tok, eos))
-    return i + 1, tok, done, caches, out_tokens, out_mask, out_lp
+    logits, caches = step(tok, P + i, caches)
+    return i + 1, logits, done, caches, out_tokens, out_mask, out_lp, out_logits
 
-  carry = (jnp.int32(1), tok0, done0, caches, out_tokens, out_mask, out_lp)
+  carry = (jnp.int32(0), logits0, jnp.zeros((B,), bool), caches, out_tokens, out_mask, out_lp,
+           out_logits)
   carry = jax.lax.while_loop(cond, body, carry)
-  return SampleOutput(carry[4], carry[5], carry[6])
+  out = SampleOutput(carry[4], carry[5], carry[6])
+  return (out, carry[7]) if return_logits else out

@@ -82,11 +82,31 @@ def build(config: ModelConfig, dtype=jnp.float32) -> Model:
 
 
 def init(model: Model, rng: jax.Array) -> Params:
-  """Random parameters (normal(0, 0.02) matrices, HF-style norm init), a nested dict of arrays."""
-  @jax.jit
-  def _init(rng):
-    return nnx.state(Decoder(model.config, model.dtype, nnx.Rngs(params=rng)), nnx.Param)
-  return _init(rng).to_pure_dict()
+  """Random parameters, a nested dict of arrays: normal(0, 0.02) matrices and embeddings, zero
+  biases, identity norms (ones; zeros for Gemma's (1+w) norms, as HF initialises them)."""
+  return _init(model, rng)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model: Model, rng: jax.Array) -> Params:
+  # One flat normal draw split into leaves: one RNG op to compile instead of one per tensor.
+  shapes = param_shapes(model)
+  paths, leaves = zip(*jax.tree_util.tree_flatten_with_path(shapes)[0])
+  names = [jax.tree_util.keystr(p) for p in paths]
+  random = [not ("norm" in n or "bias" in n) for n in names]
+  total = sum(int(np.prod(l.shape)) for l, r in zip(leaves, random) if r)
+  flat = 0.02 * jax.random.normal(rng, (total,), jnp.float32)
+  out, start = [], 0
+  fill = 0.0 if model.config.norm_scale_plus_one else 1.0
+  for name, leaf, r in zip(names, leaves, random):
+    size = int(np.prod(leaf.shape))
+    if r:
+      value = flat[start:start + size].reshape(leaf.shape)
+      start += size
+    else:
+      value = jnp.full(leaf.shape, fill if "norm" in name else 0.0, jnp.float32)
+    out.append(value.astype(leaf.dtype))
+  return jax.tree.unflatten(jax.tree.structure(shapes), out)
 
 
 def param_shapes(model: Model) -> Params:

@@ -1,0 +1,91 @@
+"""score(): padding invariance, hidden states vs logits, gradients, bfloat16, and use under jit with
+params sharded by their logical axes on a mesh of fake devices. (Exactness against an independent
+float64 forward is in test_decoder.py.)"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import gkd_jax
+from gkd_jax.models import build, logical_axes, unembedding
+from tests.model_helpers import tiny
+
+
+def _batch(cfg, T=11, seed=1):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, cfg.vocab_size, (3, T)).astype(np.int32)
+  mask = np.ones((3, T), np.int32)
+  mask[1, :4] = 0
+  mask[2, -3:] = 0
+  return tokens, mask
+
+
+def test_padding_does_not_change_valid_logits():
+  model, params = tiny("gemma3")
+  tokens, _ = _batch(model.config)
+  row = tokens[0, :7]
+  left = np.concatenate([np.full(4, 5), row])[None]
+  right = np.concatenate([row, np.full(4, 7)])[None]
+  pad = np.concatenate([np.zeros(4), np.ones(7)])[None].astype(np.int32)
+  base = np.asarray(gkd_jax.score(model, params, row[None]))[0]
+  got_l = np.asarray(gkd_jax.score(model, params, left, pad))[0, 4:]
+  got_r = np.asarray(gkd_jax.score(model, params, right, pad[:, ::-1]))[0, :7]
+  np.testing.assert_allclose(got_l, base, atol=1e-5)
+  np.testing.assert_allclose(got_r, base, atol=1e-5)
+
+
+def test_model_is_a_static_jit_argument_and_score_is_differentiable():
+  model, params = tiny("qwen2")
+  assert hash(model) == hash(build(model.config)) and model == build(model.config)
+  tokens, mask = _batch(model.config, T=6)
+
+  def loss(p):
+    return jnp.mean(gkd_jax.score(model, p, tokens, mask) ** 2)
+
+  grads = jax.jit(jax.grad(loss))(params)
+  assert jax.tree.structure(grads) == jax.tree.structure(params)
+  g = grads["layers"][0]["attn"]["q_bias"]
+  assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).max()) > 0
+
+
+def test_bfloat16_model_tracks_float32():
+  model, params = tiny("gemma2")
+  bf = build(model.config, jnp.bfloat16)
+  params_bf = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+  tokens, mask = _batch(model.config, T=6)
+  ref = np.asarray(gkd_jax.score(model, params, tokens, mask))
+  got = gkd_jax.score(bf, params_bf, tokens, mask)
+  hidden = gkd_jax.score(bf, params_bf, tokens, mask, return_hidden=True)
+  assert got.dtype == jnp.float32 and hidden.dtype == jnp.bfloat16
+  ok = mask == 1
+  assert np.abs(np.asarray(got)[ok] - ref[ok]).max() < 0.05 * np.abs(ref).max()
+
+
+def test_hidden_times_unembedding_gives_logits_and_mask_defaults_to_ones():
+  model, params = tiny("gemma2", tie_embeddings=False)
+  tokens, _ = _batch(model.config)
+  hidden = gkd_jax.score(model, params, tokens, return_hidden=True)
+  logits = gkd_jax.score(model, params, tokens, np.ones_like(tokens))
+  z = np.asarray(hidden, np.float64) @ np.asarray(unembedding(model, params), np.float64)
+  cap = model.config.final_logit_softcap
+  np.testing.assert_allclose(np.asarray(logits), cap * np.tanh(z / cap), atol=1e-5)
+
+
+def test_score_under_jit_with_params_sharded_by_logical_axes():
+  model, params = tiny("qwen2")
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+  rules = {"embed": "fsdp", "mlp": "tensor", "heads": "tensor", "kv_heads": "tensor",
+           "vocab": "tensor", "head_dim": None}
+  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, P(*(rules[a] for a in spec))),
+                           logical_axes(model))
+  sharded = jax.device_put(params, shardings)
+  tokens, mask = _batch(model.config)
+  tokens, mask = np.concatenate([tokens, tokens[:1]]), np.concatenate([mask, mask[:1]])
+  data = NamedSharding(mesh, P("data", None))
+  fn = jax.jit(lambda p, t, m: gkd_jax.score(model, p, t, m),
+               out_shardings=NamedSharding(mesh, P("data", None, "tensor")))
+  got = fn(sharded, jax.device_put(tokens, data), jax.device_put(mask, data))
+  assert got.sharding.spec == P("data", None, "tensor")
+  want = gkd_jax.score(model, params, tokens, mask)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)

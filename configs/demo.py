@@ -44,8 +44,8 @@ def get_config():
   c.train.log_every = 10
   c.train.eval_every = 100
   c.train.checkpoint_every = 100
-  c.eval.batch_size = 100
-  c.eval.num_examples = 500
+  c.eval.batch_size = 96
+  c.eval.num_examples = 480
   c.eval.max_new_tokens = 44
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
   c.task.name = "arithmetic"

@@ -21,6 +21,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "train: run directory (checkpoin
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "eval/sample: HF checkpoint dir of the student "
                                   "(default: config.student.path).")
 _PROMPTS = flags.DEFINE_string("prompts", "-", "sample: file with one prompt per line ('-': stdin).")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (every "
+                               "host of a TPU slice / multi-node GPU job runs the same command).")
 COMMANDS = ("train", "eval", "sample")
 
 
@@ -60,6 +62,9 @@ def main(argv):
   command = argv[1]
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 brings it back
+  if _MULTIHOST.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
   try:
     from gkd_jax import train  # pylint: disable=g-import-not-at-top
     if command == "train":

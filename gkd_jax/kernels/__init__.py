@@ -59,6 +59,12 @@ def _check_fused_shapes(hs, Ws, ht, Wt, tokens):
     raise ValueError(f"tokens.shape={tuple(tokens.shape)} must be ({hs.shape[0]},)")
 
 
+def _check_blocks(**blocks):
+  for name, b in blocks.items():
+    if b is not None and (not isinstance(b, int) or b <= 0):
+      raise ValueError(f"{name}={b!r} must be a positive int")
+
+
 def _tokens_or_dummy(tokens, n):
   if tokens is None:
     return jnp.zeros((n,), jnp.int32)
@@ -97,10 +103,7 @@ def fused_linear_divergence(
               tokens=tokens, student_vocab=Ws.shape[-1], teacher_vocab=Wt.shape[-1])
   _check_fused_shapes(hs, Ws, ht, Wt, tokens)
   impl = _resolve_impl(impl)
-  for name, b in (("vocab_block", vocab_block), ("token_block", token_block),
-          ("hidden_block", hidden_block)):
-    if b is not None and (not isinstance(b, int) or b <= 0):
-      raise ValueError(f"{name}={b!r} must be a positive int")
+  _check_blocks(vocab_block=vocab_block, token_block=token_block, hidden_block=hidden_block)
   if mesh is not None and vocab_axis is not None:
     from gkd_jax.kernels import vocab_parallel
     return vocab_parallel.fused_linear_divergence(
@@ -152,6 +155,7 @@ def vocab_divergence(
   if tokens is not None and tuple(tokens.shape) != tuple(zs.shape[:-1]):
     raise ValueError(f"tokens.shape={tuple(tokens.shape)} must be {tuple(zs.shape[:-1])}")
   impl = _resolve_impl(impl)
+  _check_blocks(vocab_block=vocab_block)
   lead, V = zs.shape[:-1], zs.shape[-1]
   if impl == "reference":
     return divergences.token_divergence(

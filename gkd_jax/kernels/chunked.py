@@ -30,10 +30,9 @@ def _block(j, bv, V):
   return start, cols, cols >= j * bv
 
 
-def _forward(spec, get_tiles, N, V, bv, tokens):
-  nb = -(-V // bv)
-
-  def stats_body(j, carry):
+def stats_pass(spec, get_tiles, N, V, bv):
+  """Pass 1: raw online statistics (ms, ls, mt, lt) [N] of student and teacher."""
+  def body(j, carry):
     ms, ls, mt, lt = carry
     start, _, ok = _block(j, bv, V)
     zs_raw, zt_raw = get_tiles(start)
@@ -44,10 +43,12 @@ def _forward(spec, get_tiles, N, V, bv, tokens):
     return ms, ls, mt, lt
 
   init = common.stats_init((N,)) + common.stats_init((N,))
-  ms, ls, mt, lt = jax.lax.fori_loop(0, nb, stats_body, init)
-  norms = common.stats_finalize(ms, ls) + common.stats_finalize(mt, lt)
+  return jax.lax.fori_loop(0, -(-V // bv), body, init)
 
-  def value_body(j, carry):
+
+def value_pass(spec, get_tiles, N, V, bv, tokens, norms):
+  """Pass 2: (F, G) [N] given the final normalisers (shift_s, log l_s, shift_t, log l_t)."""
+  def body(j, carry):
     F, G = carry
     start, cols, ok = _block(j, bv, V)
     s, t, _ = _logprobs(spec, get_tiles(start), norms)
@@ -56,7 +57,13 @@ def _forward(spec, get_tiles, N, V, bv, tokens):
     return F + f.sum(-1), G + g.sum(-1)
 
   zeros = jnp.zeros((N,), jnp.float32)
-  F, G = jax.lax.fori_loop(0, nb, value_body, (zeros, zeros))
+  return jax.lax.fori_loop(0, -(-V // bv), body, (zeros, zeros))
+
+
+def _forward(spec, get_tiles, N, V, bv, tokens):
+  ms, ls, mt, lt = stats_pass(spec, get_tiles, N, V, bv)
+  norms = common.stats_finalize(ms, ls) + common.stats_finalize(mt, lt)
+  F, G = value_pass(spec, get_tiles, N, V, bv, tokens, norms)
   return F, norms + (G,)
 
 
@@ -113,8 +120,13 @@ def _fused_fwd(struct, bv, values, hs, Ws, ht, Wt, tokens):
 def _fused_bwd(struct, bv, residuals, ct):
   values, hs, Ws, ht, Wt, tokens, (sh_s, ll_s, sh_t, ll_t, G) = residuals
   spec = struct.bind(values)
-  norms = (sh_s, ll_s, sh_t, ll_t)
-  N, V = hs.shape[0], Ws.shape[1]
+  dhs, dWs = fused_backward(spec, bv, hs, Ws, ht, Wt, tokens, (sh_s, ll_s, sh_t, ll_t), G, ct)
+  return None, dhs.astype(hs.dtype), dWs, None, None, None
+
+
+def fused_backward(spec, bv, hs, Ws, ht, Wt, tokens, norms, G, ct):
+  """(d hs float32, d Ws) by one streaming pass over the vocabulary blocks."""
+  V = Ws.shape[1]
   get = _fused_tiles(hs, Ws, ht, Wt, bv)
   ct = ct.astype(jnp.float32)
 
@@ -129,8 +141,7 @@ def _fused_bwd(struct, bv, residuals, ct):
     return dhs, dWs
 
   init = (jnp.zeros(hs.shape, jnp.float32), jnp.zeros(Ws.shape, Ws.dtype))
-  dhs, dWs = jax.lax.fori_loop(0, -(-V // bv), body, init)
-  return None, dhs.astype(hs.dtype), dWs, None, None, None
+  return jax.lax.fori_loop(0, -(-V // bv), body, init)
 
 
 fused_split.defvjp(_fused_fwd, _fused_bwd)

@@ -130,10 +130,9 @@ def _fused_bwd(spec, cfg, residuals, ct):
   def gpu():  # chunked XLA backward from the kernel's statistics (also the non-TPU/GPU fallback)
     ms, ls, mt, lt, G = (x[:, 0] for x in stats)
     norms = common.stats_finalize(ms, ls) + common.stats_finalize(mt, lt)
-    struct, values = spec.split()
     bvc = min(chunked.DEFAULT_VOCAB_BLOCK, V)
-    res = (values, hs, Ws, ht, Wt, tok, norms + (G,))
-    return chunked._fused_bwd(struct, bvc, res, ct)[1:3]
+    dh, dw = chunked.fused_backward(spec, bvc, hs, Ws, ht, Wt, tok, norms, G, ct)
+    return dh.astype(hs.dtype), dw
 
   if _use_interpret(interpret):
     dh, dw = tpu(_interpret_params(interpret))()

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 WORKDIR ?= workdirs/demo
 
-.PHONY: install test demo fixtures bench clean
+.PHONY: install test demo fixtures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 # The whole suite, slow tests included; -n 2 uses both cores of the CI machine.
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q --durations=15 tests
+
+# The embedded default: on-policy distillation on the bundled arithmetic task (resumes if interrupted).
+demo: $(STAMP)
+	$(VENV)/bin/gkd-jax train --config=configs/demo.py --workdir=$(WORKDIR)
 
 # Reference fixtures from transformers/TRL, made in a separate venv with torch (never needed by `make test`).
 REFVENV ?= .refvenv

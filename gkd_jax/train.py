@@ -292,10 +292,23 @@ def train(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     with open(summary_path, "w") as f:
       json.dump(summary, f)
+    _plot(workdir)
     print(_summary_table({"teacher": summary.get("teacher"),
                           "student before distillation": summary.get("student_before"),
                           "student after distillation": summary.get("student_after")}))
   return summary
+
+
+def _plot(workdir: str) -> None:
+  """Training curves next to metrics.jsonl (the keys a run always logs)."""
+  records = metrics.read_metrics(os.path.join(workdir, metrics.METRICS_FILE))
+  keys = [k for k in ("loss", "divergence", "cross_entropy", "on_policy_fraction",
+                      "eval/divergence", "eval/accuracy")
+          if any(isinstance(r.get(k), float) for r in records)]
+  if keys:
+    metrics.plot_metrics(os.path.join(workdir, metrics.METRICS_FILE),
+                         os.path.join(workdir, "curves.png"), keys,
+                         title=os.path.basename(os.path.normpath(workdir)))
 
 
 def evaluate_checkpoint(config) -> dict:

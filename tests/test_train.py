@@ -48,6 +48,7 @@ def get_config():
   c.train.eval_every, c.train.checkpoint_every = 0, 4
   c.train.async_checkpoints = False
   c.eval.batch_size, c.eval.num_examples = 8, 8
+  c.data.eval_path, c.task.name = "", ""  # no evaluation: these tests are about the train loop
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
   return c
 ''')
@@ -157,3 +158,22 @@ def test_bad_input_is_one_clear_error_and_leaves_the_workdir_alone(run_files, tm
   assert message in last and "Traceback" not in err, err[-3000:]
   after = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
   assert after == before
+
+
+def test_sample_and_eval_commands(run_files, tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  base = [sys.executable, "-m", "gkd_jax.main"]
+  config = f"--config={run_files['config']}"
+  proc = subprocess.run(base + ["sample", config, "--config.sampling.temperature=0"],
+                        input="Q: 12+34\\nA:\nQ: 5+6\\nA:\n", capture_output=True, text=True,
+                        env=env, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [json.loads(l) for l in proc.stdout.splitlines()]
+  assert [l["prompt"] for l in lines] == ["Q: 12+34\nA:", "Q: 5+6\nA:"]
+  assert all(isinstance(l["completion"], str) for l in lines)
+  proc = subprocess.run(base + ["eval", config, f"--config.data.eval_path={ASSETS}/eval.jsonl",
+                                "--config.task.name=arithmetic"],
+                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout)
+  assert 0.0 <= result["eval/accuracy"] <= 1.0 and result["eval/divergence"] > 0

@@ -174,3 +174,22 @@ def test_vocab_divergence_public_api():
   assert not np.asarray(gt).any()
   v2, (gs2, _) = g(jnp.asarray(zs), jnp.asarray(zt), "reference")
   assert_close(gs2, gs, 1e-5, "reference impl")
+
+
+def test_mixed_dtypes_float32_student_bf16_teacher():
+  """The teacher lives in its own dtype: float32 student + bf16 teacher equals the float64 reference."""
+  hs, ws, ht, wt, ct, tok = fused_inputs(5)
+  ht16, wt16 = jnp.asarray(ht, jnp.bfloat16), jnp.asarray(wt, jnp.bfloat16)
+
+  def f(a, b):
+    d = kernels.fused_linear_divergence(a, b, ht16, wt16, kind="jsd", beta=0.1, impl="chunked",
+                                        vocab_block=8)
+    return jnp.sum(d * ct), d
+  (_, d), (dh, dw) = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(hs, ws)
+  assert dh.dtype == jnp.float32 and dw.dtype == jnp.float32
+  d_ref, dh_ref, dw_ref = ref_fused_value_and_grad(hs, ws, np.asarray(ht16, np.float32),
+                                                   np.asarray(wt16, np.float32), ct, kind="jsd",
+                                                   beta=0.1)
+  assert_close(d, d_ref, 1e-5, "value")
+  assert_close(dh, dh_ref, 1e-5, "d hidden")
+  assert_close(dw, dw_ref, 1e-5, "d unembed")

@@ -195,6 +195,9 @@ def student_logit_grad(spec: Spec, s, g, G, ct, zs_raw, ok):
 
 def dot(a, b, *, trans_a=False, trans_b=False):
   """float32-accumulated matmul at full precision (f32 inputs are not truncated to bf16 on TPU)."""
+  if a.dtype != b.dtype:  # e.g. a float32 student next to a bf16 teacher: multiply in the wider type
+    dtype = jnp.promote_types(a.dtype, b.dtype)
+    a, b = a.astype(dtype), b.astype(dtype)
   ca = (0,) if trans_a else (a.ndim - 1,)
   cb = (b.ndim - 1,) if trans_b else (0,)
   prec = jax.lax.Precision.HIGHEST if jnp.float32 in (a.dtype, b.dtype) else None

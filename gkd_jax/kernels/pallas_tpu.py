@@ -100,7 +100,7 @@ def _dh_kernel(spec, V, bv, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref, ct_ref, ms_
 
   dz = _dz(spec, V, bv, j * bv, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref, ct_ref, ms_ref, ls_ref,
            mt_ref, lt_ref, g_ref)
-  acc_ref[...] += common.dot(dz, ws_ref[...], trans_b=True)
+  acc_ref[...] += common.dot(dz.astype(ws_ref.dtype), ws_ref[...], trans_b=True)
 
   @pl.when(j == pl.num_programs(1) - 1)
   def _write():

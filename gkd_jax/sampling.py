@@ -12,9 +12,12 @@ slot i mod S and the slot's index is recomputed from the step (no bookkeeping ar
 per-token attention cost of sliding layers are bounded by the window. A key is visible when it is a
 real token (index >= the row's padding count) and, on sliding layers, q_pos - k_pos < window.
 
-Decode. The first token is sampled from the prefill logits; a `lax.while_loop` then feeds one token
-per iteration and stops as soon as every row has emitted an EOS (or max_new_tokens is reached). No
-host synchronisation happens inside; `sample` can be called under an outer `jax.jit` and a mesh.
+Decode. One prefill gives the first logits; each `lax.while_loop` iteration then chooses a token
+from the logits in hand, records it and feeds it through the model (one token, all layers, a Python
+loop over the per-layer params: no stacking copy), and the loop stops as soon as every row has
+emitted an EOS (or max_new_tokens is reached). Everything is one compiled program: no host
+synchronisation per token; `sample` can be called under an outer `jax.jit` and a mesh. Repeated
+calls with the same shapes and static arguments reuse the compiled program.
 """
 
 from __future__ import annotations

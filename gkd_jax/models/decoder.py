@@ -183,8 +183,12 @@ class Decoder(nnx.Module):
     return self.embed[...].T if self.lm_head is None else self.lm_head[...]
 
   def logits(self, hidden_BxTxD) -> jax.Array:
-    logits = jnp.einsum("btd,dv->btv", hidden_BxTxD, self.unembedding(),
-                        preferred_element_type=jnp.float32)
+    if self.lm_head is None:  # contract with the [V,D] embedding directly (no transpose)
+      logits = jnp.einsum("btd,vd->btv", hidden_BxTxD, self.embed[...],
+                          preferred_element_type=jnp.float32)
+    else:
+      logits = jnp.einsum("btd,dv->btv", hidden_BxTxD, self.lm_head[...],
+                          preferred_element_type=jnp.float32)
     return softcap(logits, self.cfg.final_logit_softcap)
 
   def __call__(self, tokens_BxT, positions_BxT, masks: dict, kv_fns=None):

@@ -1,0 +1,141 @@
+"""Greedy decode throughput: gkd_jax.sample vs transformers' generate, same weights, one run.
+
+A ~100M-parameter Llama-style model (random weights) is written once as a HuggingFace checkpoint
+with `gkd_jax.save_pretrained`; this script times `gkd_jax.sample` (temperature 0) on it, then runs
+itself under the torch venv to time `model.generate(do_sample=False)` on the same folder, and
+reports tokens/s of both, their ratio, and how many generated tokens agree (a check that both
+decode the same model). Compilation / warm-up is excluded; each side reports the median of
+`--repeats` timed runs. Both sides use all CPU cores of the machine.
+
+    .venv/bin/python benchmarks/decode_vs_transformers.py            # batch 8, 128 new tokens
+    .venv/bin/python benchmarks/decode_vs_transformers.py --repeats 5 --prompt-len 64
+
+Not a test: timings are noisy on shared machines; compare the ratio, not absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config():
+  from gkd_jax.models import ModelConfig
+  # ~100M parameters: 12 layers, d=768, GQA 12/4 heads, SwiGLU 2048, 32k vocab, tied.
+  return ModelConfig(model_type="llama", vocab_size=32000, num_layers=12, embed_dim=768,
+                     mlp_dim=2048, num_heads=12, num_kv_heads=4, head_dim=64,
+                     rope_theta=500000.0, norm_eps=1e-5, tie_embeddings=True,
+                     max_position_embeddings=2048, bos_id=1, eos_id=2, pad_id=0)
+
+
+def _prompts(args):
+  rng = np.random.default_rng(0)
+  return rng.integers(3, 32000, (args.batch, args.prompt_len)).astype(np.int32)
+
+
+def run_transformers(args) -> dict:
+  """Runs under the torch venv: time greedy `generate` on the checkpoint folder."""
+  import torch
+  from transformers import AutoModelForCausalLM
+  torch.manual_seed(0)
+  model = AutoModelForCausalLM.from_pretrained(args.ckpt, dtype=torch.float32).eval()
+  ids = torch.tensor(_prompts(args), dtype=torch.long)
+  kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
+            min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+  times = []
+  with torch.inference_mode():
+    out = model.generate(ids, **kw)  # warm-up
+    for _ in range(args.repeats):
+      t = time.perf_counter()
+      out = model.generate(ids, **kw)
+      times.append(time.perf_counter() - t)
+  return dict(seconds=statistics.median(times), times=times, threads=torch.get_num_threads(),
+              tokens=out[:, ids.shape[1]:].tolist(), torch=torch.__version__)
+
+
+def run_gkd_jax(args, model, params) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import gkd_jax
+  prompts = jnp.asarray(_prompts(args))
+  mask = jnp.ones_like(prompts)
+  rng = jax.random.key(0)
+
+  def go():
+    out = gkd_jax.sample(model, params, prompts, mask, rng, max_new_tokens=args.new_tokens,
+                         temperature=0.0, eos_id=None)
+    return jax.block_until_ready(out)
+
+  t = time.perf_counter()
+  out = go()  # compile + warm-up
+  compile_s = time.perf_counter() - t
+  times = []
+  for _ in range(args.repeats):
+    t = time.perf_counter()
+    out = go()
+    times.append(time.perf_counter() - t)
+  return dict(seconds=statistics.median(times), times=times, compile_seconds=compile_s,
+              tokens=np.asarray(out.tokens).tolist(), jax=jax.__version__,
+              devices=str(jax.devices()))
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--batch", type=int, default=8)
+  ap.add_argument("--prompt-len", type=int, default=32)
+  ap.add_argument("--new-tokens", type=int, default=128)
+  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--ref-python", default=str(ROOT / ".refvenv/bin/python"),
+                  help="python of a venv with torch + transformers")
+  ap.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)  # set for the child run
+  ap.add_argument("--transformers-child", action="store_true", help=argparse.SUPPRESS)
+  args = ap.parse_args()
+  if args.transformers_child:
+    print(json.dumps(run_transformers(args)))
+    return
+
+  import jax
+  import gkd_jax
+  from gkd_jax.models import build, init, num_params
+  model = build(_config())
+  params = init(model, jax.random.key(0))
+  n_params = num_params(model)
+  with tempfile.TemporaryDirectory() as tmp:
+    gkd_jax.save_pretrained(tmp, model, params)
+    mine = run_gkd_jax(args, model, params)
+    cmd = [args.ref_python, __file__, "--transformers-child", "--ckpt", tmp,
+           "--batch", str(args.batch), "--prompt-len", str(args.prompt_len),
+           "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+      sys.exit(f"transformers run failed:\n{proc.stderr[-4000:]}")
+    ref = json.loads(proc.stdout.strip().splitlines()[-1])
+
+  n_tokens = args.batch * args.new_tokens
+  a, b = np.array(mine.pop("tokens")), np.array(ref.pop("tokens"))
+  report = dict(
+      params_millions=round(n_params / 1e6, 1), batch=args.batch, prompt_len=args.prompt_len,
+      new_tokens=args.new_tokens, repeats=args.repeats,
+      gkd_jax_tokens_per_s=round(n_tokens / mine["seconds"], 1),
+      transformers_tokens_per_s=round(n_tokens / ref["seconds"], 1),
+      speedup=round(ref["seconds"] / mine["seconds"], 2),
+      # Greedy paths agree until a near-tie flips an argmax (random weights have many).
+      agreeing_prefix_mean=float(np.mean([np.argmax(np.r_[x != y, True]) for x, y in zip(a, b)])),
+      gkd_jax=mine, transformers=ref)
+  print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+  main()

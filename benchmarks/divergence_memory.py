@@ -62,9 +62,7 @@ def pallas_bytes(N, V, Ds, Dt):
   """(HBM temporaries, VMEM per grid step) of the TPU kernels, counted from their buffers."""
   bn, bv = pallas_impl.block_sizes(N, V)
   hbm = 6 * N * 4 + 6 * N * 4  # forward outputs + padded copies fed to the backward kernels
-  tile = bn * bv * 4
-  vmem = 2 * 2 * (bn * Ds + Ds * bv + bn * Dt + Dt * bv) + 8 * tile + bn * Ds * 4  # bf16 x2 buffers
-  return hbm, vmem, (bn, bv)
+  return hbm, pallas_tpu.vmem_bytes(bn, bv, Ds, Dt, 2), (bn, bv)
 
 
 def wall_ratio(N=512, V=32768, Ds=256, Dt=384, repeats=5):

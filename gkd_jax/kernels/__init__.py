@@ -16,8 +16,14 @@ impl:
  "auto"       pallas on TPU/GPU, chunked on CPU.
 
 Vocab parallelism: pass ``mesh`` and ``vocab_axis`` when the unembeddings' vocabulary axis is sharded
-over that mesh axis; every shard streams over its own slice and only [N]-sized statistics cross devices
-(`vocab_parallel.py`).
+over that mesh axis; every shard streams over its own slice (chunked passes, whatever ``impl``) and
+only [N]-sized statistics cross devices (`vocab_parallel.py`).
+
+Pallas on a CPU host runs in interpret mode (``interpret=None``); ``interpret=False`` lowers the real
+TPU/CUDA kernels, e.g. for ``jax.export(..., platforms=["tpu"])``. Block sizes: ``token_block`` and
+``vocab_block`` (TPU: 256 x 512 by default, VMEM limit derived from them), ``hidden_block`` (the
+Triton kernel's step over the hidden size). The hyperparameters must be Python numbers (they are
+compiled into the kernels); `gkd_jax.divergences.token_divergence` also accepts traced ones.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ from jax.experimental.pallas import tpu as pltpu
 from gkd_jax.kernels import common
 
 NEG_INF = common.NEG_INF
-VMEM_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 def _tiles(spec, hs_ref, ws_ref, ht_ref, wt_ref, col0, V):
@@ -124,8 +123,17 @@ def _dw_kernel(spec, V, bv, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref, ct_ref, ms_
     dw_ref[...] = acc_ref[...].astype(dw_ref.dtype)
 
 
-def _params(semantics):
-  return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=VMEM_LIMIT_BYTES)
+def vmem_bytes(bn, bv, ds, dt, itemsize):
+  """Rough VMEM need per grid step: double-buffered input blocks, ~10 float32 tiles, accumulator."""
+  blocks = 2 * itemsize * (bn * ds + ds * bv + bn * dt + dt * bv)
+  return blocks + 10 * 4 * bn * bv + 4 * max(bn, bv) * max(ds, dt)
+
+
+def _params(semantics, need):
+  # Ask Mosaic for what the blocks need (plus slack), at least the usual 16 MiB default; pick smaller
+  # blocks on chips with little VMEM.
+  limit = max(16 * 2**20, -(-int(1.5 * need) // 2**20) * 2**20)
+  return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=limit)
 
 
 def forward(spec, V, hs, Ws, ht, Wt, tok_N1, *, bn, bv, interpret=False):
@@ -143,7 +151,8 @@ def forward(spec, V, hs, Ws, ht, Wt, tok_N1, *, bn, bv, interpret=False):
                 pl.BlockSpec((bn, dt), row), pl.BlockSpec((dt, bv), lambda i, p, j: (0, j)), vec],
       out_specs=[vec] * 6,
       out_shape=[out] * 6,
-      compiler_params=_params(("parallel", "arbitrary", "arbitrary")),
+      compiler_params=_params(("parallel", "arbitrary", "arbitrary"),
+                              vmem_bytes(bn, bv, ds, dt, hs.dtype.itemsize)),
       interpret=interpret,
       name="gkd_divergence_fwd",
   )(hs, Ws, ht, Wt, tok_N1)
@@ -154,6 +163,7 @@ def backward(spec, V, hs, Ws, ht, Wt, tok_N1, ct_N1, stats, *, bn, bv, interpret
   n, ds = hs.shape
   dt, vp = ht.shape[1], Ws.shape[1]
   args = (hs, Ws, ht, Wt, tok_N1, ct_N1) + tuple(stats)
+  need = vmem_bytes(bn, bv, ds, dt, hs.dtype.itemsize)
 
   def specs(row, col):
     vec = pl.BlockSpec((bn, 1), row)
@@ -167,7 +177,7 @@ def backward(spec, V, hs, Ws, ht, Wt, tok_N1, ct_N1, stats, *, bn, bv, interpret
       out_specs=pl.BlockSpec((bn, ds), lambda i, j: (i, 0)),
       out_shape=jax.ShapeDtypeStruct(hs.shape, hs.dtype),
       scratch_shapes=[pltpu.VMEM((bn, ds), jnp.float32)],
-      compiler_params=_params(("parallel", "arbitrary")),
+      compiler_params=_params(("parallel", "arbitrary"), need),
       interpret=interpret,
       name="gkd_divergence_dhidden",
   )(*args)
@@ -178,7 +188,7 @@ def backward(spec, V, hs, Ws, ht, Wt, tok_N1, ct_N1, stats, *, bn, bv, interpret
       out_specs=pl.BlockSpec((ds, bv), lambda j, i: (0, j)),
       out_shape=jax.ShapeDtypeStruct(Ws.shape, Ws.dtype),
       scratch_shapes=[pltpu.VMEM((ds, bv), jnp.float32)],
-      compiler_params=_params(("parallel", "arbitrary")),
+      compiler_params=_params(("parallel", "arbitrary"), need),
       interpret=interpret,
       name="gkd_divergence_dunembed",
   )(*args)

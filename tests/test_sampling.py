@@ -161,6 +161,12 @@ def test_decode_loop_stops_once_every_row_has_finished():
                                eos_id=list(range(V)), return_logits=True)
   np.testing.assert_array_equal(np.asarray(out.mask), [[1] + [0] * 7] * 2)
   assert np.abs(np.asarray(logits)[:, 1:]).max() == 0  # no decode step ran
+  # Another temperature, rng and prompt of the same shape reuse the compiled program.
+  from gkd_jax.sampling import _sample
+  compiled = _sample._cache_size()
+  gkd_jax.sample(model, params, prompt[::-1], pmask[::-1], jax.random.key(5), max_new_tokens=8,
+                 temperature=0.3, eos_id=list(range(V)), return_logits=True)
+  assert _sample._cache_size() == compiled
 
 
 def test_bad_arguments_raise():

@@ -119,7 +119,7 @@ def logical_axes(model: Model) -> Params:
   state = _abstract(model)[1]
   specs = jax.tree.map(lambda v: PartitionSpec(*v.get_metadata()["out_sharding"]), state,
                        is_leaf=lambda x: isinstance(x, nnx.Variable))
-  return nnx.State(specs).to_pure_dict() if not isinstance(specs, dict) else specs
+  return specs.to_pure_dict()
 
 
 def unembedding(model: Model, params: Params) -> jax.Array:

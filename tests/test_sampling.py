@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 import gkd_jax
+from gkd_jax.models import build
 from tests.model_helpers import tiny
 
 
@@ -206,3 +207,16 @@ def test_sample_under_jit_with_params_sharded_by_logical_axes():
   np.testing.assert_allclose(np.asarray(got.logprobs), np.asarray(want.logprobs), atol=1e-5)
   hot = run(sharded, prompt_s, pmask_s, rng, 1.0)
   assert (np.asarray(hot.tokens) != np.asarray(got.tokens)).any()
+
+
+def test_bfloat16_decode_tracks_bfloat16_score():
+  model, params = tiny("gemma3")
+  bf = build(model.config, jnp.bfloat16)
+  params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+  prompt, pmask = _prompts(model.config.vocab_size, [7, 4], 7, seed=6)
+  out, logits = gkd_jax.sample(bf, params, prompt, pmask, jax.random.key(0), max_new_tokens=6,
+                               temperature=0.0, eos_id=None, return_logits=True)
+  assert out.tokens.dtype == jnp.int32 and logits.dtype == jnp.float32
+  seq, smask = _concat_left_aligned(prompt, pmask, np.asarray(out.tokens))
+  ref = np.asarray(gkd_jax.score(bf, params, seq, smask))[:, -7:-1]
+  assert np.abs(np.asarray(logits) - ref).max() < 0.05 * np.abs(ref).max()

@@ -34,18 +34,22 @@ def attention_masks(model: Model, mask_BxT: jax.Array) -> dict:
   return masks
 
 
-@functools.partial(jax.jit, static_argnames=("model", "return_hidden"))
-def score(model: Model, params: Params, tokens, mask=None, return_hidden: bool = False):
+@functools.partial(jax.jit, static_argnames=("model", "return_hidden", "remat"))
+def score(model: Model, params: Params, tokens, mask=None, return_hidden: bool = False,
+          remat: bool = False):
   """Logits [B,T,V] float32 (after the final soft-cap) predicting token t+1 from tokens <= t, or
   with `return_hidden=True` the final-norm hidden states [B,T,D] in the model dtype.
 
   `mask` [B,T] (1 = real token, 0 = padding; default all ones) may pad on either side; outputs at
-  padded positions are meaningless. Pure and jit-friendly (nested jit inlines).
+  padded positions are meaningless. Pure and jit-friendly (nested jit inlines). Attention is
+  dense (a [B,H,T,T] float32 score matrix per layer). `remat=True` recomputes each layer in the
+  backward pass (`nnx.remat` per block), so gradients keep one layer's activations, not all.
   """
   if mask is None:
     mask = jnp.ones(tokens.shape, jnp.int32)
   decoder = model.bind(params)
-  hidden, _ = decoder(tokens, positions_from_mask(mask), attention_masks(model, mask))
+  hidden, _ = decoder(tokens, positions_from_mask(mask), attention_masks(model, mask),
+                      remat=remat)
   if return_hidden:
     return hidden
   return decoder.logits(hidden)

@@ -48,6 +48,13 @@ def test_model_is_a_static_jit_argument_and_score_is_differentiable():
   g = grads["layers"][0]["attn"]["q_bias"]
   assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g).max()) > 0
 
+  def loss_remat(p):
+    return jnp.mean(gkd_jax.score(model, p, tokens, mask, remat=True) ** 2)
+
+  grads_remat = jax.jit(jax.grad(loss_remat))(params)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_remat)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
 
 def test_bfloat16_model_tracks_float32():
   model, params = tiny("gemma2")

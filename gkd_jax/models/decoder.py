@@ -191,11 +191,13 @@ class Decoder(nnx.Module):
                           preferred_element_type=jnp.float32)
     return softcap(logits, self.cfg.final_logit_softcap)
 
-  def __call__(self, tokens_BxT, positions_BxT, masks: dict, kv_fns=None):
+  def __call__(self, tokens_BxT, positions_BxT, masks: dict, kv_fns=None, remat: bool = False):
     """Final-norm hidden states [B,T,D] and the per-layer `kv_fn` results.
 
     masks: {False: full-attention mask [B,T,S], True: sliding mask [B,T,S']} (bool, True = visible).
     kv_fns: None or one `KVFn` per layer.
+    remat: recompute each layer in the backward pass instead of saving its activations (only
+      without kv_fns): activation memory of one layer instead of all of them.
     """
     cfg = self.cfg
     x = self.embed_tokens(tokens_BxT)
@@ -206,6 +208,14 @@ class Decoder(nnx.Module):
     for i, layer in enumerate(self.layers):
       s = cfg.is_sliding[i]
       cos, sin = rot[s]
-      x, extra = layer(x, cos, sin, masks[s], None if kv_fns is None else kv_fns[i])
+      if remat and kv_fns is None:
+        x, extra = _remat_block(layer, x, cos, sin, masks[s]), None
+      else:
+        x, extra = layer(x, cos, sin, masks[s], None if kv_fns is None else kv_fns[i])
       extras.append(extra)
     return self.final_norm(x), extras
+
+
+@nnx.remat
+def _remat_block(block: Block, x, cos, sin, mask):
+  return block(x, cos, sin, mask)[0]

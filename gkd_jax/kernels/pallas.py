@@ -60,7 +60,7 @@ def fused(spec, hs, Ws, ht, Wt, tok, *, vocab_block=None, token_block=None, hidd
           interpret=None):
   N, V = hs.shape[0], Ws.shape[1]
   bn, bv = block_sizes(N, V, token_block, vocab_block)
-  cfg = (bn, bv, hidden_block, interpret if interpret in (None, True, False) else interpret)
+  cfg = (bn, bv, hidden_block, interpret)  # static: interpret may be a (hashable) InterpretParams
   return _fused(spec, cfg, hs, Ws, ht, Wt, tok)
 
 

@@ -1,5 +1,6 @@
 """Vocab-parallel divergence on 8 fake CPU devices equals the single-device result (and the reference)."""
 
+import functools
 import re
 
 import jax
@@ -59,6 +60,32 @@ def test_vocab_parallel_matches_single_device(shape, kind):
   assert shapes and shapes <= {"5", "5,4"}, shapes
 
 
+@pytest.mark.parametrize("shape", [(2, 4), (4, 2)], ids=str)
+def test_vocab_parallel_with_token_sharding(shape):
+  """Tokens sharded over "data", vocabulary over "tensor": same values and gradients."""
+  mesh = _mesh(shape)
+  hs, ws, ht, wt, ct, tok = fused_inputs(4, n=8, v=V)
+  kw = dict(kind="skew_reverse_kl", alpha=0.2, temperature=2.0, impl="chunked")
+  rows = NamedSharding(mesh, P("data", None))
+  cols = NamedSharding(mesh, P(None, "tensor"))
+
+  def f(a, b, c, e, **extra):
+    d = kernels.fused_linear_divergence(a, b, c, e, **kw, **extra)
+    return jnp.sum(d * ct), d
+  g = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)
+  (_, d1), (dh1, dw1) = jax.jit(g)(hs, ws, ht, wt)
+  sharded = functools.partial(g, mesh=mesh, vocab_axis="tensor", token_axes=("data",), vocab_block=3)
+  args = (jax.device_put(hs, rows), jax.device_put(ws, cols), jax.device_put(ht, rows),
+          jax.device_put(wt, cols))
+  fn = jax.jit(sharded)
+  (_, d), (dh, dw) = fn(*args)
+  np.testing.assert_allclose(d, d1, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(dh, dh1, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(dw, dw1, rtol=1e-5, atol=1e-6)
+  assert dh.sharding.spec == P("data", None) and dw.sharding.spec == P(None, "tensor")
+  assert "all-gather" not in fn.lower(*args).compile().as_text()
+
+
 def test_vocab_parallel_bad_axis():
   hs, ws, ht, wt, _, _ = fused_inputs(3, v=V)
   with pytest.raises(ValueError, match="vocab_axis='model'"):
@@ -66,3 +93,7 @@ def test_vocab_parallel_bad_axis():
   hs, ws, ht, wt, _, _ = fused_inputs(3, v=60)
   with pytest.raises(ValueError, match="not divisible"):
     kernels.fused_linear_divergence(hs, ws, ht, wt, kind="jsd", mesh=_mesh((8,)), vocab_axis="tensor")
+  hs, ws, ht, wt, _, _ = fused_inputs(3, n=5, v=V)
+  with pytest.raises(ValueError, match="not divisible by the 2 shards"):
+    kernels.fused_linear_divergence(hs, ws, ht, wt, kind="jsd", mesh=_mesh((2, 4)),
+                                    vocab_axis="tensor", token_axes=("data",))

@@ -96,6 +96,7 @@ def fused_linear_divergence(
   hidden_block=None,
   mesh=None,
   vocab_axis=None,
+  token_axes=None,
   interpret=None,
 ):
   """Per-token divergence [N] float32 of softmax(hidden @ unembed) for student vs teacher.
@@ -103,6 +104,8 @@ def fused_linear_divergence(
   student_hidden [N, Ds], student_unembed [Ds, V], teacher_hidden [N, Dt], teacher_unembed [Dt, V].
   ``vocab_block`` / ``token_block`` / ``hidden_block``: tile sizes (defaults per implementation).
   ``tokens`` [N] int: the sampled token ids, for kind="sampled_reverse_kl" only.
+  ``mesh``, ``vocab_axis``: the unembeddings' vocabulary axis is sharded over ``vocab_axis``;
+  ``token_axes``: mesh axes the token axis N of the hidden states is sharded over (e.g. the data axes).
   """
   hs, Ws, ht, Wt = student_hidden, student_unembed, teacher_hidden, teacher_unembed
   spec = common.make_spec(kind, beta, alpha, temperature, student_softcap, teacher_softcap,
@@ -113,7 +116,8 @@ def fused_linear_divergence(
   if mesh is not None and vocab_axis is not None:
     from gkd_jax.kernels import vocab_parallel
     return vocab_parallel.fused_linear_divergence(
-      spec, hs, Ws, ht, Wt, tokens, mesh=mesh, vocab_axis=vocab_axis, impl=impl,
+      spec, hs, Ws, ht, Wt, tokens, mesh=mesh, vocab_axis=vocab_axis, token_axes=token_axes,
+      impl=impl,
       vocab_block=vocab_block, token_block=token_block, hidden_block=hidden_block,
       interpret=interpret)
   tok = _tokens_or_dummy(tokens, hs.shape[0])

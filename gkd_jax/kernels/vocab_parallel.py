@@ -8,7 +8,9 @@ passes, `chunked.py`) and only per-token vectors cross devices:
   backward  d unembed stays on its shard; the [N, Ds] hidden-state gradient is psum-ed
 
 No logits and no unembedding are ever gathered. The hidden states are replicated over the vocabulary
-axis (they are [N, D], the usual layout under tensor parallelism after the final norm).
+axis (they are [N, D], the usual layout under tensor parallelism after the final norm); their token
+axis may be sharded over other mesh axes (``token_axes``, e.g. ("data", "fsdp")), in which case each
+token shard runs independently and nothing crosses those axes at all.
 """
 
 from __future__ import annotations
@@ -22,11 +24,22 @@ from jax.sharding import PartitionSpec as P
 from gkd_jax.kernels import chunked, common
 
 
-def fused_linear_divergence(spec, hs, Ws, ht, Wt, tokens, *, mesh, vocab_axis, impl="chunked",
-                            vocab_block=None, token_block=None, hidden_block=None, interpret=None):
+def fused_linear_divergence(spec, hs, Ws, ht, Wt, tokens, *, mesh, vocab_axis, token_axes=None,
+                            impl="chunked", vocab_block=None, token_block=None, hidden_block=None,
+                            interpret=None):
   del impl, token_block, hidden_block, interpret  # every shard runs the chunked streaming passes
   if vocab_axis not in mesh.axis_names:
     raise ValueError(f"vocab_axis={vocab_axis!r} is not an axis of the mesh {mesh.axis_names}")
+  token_axes = tuple(token_axes or ())
+  for ax in token_axes:
+    if ax not in mesh.axis_names or ax == vocab_axis:
+      raise ValueError(f"token_axes={token_axes!r}: {ax!r} is not a mesh axis other than vocab_axis")
+  n_token_shards = 1
+  for ax in token_axes:
+    n_token_shards *= mesh.shape[ax]
+  if hs.shape[0] % n_token_shards:
+    raise ValueError(f"{hs.shape[0]} tokens are not divisible by the {n_token_shards} shards of "
+                     f"token_axes={token_axes!r}")
   n_shards = mesh.shape[vocab_axis]
   V = Ws.shape[1]
   if V % n_shards:
@@ -36,17 +49,19 @@ def fused_linear_divergence(spec, hs, Ws, ht, Wt, tokens, *, mesh, vocab_axis, i
   bv = min(vocab_block or chunked.DEFAULT_VOCAB_BLOCK, v_local)
   tok = jnp.zeros((hs.shape[0],), jnp.int32) if tokens is None else tokens.astype(jnp.int32)
   struct, values = spec.split()
-  cfg = (struct, mesh, vocab_axis, bv, v_local)
+  cfg = (struct, mesh, vocab_axis, bv, v_local, token_axes)
   return _vp(cfg, values, hs, Ws, ht, Wt, tok)
 
 
-def _specs(axis):
-  rep, col = P(), P(None, axis)
-  return rep, col
+def _specs(cfg):
+  """(replicated, vocab-sharded columns, token-sharded rows, token-sharded vectors)."""
+  axis, token_axes = cfg[2], cfg[5]
+  rows = token_axes if token_axes else None
+  return P(), P(None, axis), P(rows, None), P(rows)
 
 
 def _local_forward(cfg, values, hs, Ws, ht, Wt, tok):
-  struct, _, axis, bv, v_local = cfg
+  struct, _, axis, bv, v_local, _ = cfg
   spec = struct.bind(values)
   N = hs.shape[0]
   local_tok = tok - jax.lax.axis_index(axis) * v_local  # matches a local column on one shard only
@@ -64,19 +79,21 @@ def _local_forward(cfg, values, hs, Ws, ht, Wt, tok):
 
 
 def _local_backward(cfg, values, hs, Ws, ht, Wt, tok, sh_s, ll_s, sh_t, ll_t, G, ct):
-  struct, _, axis, bv, v_local = cfg
+  struct, _, axis, bv, v_local, _ = cfg
   spec = struct.bind(values)
   local_tok = tok - jax.lax.axis_index(axis) * v_local
   dhs, dWs = chunked.fused_backward(spec, bv, hs, Ws, ht, Wt, local_tok, (sh_s, ll_s, sh_t, ll_t),
                                     G, ct)
+  token_axes = cfg[5]
+  if token_axes:  # the unembedding gradient sums over every token shard (the data-parallel reduce)
+    dWs = jax.lax.psum(dWs.astype(jnp.float32), token_axes).astype(Ws.dtype)
   return jax.lax.psum(dhs, axis).astype(hs.dtype), dWs
 
 
 def _forward_sharded(cfg, values, hs, Ws, ht, Wt, tok):
-  _, mesh, axis, _, _ = cfg
-  rep, col = _specs(axis)
-  f = jax.shard_map(functools.partial(_local_forward, cfg), mesh=mesh,
-                    in_specs=(rep, rep, col, rep, col, rep), out_specs=(rep, (rep,) * 5),
+  rep, col, rows, vec = _specs(cfg)
+  f = jax.shard_map(functools.partial(_local_forward, cfg), mesh=cfg[1],
+                    in_specs=(rep, rows, col, rows, col, vec), out_specs=(vec, (vec,) * 5),
                     check_vma=False)
   return f(values, hs, Ws, ht, Wt, tok)
 
@@ -93,10 +110,9 @@ def _vp_fwd(cfg, values, hs, Ws, ht, Wt, tok):
 
 def _vp_bwd(cfg, residuals, ct):
   values, hs, Ws, ht, Wt, tok, res = residuals
-  _, mesh, axis, _, _ = cfg
-  rep, col = _specs(axis)
-  f = jax.shard_map(functools.partial(_local_backward, cfg), mesh=mesh,
-                    in_specs=(rep, rep, col, rep, col, rep) + (rep,) * 6, out_specs=(rep, col),
+  rep, col, rows, vec = _specs(cfg)
+  f = jax.shard_map(functools.partial(_local_backward, cfg), mesh=cfg[1],
+                    in_specs=(rep, rows, col, rows, col, vec) + (vec,) * 6, out_specs=(rows, col),
                     check_vma=False)
   dhs, dWs = f(values, hs, Ws, ht, Wt, tok, *res, ct.astype(jnp.float32))
   return None, dhs, dWs, None, None, None

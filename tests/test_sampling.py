@@ -50,7 +50,9 @@ def test_kv_cache_decode_logits_equal_score_at_every_step(family):
   seq, smask = _concat_left_aligned(prompt, pmask, gen)
   ref = np.asarray(gkd_jax.score(model, params, seq, smask))[:, -N - 1:-1]  # predicts gen[:, i]
   np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4, rtol=1e-4)
-  np.testing.assert_array_equal(gen, ref.argmax(-1))
+  chosen = np.take_along_axis(ref, gen[..., None], -1)[..., 0]
+  assert (chosen >= ref.max(-1) - 1e-4).all()  # greedy (up to float ties)
+  assert (gen == ref.argmax(-1)).mean() > 0.9
   ref_lp = jax.nn.log_softmax(ref).max(-1)
   np.testing.assert_allclose(np.asarray(out.logprobs), ref_lp, atol=1e-4)
 

@@ -7,10 +7,10 @@ then sits at cache index P + i.
 
 KV cache. One [B, K, S, Dh] key and value buffer per layer (model dtype), heads-major so decode
 attention is a plain batched matmul. Full-attention layers have S = P + max_new_tokens. Sliding
-layers keep a ring buffer of S = min(sliding_window, P + max_new_tokens) slots: cache index i lives in
-slot i mod S and the slot's index is recomputed from the step (no bookkeeping array), so memory and
-per-token attention cost of sliding layers are bounded by the window. A key is visible when it is a
-real token (index >= the row's padding count) and, on sliding layers, q_pos - k_pos < window.
+layers keep a ring buffer of S = min(sliding_window, P + max_new_tokens) slots: cache index i lives
+in slot i mod S and the slot's index is recomputed from the step (no bookkeeping array), so memory
+and per-token attention cost of sliding layers are bounded by the window. A key is visible when it
+is a real token (index >= the row's padding count) and, on sliding layers, q_pos - k_pos < window.
 
 Decode. One prefill gives the first logits; each `lax.while_loop` iteration then chooses a token
 from the logits in hand, records it and feeds it through the model (one token, all layers, a Python
@@ -23,7 +23,7 @@ calls with the same shapes and static arguments reuse the compiled program.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Sequence, Union
 
 import jax
 import jax.numpy as jnp

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import gkd_jax
-from gkd_jax.models import (FULL, SLIDING, build, init, logical_axes, param_shapes,
-                            unembedding)
+from gkd_jax.models import SLIDING, build, init, logical_axes, param_shapes, unembedding
 from tests.model_helpers import FAMILIES, tiny, tiny_config
 
 # --------------------------------------------------------------------------- float64 reference

@@ -46,11 +46,16 @@ class GKDSettings:
   sample_top_p: float = 1.0
   sample_max_new_tokens: int = 64
   eos_id: Optional[int] = None
+  # Vocab-parallel divergence: the unembeddings' vocabulary axis is sharded over `vocab_axis` of
+  # `mesh` and tokens over `token_axes`; only [N]-sized statistics cross devices (kernels/).
+  mesh: Any = None
+  vocab_axis: Optional[str] = None
+  token_axes: tuple = ()
 
   @classmethod
-  def from_config(cls, config, eos_id):
+  def from_config(cls, config, eos_id, **vocab_parallel):
     g, s = config.gkd, config.sampling
-    return cls(lmbda=float(g.lmbda), mixing=g.mixing, seq_kd=bool(g.seq_kd), loss=g.loss,
+    return cls(**vocab_parallel,lmbda=float(g.lmbda), mixing=g.mixing, seq_kd=bool(g.seq_kd), loss=g.loss,
                beta=float(g.beta), alpha=float(g.alpha), temperature=float(g.temperature),
                divergence_weight=float(g.divergence_weight), ce_weight=float(g.ce_weight),
                kernel_impl=g.kernel_impl, sample_temperature=float(s.temperature),
@@ -171,7 +176,8 @@ def loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prom
       div_N = kernels.fused_linear_divergence(
           hs_NxD, ws_DxV, ht_NxD, wt_DxV, kind=s.loss, beta=s.beta, alpha=s.alpha,
           temperature=s.temperature, student_softcap=s_cap, teacher_softcap=t_cap,
-          tokens=targets_BxC.reshape(-1), impl=s.kernel_impl)
+          tokens=targets_BxC.reshape(-1), impl=s.kernel_impl, mesh=s.mesh,
+          vocab_axis=s.vocab_axis, token_axes=s.token_axes or None)
       metrics["divergence"] = masked_mean(div_N, mask_N)
       loss = loss + s.divergence_weight * metrics["divergence"]
     metrics["teacher_entropy"] = masked_mean(

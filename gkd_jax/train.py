@@ -58,6 +58,16 @@ def _load(section, name, mesh, rules):
   return load_pretrained(path, dtype=dtype, shardings=shardings)
 
 
+def _vocab_parallel(mesh, rules, vocab_size, has_teacher) -> dict:
+  """Settings for the vocab-parallel divergence when the vocabulary is sharded over one mesh axis."""
+  axis = dict(rules).get("vocab")
+  if (not has_teacher or not isinstance(axis, str) or mesh.shape[axis] == 1
+      or vocab_size % mesh.shape[axis]):
+    return {}
+  token_axes = tuple(a for a in sharding.batch_axes(rules) if a != axis)
+  return dict(mesh=mesh, vocab_axis=axis, token_axes=token_axes)
+
+
 def build(config, mode: str = "train", devices=None) -> Run:
   """Validates the config and loads tokenizer and models onto the mesh. Writes nothing.
 
@@ -89,7 +99,9 @@ def build(config, mode: str = "train", devices=None) -> Run:
   param_shardings = sharding.tree_shardings(mesh, models.logical_axes(student), rules,
                                             shapes=models.param_shapes(student))
   params = jax.device_put(params, param_shardings)
-  settings = gkd.GKDSettings.from_config(config, eos_id=tokenizer.eos_id)
+  settings = gkd.GKDSettings.from_config(
+      config, eos_id=tokenizer.eos_id,
+      **_vocab_parallel(mesh, rules, student.config.vocab_size, teacher is not None))
   return Run(config, mesh, tokenizer, student, params, param_shardings, teacher, teacher_params,
              settings)
 

@@ -15,4 +15,4 @@ def test_jsd_beta_ablation(tmp_path, monkeypatch):
   # forward KL covers both modes (wide), reverse KL seeks the heavier one (narrow, near token 16)
   assert sigma[0.0] > 2 * sigma[1.0]
   assert 20 < float(fits[0.0][0]) < 40 and abs(float(fits[1.0][0]) - 16) < 2
-  assert sigma[0.0] >= sigma[0.5] >= sigma[1.0]
+  assert sigma[0.5] > 2 * sigma[1.0]  # interior β still covers both modes here

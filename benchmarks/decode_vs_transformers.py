@@ -4,8 +4,9 @@ A ~100M-parameter Llama-style model (random weights) is written once as a Huggin
 with `gkd_jax.save_pretrained`; this script times `gkd_jax.sample` (temperature 0) on it, then runs
 itself under the torch venv to time `model.generate(do_sample=False)` on the same folder, and
 reports tokens/s of both, their ratio, and how many generated tokens agree (a check that both
-decode the same model). Compilation / warm-up is excluded; each side reports the median of
-`--repeats` timed runs. Both sides use all CPU cores of the machine.
+decode the same model). Compilation / warm-up is excluded; the timed runs alternate between the two
+(the transformers process stays up and is driven over a pipe) so both see the same machine load,
+and each side reports the median of `--repeats` runs. Both use all CPU cores of the machine.
 
     .venv/bin/python benchmarks/decode_vs_transformers.py            # batch 8, 128 new tokens
     .venv/bin/python benchmarks/decode_vs_transformers.py --repeats 5 --prompt-len 64
@@ -44,8 +45,9 @@ def _prompts(args):
   return rng.integers(3, 32000, (args.batch, args.prompt_len)).astype(np.int32)
 
 
-def run_transformers(args) -> dict:
-  """Runs under the torch venv: time greedy `generate` on the checkpoint folder."""
+def serve_transformers(args) -> None:
+  """Runs under the torch venv: load the folder, warm up, then time one greedy `generate` per
+  'run' line on stdin (a JSON line back each time); 'quit' ends it."""
   import torch
   from transformers import AutoModelForCausalLM
   torch.manual_seed(0)
@@ -53,18 +55,27 @@ def run_transformers(args) -> dict:
   ids = torch.tensor(_prompts(args), dtype=torch.long)
   kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
             min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
-  times = []
   with torch.inference_mode():
     out = model.generate(ids, **kw)  # warm-up
-    for _ in range(args.repeats):
+    print(json.dumps(dict(ready=True, threads=torch.get_num_threads(), torch=torch.__version__,
+                          tokens=out[:, ids.shape[1]:].tolist())), flush=True)
+    for line in sys.stdin:
+      if line.strip() != "run":
+        break
       t = time.perf_counter()
-      out = model.generate(ids, **kw)
-      times.append(time.perf_counter() - t)
-  return dict(seconds=statistics.median(times), times=times, threads=torch.get_num_threads(),
-              tokens=out[:, ids.shape[1]:].tolist(), torch=torch.__version__)
+      model.generate(ids, **kw)
+      print(json.dumps(dict(seconds=time.perf_counter() - t)), flush=True)
 
 
-def run_gkd_jax(args, model, params) -> dict:
+def _reply(proc) -> dict:
+  for line in proc.stdout:
+    if line.startswith("{"):
+      return json.loads(line)
+  raise RuntimeError("transformers process ended early")
+
+
+def gkd_jax_runner(args, model, params):
+  """A function running one greedy `gkd_jax.sample` (compiled on first call) to completion."""
   import jax
   import jax.numpy as jnp
   import gkd_jax
@@ -76,18 +87,7 @@ def run_gkd_jax(args, model, params) -> dict:
     out = gkd_jax.sample(model, params, prompts, mask, rng, max_new_tokens=args.new_tokens,
                          temperature=0.0, eos_id=None)
     return jax.block_until_ready(out)
-
-  t = time.perf_counter()
-  out = go()  # compile + warm-up
-  compile_s = time.perf_counter() - t
-  times = []
-  for _ in range(args.repeats):
-    t = time.perf_counter()
-    out = go()
-    times.append(time.perf_counter() - t)
-  return dict(seconds=statistics.median(times), times=times, compile_seconds=compile_s,
-              tokens=np.asarray(out.tokens).tolist(), jax=jax.__version__,
-              devices=str(jax.devices()))
+  return go
 
 
 def main():
@@ -102,7 +102,7 @@ def main():
   ap.add_argument("--transformers-child", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.transformers_child:
-    print(json.dumps(run_transformers(args)))
+    serve_transformers(args)
     return
 
   import jax
@@ -113,27 +113,51 @@ def main():
   n_params = num_params(model)
   with tempfile.TemporaryDirectory() as tmp:
     gkd_jax.save_pretrained(tmp, model, params)
-    mine = run_gkd_jax(args, model, params)
     cmd = [args.ref_python, __file__, "--transformers-child", "--ckpt", tmp,
            "--batch", str(args.batch), "--prompt-len", str(args.prompt_len),
-           "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
+           "--new-tokens", str(args.new_tokens)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode:
-      sys.exit(f"transformers run failed:\n{proc.stderr[-4000:]}")
-    ref = json.loads(proc.stdout.strip().splitlines()[-1])
+    with open(Path(tmp) / "child.log", "w") as log:
+      proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                              text=True, env=env)
+      go = gkd_jax_runner(args, model, params)
+      t = time.perf_counter()
+      out = go()  # compile + warm-up (the child loads and warms up meanwhile)
+      compile_s = time.perf_counter() - t
+      try:
+        ready = _reply(proc)
+        # Interleave the timed runs so both sides see the same machine load.
+        mine, ref = [], []
+        for _ in range(args.repeats):
+          t = time.perf_counter()
+          out = go()
+          mine.append(time.perf_counter() - t)
+          proc.stdin.write("run\n")
+          proc.stdin.flush()
+          ref.append(_reply(proc)["seconds"])
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+        proc.wait(timeout=60)
+      except Exception:
+        proc.kill()
+        log.flush()
+        sys.exit("transformers run failed:\n" + (Path(tmp) / "child.log").read_text()[-4000:])
 
   n_tokens = args.batch * args.new_tokens
-  a, b = np.array(mine.pop("tokens")), np.array(ref.pop("tokens"))
+  a, b = np.asarray(out.tokens), np.array(ready["tokens"])
+  mine_s, ref_s = statistics.median(mine), statistics.median(ref)
   report = dict(
       params_millions=round(n_params / 1e6, 1), batch=args.batch, prompt_len=args.prompt_len,
       new_tokens=args.new_tokens, repeats=args.repeats,
-      gkd_jax_tokens_per_s=round(n_tokens / mine["seconds"], 1),
-      transformers_tokens_per_s=round(n_tokens / ref["seconds"], 1),
-      speedup=round(ref["seconds"] / mine["seconds"], 2),
+      gkd_jax_tokens_per_s=round(n_tokens / mine_s, 1),
+      transformers_tokens_per_s=round(n_tokens / ref_s, 1),
+      speedup=round(ref_s / mine_s, 2),
+      speedup_per_pair=[round(r / m, 2) for m, r in zip(mine, ref)],
       # Greedy paths agree until a near-tie flips an argmax (random weights have many).
       agreeing_prefix_mean=float(np.mean([np.argmax(np.r_[x != y, True]) for x, y in zip(a, b)])),
-      gkd_jax=mine, transformers=ref)
+      gkd_jax=dict(seconds=mine, compile_seconds=round(compile_s, 1), jax=jax.__version__,
+                   devices=str(jax.devices())),
+      transformers=dict(seconds=ref, threads=ready["threads"], torch=ready["torch"]))
   print(json.dumps(report, indent=1))
 
 

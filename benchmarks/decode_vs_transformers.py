@@ -116,7 +116,7 @@ def main():
     cmd = [args.ref_python, __file__, "--transformers-child", "--ckpt", tmp,
            "--batch", str(args.batch), "--prompt-len", str(args.prompt_len),
            "--new-tokens", str(args.new_tokens)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")  # no network at run time
     with open(Path(tmp) / "child.log", "w") as log:
       proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                               text=True, env=env)

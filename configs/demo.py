@@ -31,19 +31,18 @@ def get_config():
   c.data.max_completion_len = 44
 
   c.gkd.lmbda = 1.0  # fully on-policy: the student learns on its own (mistaken) step-by-step sums
-  c.gkd.loss = "jsd"
-  c.gkd.beta = 0.5
+  c.gkd.loss = "forward_kl"  # the paper's best on arithmetic reasoning (GSM8K); JSD(0.5) is slower here
   c.sampling.temperature = 1.0
   c.sampling.max_new_tokens = 44
 
-  c.optim.learning_rate = 1e-3
+  c.optim.learning_rate = 3e-3
   c.optim.schedule = "cosine"
   c.optim.warmup_steps = 20
   c.train.batch_size = 32
-  c.train.num_steps = 300
+  c.train.num_steps = 1000
   c.train.log_every = 10
-  c.train.eval_every = 100
-  c.train.checkpoint_every = 100
+  c.train.eval_every = 250
+  c.train.checkpoint_every = 250
   c.eval.batch_size = 96
   c.eval.num_examples = 480
   c.eval.max_new_tokens = 44

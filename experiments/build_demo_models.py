@@ -20,8 +20,8 @@ from gkd_jax import models, train
 from gkd_jax.models.hf import save_pretrained
 from gkd_jax.tokenizers import load_tokenizer
 
-_TEACHER_STEPS = flags.DEFINE_integer("teacher_steps", 3000, "SFT steps for the teacher.")
-_STUDENT_STEPS = flags.DEFINE_integer("student_steps", 300, "SFT steps for the student init.")
+_TEACHER_STEPS = flags.DEFINE_integer("teacher_steps", 2000, "SFT steps for the teacher.")
+_STUDENT_STEPS = flags.DEFINE_integer("student_steps", 400, "SFT steps for the student init.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where the SFT runs write (default: a temp dir).")
 _ONLY = flags.DEFINE_enum("only", "", ["", "teacher", "student_init"], "Rebuild only this one.")
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
@@ -35,7 +35,7 @@ def model_config(tokenizer, layers, dim, heads, kv_heads):
       bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
 
 
-def sft(name, cfg, steps, learning_rate, scratch):
+def sft(name, cfg, steps, learning_rate, schedule, scratch):
   """Random init -> SFT with the trainer -> exported HF checkpoint in the assets folder."""
   model = models.build(cfg)
   init_dir = os.path.join(scratch, f"{name}_random")
@@ -47,6 +47,7 @@ def sft(name, cfg, steps, learning_rate, scratch):
   config.gkd.divergence_weight = 0.0
   config.gkd.ce_weight = 1.0
   config.optim.learning_rate = learning_rate
+  config.optim.schedule = schedule
   config.optim.warmup_steps = min(100, steps // 10)
   config.train.num_steps = steps
   config.train.batch_size = 64
@@ -66,10 +67,12 @@ def main(_):
   with tempfile.TemporaryDirectory() as tmp:
     scratch = _WORKDIR.value or tmp
     if _ONLY.value in ("", "teacher"):
-      sft("teacher", model_config(tokenizer, 4, 128, 4, 2), _TEACHER_STEPS.value, 3e-3, scratch)
-    if _ONLY.value in ("", "student_init"):
-      sft("student_init", model_config(tokenizer, 2, 64, 4, 2), _STUDENT_STEPS.value, 3e-3,
+      sft("teacher", model_config(tokenizer, 4, 128, 4, 2), _TEACHER_STEPS.value, 3e-3, "cosine",
           scratch)
+    if _ONLY.value in ("", "student_init"):
+      # Stopped mid-way (constant LR, no decay): the student has learnt the format and some sums.
+      sft("student_init", model_config(tokenizer, 2, 64, 4, 2), _STUDENT_STEPS.value, 3e-3,
+          "constant", scratch)
 
 
 if __name__ == "__main__":

@@ -314,9 +314,12 @@ def train(config, workdir: str) -> dict:
 def _plot(workdir: str) -> None:
   """Training curves next to metrics.jsonl (the keys a run always logs)."""
   records = metrics.read_metrics(os.path.join(workdir, metrics.METRICS_FILE))
-  keys = [k for k in ("loss", "divergence", "cross_entropy", "on_policy_fraction",
-                      "eval/divergence", "eval/accuracy")
-          if any(isinstance(r.get(k), float) for r in records)]
+
+  def values(key):
+    return {r[key] for r in records if isinstance(r.get(key), float)}
+
+  keys = [k for k in ("divergence", "cross_entropy", "on_policy_fraction", "eval/divergence",
+                      "eval/accuracy") if len(values(k)) > 1]  # constant curves say nothing
   if keys:
     metrics.plot_metrics(os.path.join(workdir, metrics.METRICS_FILE),
                          os.path.join(workdir, "curves.png"), keys,

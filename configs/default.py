@@ -86,6 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3  # > 0: keep the newest N checkpoints.
   c.train.async_checkpoints = True  # Save in a background thread while training continues.
   c.train.export_final = True  # Write the final student as an HF checkpoint to WORKDIR/student.
+  c.train.remat = True  # Recompute each student layer in the backward pass (activation memory).
 
   # Evaluation: held-out divergence and the task metric with greedy decoding.
   c.eval = ml_collections.ConfigDict()

@@ -88,7 +88,7 @@ FIELDS = (
     ("train.batch_size", _int(1)), ("train.num_steps", _int(1)), ("train.log_every", _int(1)),
     ("train.eval_every", _int(0)), ("train.checkpoint_every", _int(1)),
     ("train.keep_checkpoints", _int(1)), ("train.async_checkpoints", _bool),
-    ("train.export_final", _bool),
+    ("train.export_final", _bool), ("train.remat", _bool),
     ("eval.batch_size", _int(1)), ("eval.num_examples", _int(1)),
     ("eval.max_new_tokens", _int(1)),
     ("task.name", _choice(*TASKS)),

@@ -41,6 +41,7 @@ class GKDSettings:
   divergence_weight: float = 1.0
   ce_weight: float = 0.0
   kernel_impl: str = "auto"
+  remat: bool = False  # recompute student layers in the backward pass
   sample_temperature: float = 1.0
   sample_top_k: int = 0
   sample_top_p: float = 1.0
@@ -58,7 +59,8 @@ class GKDSettings:
     return cls(**vocab_parallel,lmbda=float(g.lmbda), mixing=g.mixing, seq_kd=bool(g.seq_kd), loss=g.loss,
                beta=float(g.beta), alpha=float(g.alpha), temperature=float(g.temperature),
                divergence_weight=float(g.divergence_weight), ce_weight=float(g.ce_weight),
-               kernel_impl=g.kernel_impl, sample_temperature=float(s.temperature),
+               kernel_impl=g.kernel_impl, remat=bool(config.train.remat),
+               sample_temperature=float(s.temperature),
                sample_top_k=int(s.top_k), sample_top_p=float(s.top_p),
                sample_max_new_tokens=int(s.max_new_tokens), eos_id=eos_id)
 
@@ -148,9 +150,9 @@ def choose_completions(student, params, teacher, teacher_params, batch, rng, s: 
   return tokens, mask, jnp.full((b,), coin, jnp.float32)
 
 
-def _completion_hidden(model, params, tokens_BxT, mask_BxT, prompt_len):
+def _completion_hidden(model, params, tokens_BxT, mask_BxT, prompt_len, remat=False):
   """Final hidden states at the positions that predict each completion token: [B,C,D]."""
-  hidden_BxTxD = score(model, params, tokens_BxT, mask_BxT, return_hidden=True)
+  hidden_BxTxD = score(model, params, tokens_BxT, mask_BxT, return_hidden=True, remat=remat)
   return hidden_BxTxD[:, prompt_len - 1:-1]
 
 
@@ -159,7 +161,7 @@ def loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prom
   """Scalar loss and metrics for one sequence batch (prompt + chosen completion)."""
   targets_BxC = tokens_BxT[:, prompt_len:]
   b, c = targets_BxC.shape
-  hs_BxCxD = _completion_hidden(student, params, tokens_BxT, mask_BxT, prompt_len)
+  hs_BxCxD = _completion_hidden(student, params, tokens_BxT, mask_BxT, prompt_len, s.remat)
   hs_NxD = hs_BxCxD.reshape(b * c, -1)
   ws_DxV = models.unembedding(student, params)
   s_cap = student.config.final_logit_softcap

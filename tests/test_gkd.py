@@ -159,3 +159,31 @@ def test_ce_term_is_dataset_cross_entropy_and_skips_on_policy_rows(setup):
   nll = -np.take_along_axis(logp[:, P - 1:-1], tokens[:, P:, None], -1)[..., 0]
   w = batch["completion_mask"] * (1 - on_policy[:, None])
   np.testing.assert_allclose(float(loss), (nll * w).sum() / w.sum(), rtol=1e-5)
+
+
+def test_grad_accumulation_is_one_update_with_the_mean_gradient(setup):
+  student, params, _, _ = setup
+  settings = gkd.GKDSettings(lmbda=0.0, divergence_weight=0.0, ce_weight=1.0)
+  accum = gkd.make_optimizer(_optim(grad_accum_steps=2), 4)
+  step = jax.jit(functools.partial(gkd.train_step, student=student, teacher=None,
+                                   optimizer=accum, settings=settings))
+  state = gkd.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                         opt_state=accum.init(params))
+  batches = [jax.tree.map(jnp.asarray, _batch(seed)) for seed in (5, 6)]
+  state, _ = step(state, None, batches[0], jax.random.key(0))
+  jax.tree.map(np.testing.assert_array_equal, state.params, params)  # no update yet
+  state, _ = step(state, None, batches[1], jax.random.key(0))
+
+  def grad(batch):
+    tokens = jnp.concatenate([batch["prompt_tokens"], batch["completion_tokens"]], 1)
+    mask = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], 1)
+    return jax.grad(lambda p: gkd.loss_fn(p, None, student, None, tokens, mask, P,
+                                          batch["completion_mask"], jnp.zeros((B,)),
+                                          settings)[0])(params)
+
+  mean_grad = jax.tree.map(lambda a, b: (a + b) / 2, grad(batches[0]), grad(batches[1]))
+  plain = gkd.make_optimizer(_optim(), 2)
+  updates, _ = plain.update(mean_grad, plain.init(params), params)
+  expected = jax.tree.map(lambda p, u: p + u, params, updates)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               state.params, expected)

@@ -20,6 +20,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec as P
 
 from gkd_jax import kernels, losses, models
 from gkd_jax.divergences import masked_mean
@@ -46,7 +47,7 @@ class GKDSettings:
   sample_top_k: int = 0
   sample_top_p: float = 1.0
   sample_max_new_tokens: int = 64
-  eos_id: Optional[int] = None
+  eos_id: Any = None  # one id or a tuple of ids that end a sampled completion
   # Vocab-parallel divergence: the unembeddings' vocabulary axis is sharded over `vocab_axis` of
   # `mesh` and tokens over `token_axes`; only [N]-sized statistics cross devices (kernels/).
   mesh: Any = None
@@ -139,12 +140,15 @@ def choose_completions(student, params, teacher, teacher_params, batch, rng, s: 
   if s.lmbda == 1.0:
     tokens, mask = on_policy(everything)
     return tokens, mask, jnp.ones((b,), jnp.float32)
-  if s.mixing == "example":  # exactly round(λ·B) on-policy rows; the data is already shuffled
+  if s.mixing == "example":  # exactly round(λ·B) on-policy rows, chosen at random every batch
     k = int(round(s.lmbda * b))
-    on_tokens, on_mask = on_policy(slice(0, k))
-    off_tokens, off_mask = off_policy(slice(k, b))
-    on_B = (jnp.arange(b) < k).astype(jnp.float32)
-    return (jnp.concatenate([on_tokens, off_tokens]), jnp.concatenate([on_mask, off_mask]), on_B)
+    perm_B = jax.random.permutation(coin_rng, b)
+    on_rows, off_rows = perm_B[:k], perm_B[k:]
+    on_tokens, on_mask = on_policy(on_rows)
+    off_tokens, off_mask = off_policy(off_rows)
+    tokens = jnp.zeros((b, c), jnp.int32).at[on_rows].set(on_tokens).at[off_rows].set(off_tokens)
+    mask = jnp.zeros((b, c), jnp.int32).at[on_rows].set(on_mask).at[off_rows].set(off_mask)
+    return tokens, mask, jnp.zeros((b,), jnp.float32).at[on_rows].set(1.0)
   coin = jax.random.bernoulli(coin_rng, s.lmbda)  # one coin per batch (Algorithm 1, TRL)
   tokens, mask = jax.lax.cond(coin, lambda: on_policy(everything), lambda: off_policy(everything))
   return tokens, mask, jnp.full((b,), coin, jnp.float32)
@@ -154,6 +158,42 @@ def _completion_hidden(model, params, tokens_BxT, mask_BxT, prompt_len, remat=Fa
   """Final hidden states at the positions that predict each completion token: [B,C,D]."""
   hidden_BxTxD = score(model, params, tokens_BxT, mask_BxT, return_hidden=True, remat=remat)
   return hidden_BxTxD[:, prompt_len - 1:-1]
+
+
+def _divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, tokens_N, s: GKDSettings, s_cap, t_cap):
+  """The fused divergence, laid out on the mesh: vocab-parallel when the vocabulary is sharded;
+  otherwise each device streams its own tokens (a custom kernel such as Pallas is opaque to XLA's
+  partitioner, so without the shard_map every device would compute the whole global batch)."""
+  kw = dict(kind=s.loss, beta=s.beta, alpha=s.alpha, temperature=s.temperature,
+            student_softcap=s_cap, teacher_softcap=t_cap, impl=s.kernel_impl)
+  if s.mesh is None or s.vocab_axis is not None or not s.token_axes:
+    return kernels.fused_linear_divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, tokens=tokens_N,
+                                           mesh=s.mesh, vocab_axis=s.vocab_axis,
+                                           token_axes=s.token_axes or None, **kw)
+  rows, vec, rep = P(s.token_axes, None), P(s.token_axes), P()
+  local = lambda hs, ws, ht, wt, tok: kernels.fused_linear_divergence(hs, ws, ht, wt, tokens=tok,
+                                                                      **kw)
+  return jax.shard_map(local, mesh=s.mesh, in_specs=(rows, rep, rows, rep, vec),
+                       out_specs=vec, check_vma=False)(hs_NxD, ws_DxV, ht_NxD, wt_DxV, tokens_N)
+
+
+def _entropy(hidden_NxD, unembed_DxV, softcap, s: GKDSettings):
+  """Per-token entropy (a metric: no gradient). With a sharded vocabulary each device reduces its
+  columns and only [N] statistics are combined, so the unembedding is never gathered."""
+  hidden_NxD, unembed_DxV = jax.lax.stop_gradient((hidden_NxD, unembed_DxV))
+  if s.vocab_axis is None:
+    return losses.entropy(hidden_NxD, unembed_DxV, softcap=softcap)
+  axis = s.vocab_axis
+
+  def local(h, w):
+    lse_N, mean_z_N = losses.logsumexp_and_mean_logit(h, w, softcap=softcap)
+    m_N = jax.lax.pmax(lse_N, axis)
+    total_N = m_N + jnp.log(jax.lax.psum(jnp.exp(lse_N - m_N), axis))
+    return total_N - jax.lax.psum(jnp.exp(lse_N - total_N) * mean_z_N, axis)
+
+  rows = s.token_axes or None
+  return jax.shard_map(local, mesh=s.mesh, in_specs=(P(rows, None), P(None, axis)),
+                       out_specs=P(rows), check_vma=False)(hidden_NxD, unembed_DxV)
 
 
 def loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prompt_len,
@@ -175,23 +215,17 @@ def loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prom
     wt_DxV = jax.lax.stop_gradient(models.unembedding(teacher, teacher_params))
     t_cap = teacher.config.final_logit_softcap
     if s.divergence_weight > 0:
-      div_N = kernels.fused_linear_divergence(
-          hs_NxD, ws_DxV, ht_NxD, wt_DxV, kind=s.loss, beta=s.beta, alpha=s.alpha,
-          temperature=s.temperature, student_softcap=s_cap, teacher_softcap=t_cap,
-          tokens=targets_BxC.reshape(-1), impl=s.kernel_impl, mesh=s.mesh,
-          vocab_axis=s.vocab_axis, token_axes=s.token_axes or None)
+      div_N = _divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, targets_BxC.reshape(-1), s, s_cap,
+                          t_cap)
       metrics["divergence"] = masked_mean(div_N, mask_N)
       loss = loss + s.divergence_weight * metrics["divergence"]
-    metrics["teacher_entropy"] = masked_mean(
-        losses.entropy(ht_NxD, wt_DxV, softcap=t_cap), mask_N)
+    metrics["teacher_entropy"] = masked_mean(_entropy(ht_NxD, wt_DxV, t_cap, s), mask_N)
   if s.ce_weight > 0:  # SFT term on dataset completions only (never on the student's own samples)
     ce_mask_N = (loss_mask_BxC * (1.0 - on_policy_B[:, None])).reshape(-1)
     ce_N = losses.cross_entropy(hs_NxD, ws_DxV, targets_BxC.reshape(-1), softcap=s_cap)
     metrics["cross_entropy"] = masked_mean(ce_N, ce_mask_N)
     loss = loss + s.ce_weight * metrics["cross_entropy"]
-  metrics["student_entropy"] = masked_mean(
-      losses.entropy(jax.lax.stop_gradient(hs_NxD), jax.lax.stop_gradient(ws_DxV),
-                     softcap=s_cap), mask_N)
+  metrics["student_entropy"] = masked_mean(_entropy(hs_NxD, ws_DxV, s_cap, s), mask_N)
   metrics["loss"] = loss
   return loss, metrics
 

@@ -58,14 +58,16 @@ def _load(section, name, mesh, rules):
   return load_pretrained(path, dtype=dtype, shardings=shardings)
 
 
-def _vocab_parallel(mesh, rules, vocab_size, has_teacher) -> dict:
-  """Settings for the vocab-parallel divergence when the vocabulary is sharded over one mesh axis."""
+def _layout(mesh, rules, vocab_size) -> dict:
+  """How the divergence is laid out on the mesh: tokens over the batch axes, and the vocabulary
+  over one mesh axis when the rules shard it (vocab-parallel: only [N] vectors cross devices)."""
   axis = dict(rules).get("vocab")
-  if (not has_teacher or not isinstance(axis, str) or mesh.shape[axis] == 1
-      or vocab_size % mesh.shape[axis]):
+  vocab_sharded = (isinstance(axis, str) and mesh.shape[axis] > 1
+                   and vocab_size % mesh.shape[axis] == 0)
+  token_axes = tuple(a for a in sharding.batch_axes(rules) if mesh.shape[a] > 1 and a != axis)
+  if not vocab_sharded and not token_axes:
     return {}
-  token_axes = tuple(a for a in sharding.batch_axes(rules) if a != axis)
-  return dict(mesh=mesh, vocab_axis=axis, token_axes=token_axes)
+  return dict(mesh=mesh, vocab_axis=axis if vocab_sharded else None, token_axes=token_axes)
 
 
 def build(config, mode: str = "train", devices=None) -> Run:
@@ -101,7 +103,7 @@ def build(config, mode: str = "train", devices=None) -> Run:
   params = jax.device_put(params, param_shardings)
   settings = gkd.GKDSettings.from_config(
       config, eos_id=tokenizer.eos_id,
-      **_vocab_parallel(mesh, rules, student.config.vocab_size, teacher is not None))
+      **_layout(mesh, rules, student.config.vocab_size))
   return Run(config, mesh, tokenizer, student, params, param_shardings, teacher, teacher_params,
              settings)
 

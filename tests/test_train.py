@@ -85,7 +85,8 @@ def test_same_losses_on_every_mesh(run_files):
     for _ in range(3):
       state, m = steps.train_step(state, run.teacher_params, train._global_batch(run, next(it)),
                                   jax.random.key(0))
-      losses.append([float(m[k]) for k in ("loss", "on_policy_fraction", "grad_norm")])
+      losses.append([float(m[k]) for k in ("loss", "on_policy_fraction", "grad_norm",
+                                           "student_entropy", "teacher_entropy")])
     results[shape] = np.array(losses)
   base = results[(1, 1, 1)]
   assert np.all(base[:, 0] > 0)

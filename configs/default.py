@@ -26,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # The frozen model being distilled from. It lives on the same mesh, in its own dtype.
   c.teacher = ml_collections.ConfigDict()
-  c.teacher.path = ""  # HF checkpoint dir; required unless gkd.divergence_weight == 0 (SFT).
+  c.teacher.path = ""  # HF checkpoint dir; required unless gkd.divergence_weight == 0 (SFT) and
+  #                      not gkd.seq_kd.
   c.teacher.dtype = "bfloat16"  # "float32" | "bfloat16".
 
   c.tokenizer = ml_collections.ConfigDict()
@@ -74,7 +75,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9  # [0, 1): first-moment decay (adamw; momentum for sgd).
   c.optim.b2 = 0.999  # [0, 1): second-moment decay (adamw).
   c.optim.grad_clip = 1.0  # >= 0: clip the global gradient norm to this; 0 = off.
-  c.optim.grad_accum_steps = 1  # >= 1: micro-steps accumulated per optimizer update.
+  c.optim.grad_accum_steps = 1  # >= 1: micro-steps per update (mean of the micro-steps' gradients,
+  #                               each a token mean of its own micro-batch).
 
   # The training loop.
   c.train = ml_collections.ConfigDict()

@@ -1,10 +1,11 @@
 """Realistic TPU run: distil Gemma 2 9B (instruction-tuned) into Gemma 2 2B on a v5p-64 slice.
 
   # on every host of the slice (see experiments/launch_tpu_pod.sh):
-  gkd-jax train --config=configs/gemma2_9b_to_2b.py --workdir=gs://BUCKET/runs/g2-9b-2b --multihost \
+  gkd-jax train --config=configs/gemma2_9b_to_2b.py --workdir=/mnt/bucket/runs/g2-9b-2b --multihost \
       --config.student.path=/ckpt/gemma-2-2b-it --config.teacher.path=/ckpt/gemma-2-9b-it \
       --config.data.train_path=/data/train.jsonl --config.data.eval_path=/data/eval.jsonl
 
+The workdir must be a path every host sees (a gcsfuse-mounted bucket or NFS, not a gs:// URL).
 The paths below are placeholders: set them on the command line (HF checkpoint folders, as released,
 copied to local disk or a mounted bucket). v5p-64 = 32 chips: FSDP over all of them for the 2B student's
 f32 master weights and optimizer state, the 9B teacher in bf16 on the same mesh. The divergence runs

@@ -14,10 +14,15 @@ Per token, on logits soft-capped (``c * tanh(z / c)``, optional) and then divide
 | `tvd`                | 1/2 sum |p_T - p_S|                                                    |
 | `sampled_reverse_kl` | log p_S(y) - log p_T(y) at the sampled token y (``tokens``)            |
 
-`sampled_reverse_kl` is a single-sample estimator of reverse KL when y ~ p_S: its value is unbiased for
-KL(p_S || p_T), and its gradient w.r.t. the student logits is the gradient of the expression itself
-(d/dz_S [log p_S(y) - log p_T(y)] = onehot(y) - p_S), which is what the trainer minimises (no
-score-function term).
+`sampled_reverse_kl` is a single-sample estimator of reverse KL when y ~ p_S: its value
+d = log p_S(y) - log p_T(y) is unbiased for KL(p_S || p_T). Its gradient w.r.t. the student logits is
+the policy-gradient (REINFORCE / score-function) estimator with d held constant,
+stop_gradient(d) * d/dz_S log p_S(y) = d * (onehot(y) - p_S), whose expectation over y ~ p_S is
+the gradient of KL(p_S || p_T). (The pathwise gradient of the expression, onehot(y) - p_S, has
+expectation zero and never sees the teacher.) Where d is not finite (a token the teacher rules out)
+the value is that d and the student gradient is 0, so one such token cannot turn every gradient NaN.
+The teacher logits keep the pathwise gradient -d/dz_T log p_T(y), also unbiased for the gradient of
+KL(p_S || p_T) w.r.t. them (the streaming kernels give the teacher no gradient at all).
 
 Everything is computed in float32 whatever the input dtype. Masked vocabulary entries are ``-inf`` logits;
 they stay ``-inf`` under soft-capping, contribute exactly 0 and get 0 gradient. Log-probabilities are
@@ -184,7 +189,15 @@ def token_divergence(
     if tokens.shape != s.shape[:-1]:
       raise ValueError(f"tokens.shape={tokens.shape} must equal the logits' leading shape {s.shape[:-1]}")
     idx = tokens[..., None].astype(jnp.int32)
-    return (jnp.take_along_axis(s, idx, -1) - jnp.take_along_axis(t, idx, -1))[..., 0]
+    s_y = jnp.take_along_axis(s, idx, -1)[..., 0]
+    t_y = jnp.take_along_axis(t, idx, -1)[..., 0]
+    d = s_y - t_y
+    # Value d; student gradient stop_gradient(d) * grad s_y (REINFORCE), teacher gradient -grad t_y.
+    ok = jnp.isfinite(d)
+    coef = jax.lax.stop_gradient(jnp.where(ok, d, 0.0))
+    s_y0 = jnp.where(ok, s_y, 0.0)
+    surrogate = coef * (s_y0 - jax.lax.stop_gradient(s_y0))  # 0 in value
+    return jax.lax.stop_gradient(s_y) - t_y + surrogate
   raise AssertionError(kind)
 
 

@@ -43,22 +43,24 @@ def _sample(config):
   lines = (sys.stdin if _PROMPTS.value == "-" else open(_PROMPTS.value)).read().splitlines()
   s = config.sampling
   rng = jax.random.key(config.seed)
+  stops = train.stop_ids(tok, config.data.chat_family)
   for i, prompt in enumerate(l.replace("\\n", "\n") for l in lines if l.strip()):
     ids = tok.encode(prompt, add_bos=True)
     out = sample(run.student, run.params, np.asarray([ids], np.int32),
                  np.ones((1, len(ids)), np.int32), jax.random.fold_in(rng, i),
                  max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
-                 top_p=s.top_p, eos_id=tok.eos_id)
-    ids = [int(t) for t, m in zip(out.tokens[0], out.mask[0]) if m and t != tok.eos_id]
+                 top_p=s.top_p, eos_id=stops)
+    ids = [int(t) for t, m in zip(out.tokens[0], out.mask[0]) if m and t not in stops]
     print(json.dumps({"prompt": prompt, "completion": tok.decode(ids)}), flush=True)
 
 
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"usage: gkd-jax {{{','.join(COMMANDS)}}} --config=FILE [flags]")
+    raise app.UsageError(f"usage: gkd-jax {{{','.join(COMMANDS)}}} --config=FILE [flags]",
+                         exitcode=2)
   config = _CONFIG.value
   if config is None:
-    raise app.UsageError("--config is required")
+    raise app.UsageError("--config is required", exitcode=2)
   command = argv[1]
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 brings it back
@@ -69,7 +71,7 @@ def main(argv):
     from gkd_jax import train  # pylint: disable=g-import-not-at-top
     if command == "train":
       if not _WORKDIR.value:
-        raise app.UsageError("train needs --workdir")
+        raise app.UsageError("train needs --workdir", exitcode=2)
       train.train(config, _WORKDIR.value)
     elif command == "eval":
       print(json.dumps(train.evaluate_checkpoint(_student_override(config)), indent=1))

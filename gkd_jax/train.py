@@ -15,6 +15,7 @@ from typing import Any, Optional
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -101,17 +102,26 @@ def build(config, mode: str = "train", devices=None) -> Run:
   param_shardings = sharding.tree_shardings(mesh, models.logical_axes(student), rules,
                                             shapes=models.param_shapes(student))
   params = jax.device_put(params, param_shardings)
+  if config.data.eval_path and mode != "sample":
+    data.read_jsonl_records(config.data.eval_path)  # a malformed line fails before any write
   settings = gkd.GKDSettings.from_config(
-      config, eos_id=tokenizer.eos_id,
+      config, eos_id=stop_ids(tokenizer, config.data.chat_family),
       **_layout(mesh, rules, student.config.vocab_size))
   return Run(config, mesh, tokenizer, student, params, param_shardings, teacher, teacher_params,
              settings)
 
 
+def stop_ids(tokenizer, chat_family="") -> tuple:
+  """Ids that end a sampled completion: the chat end-of-turn token (what dataset completions end
+  with) first, then every EOS the checkpoint declares."""
+  first = data.completion_end_id(tokenizer, chat_family or None)
+  return tuple(dict.fromkeys((first, *tokenizer.stop_ids)))
+
+
 def _loader(run: Run, path, *, batch_size, shuffle, num_epochs):
   c = run.config.data
   return data.make_loader(
-      path, run.tokenizer, batch_size=batch_size // jax.process_count(),
+      path, run.tokenizer, batch_size=sharding.per_process_batch_size(batch_size),
       max_prompt_len=c.max_prompt_len, max_completion_len=c.max_completion_len,
       seed=run.config.seed, shuffle=shuffle, num_epochs=num_epochs, worker_count=c.worker_count,
       chat_family=c.chat_family or None)
@@ -140,16 +150,18 @@ def task_accuracy(run: Run, model, params) -> Optional[float]:
   task = tasks.get_task(c.task.name)
   loader = _loader(run, c.data.eval_path, batch_size=c.eval.batch_size, shuffle=False,
                    num_epochs=1)
+  stops = run.settings.eos_id
   prompts, completions = [], []
   for local in loader:
-    out = _greedy(model, params, jnp.asarray(local["prompt_tokens"]),
-                  jnp.asarray(local["prompt_mask"]), max_new_tokens=c.eval.max_new_tokens,
-                  eos_id=run.tokenizer.eos_id)
-    tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
-    for row in range(tokens.shape[0]):
-      prompt_ids = local["prompt_tokens"][row][local["prompt_mask"][row] == 1]
-      ids = [t for t, m in zip(tokens[row], mask[row]) if m and t != run.tokenizer.eos_id]
-      prompts.append(run.tokenizer.decode(list(prompt_ids)))
+    batch = _global_batch(run, local)
+    out = _greedy(model, params, batch["prompt_tokens"], batch["prompt_mask"],
+                  max_new_tokens=c.eval.max_new_tokens, eos_id=stops)
+    prompt_BxP, pmask_BxP, tokens_BxN, mask_BxN = (
+        np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        for x in (batch["prompt_tokens"], batch["prompt_mask"], out.tokens, out.mask))
+    for row in range(tokens_BxN.shape[0]):
+      ids = [t for t, m in zip(tokens_BxN[row], mask_BxN[row]) if m and t not in stops]
+      prompts.append(run.tokenizer.decode(list(prompt_BxP[row][pmask_BxP[row] == 1])))
       completions.append(run.tokenizer.decode(ids))
     if len(prompts) >= c.eval.num_examples:
       break
@@ -212,8 +224,10 @@ def compile_steps(run: Run) -> Steps:
   repl = sharding.replicated(run.mesh)
   state_sh = gkd.TrainState(
       step=repl, params=run.param_shardings,
-      opt_state=optax.tree_map_params(optimizer, lambda _, s: s, abstract.opt_state,
-                                      run.param_shardings, transform_non_params=lambda _: repl))
+      opt_state=optax.tree_map_params(
+          optimizer, lambda leaf, p, sh: sh if leaf.shape == p.shape else repl,
+          abstract.opt_state, abstract.params, run.param_shardings,
+          transform_non_params=lambda _: repl))  # e.g. adafactor's factored rows: replicated
   teacher_sh = (None if run.teacher is None
                 else jax.tree.map(lambda x: x.sharding, run.teacher_params))
   batch_sh = sharding.batch_sharding(run.mesh, tuple(c.sharding_rules), 2)
@@ -271,7 +285,11 @@ def train(config, workdir: str) -> dict:
   stopped = False
   with checkpoints.PreemptionGuard() as guard:
     while step < c.train.num_steps and not stopped:
-      batch = _global_batch(run, next(data_iter))
+      try:
+        batch = _global_batch(run, next(data_iter))
+      except StopIteration:
+        raise ValueError(f"data.num_epochs={c.data.num_epochs} ran out at step {step} of "
+                         f"train.num_steps={c.train.num_steps}; use -1 (repeat) or fewer steps")
       state, m = step_fn(state, run.teacher_params, batch, rng)
       step += 1
       if step % c.train.log_every == 0 or step == c.train.num_steps:
@@ -301,8 +319,8 @@ def train(config, workdir: str) -> dict:
   writer.write(step, final)
   writer.close()
   summary["student_after"] = final.get("eval/accuracy")
-  if c.train.export_final and jax.process_index() == 0:
-    save_pretrained(os.path.join(workdir, "student"), run.student, jax.device_get(state.params))
+  if c.train.export_final:  # every process takes part (the arrays span all of them)
+    save_pretrained(os.path.join(workdir, "student"), run.student, state.params)
   if jax.process_index() == 0:
     with open(summary_path, "w") as f:
       json.dump(summary, f)

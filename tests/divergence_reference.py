@@ -1,7 +1,9 @@
 """Independent float64 reference for the divergences: the textbook formulas of DESIGN.md §1.
 
 Written naively (no stability tricks) and evaluated with jax in float64 (`jax.enable_x64`), so values
-come straight from the definitions and gradients from float64 autodiff of them. Masked (-inf) vocabulary
+come straight from the definitions and gradients from float64 autodiff of them, except
+`sampled_reverse_kl`: its gradient is the policy-gradient (REINFORCE) estimator d * grad log p_S(y),
+with the value d = log p_S(y) - log p_T(y) held constant (DESIGN.md §1). Masked (-inf) vocabulary
 columns are handled by dropping them (the reference never sees an -inf).
 """
 
@@ -56,6 +58,22 @@ def ref_from_logits(zs, zt, kind, beta=0.5, alpha=0.1, tau=1.0, scap=None, tcap=
   raise ValueError(kind)
 
 
+def _ref_student_logp_y(zs, tokens, tau=1.0, scap=None):
+  """log p_S(y) at the sampled tokens, float64 jnp."""
+  ls = jax.nn.log_softmax(_scale(zs, scap, tau), -1)
+  return jnp.take_along_axis(ls, tokens[..., None], -1)[..., 0]
+
+
+def _ref_vjp(f, logp_y, args, ct, kind):
+  """(values, d sum(ct * values) / d args): autodiff of the definition, or for sampled_reverse_kl the
+  REINFORCE estimator sum(ct * d * grad log p_S(y)) with d the (constant) value."""
+  vals, vjp = jax.vjp(f, *args)
+  if kind == "sampled_reverse_kl":
+    _, vjp = jax.vjp(logp_y, *args)
+    ct = ct * vals
+  return vals, vjp(ct)
+
+
 def ref_value_and_grad(zs, zt, ct, keep_cols=None, **kw):
   """(values [N], d sum(ct*values) / d zs [N, V]) in float64 numpy, for 2-D logits.
 
@@ -73,8 +91,8 @@ def ref_value_and_grad(zs, zt, ct, keep_cols=None, **kw):
     tokens = jnp.asarray(remap[np.asarray(tokens)])
   with jax.enable_x64(True):
     f = lambda a: ref_from_logits(a, jnp.asarray(zt[:, keep]), tokens=tokens, **kw)  # noqa: E731
-    vals, vjp = jax.vjp(f, jnp.asarray(zs[:, keep]))
-    (g,) = vjp(jnp.asarray(ct))
+    logp_y = lambda a: _ref_student_logp_y(a, tokens, kw.get("tau", 1.0), kw.get("scap"))  # noqa: E731
+    vals, (g,) = _ref_vjp(f, logp_y, (jnp.asarray(zs[:, keep]),), jnp.asarray(ct), kw["kind"])
     vals, g = np.asarray(vals), np.asarray(g)
   grad = np.zeros_like(zs)
   grad[:, keep] = g
@@ -87,9 +105,15 @@ def ref_fused_value_and_grad(hs, Ws, ht, Wt, ct, **kw):
     hs, Ws, ht, Wt, ct = (jnp.asarray(np.asarray(x, np.float64)) for x in (hs, Ws, ht, Wt, ct))
     tokens = kw.pop("tokens", None)
     f = lambda a, b: ref_from_logits(a @ b, ht @ Wt, tokens=tokens, **kw)  # noqa: E731
-    vals, vjp = jax.vjp(f, hs, Ws)
-    dh, dw = vjp(ct)
+    logp_y = lambda a, b: _ref_student_logp_y(a @ b, tokens, kw.get("tau", 1.0), kw.get("scap"))  # noqa: E731
+    vals, (dh, dw) = _ref_vjp(f, logp_y, (hs, Ws), ct, kw["kind"])
     return np.asarray(vals), np.asarray(dh), np.asarray(dw)
+
+
+def ref_student_probs(zs, tau=1.0, scap=None):
+  """p_S = softmax(scale(zs)) in float64 numpy: the distribution the sampled tokens come from."""
+  with jax.enable_x64(True):
+    return np.asarray(jax.nn.softmax(_scale(jnp.asarray(np.asarray(zs, np.float64)), scap, tau), -1))
 
 
 def assert_close(actual, expected, rtol, what=""):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from divergence_reference import KINDS, assert_close, grid, ref_value_and_grad
+from divergence_reference import (KINDS, assert_close, grid, ref_student_probs, ref_value_and_grad)
 from gkd_jax import divergences
 
 TAUS = (0.5, 1.0, 2.0)
@@ -90,8 +90,11 @@ def test_large_magnitude_logits(kind):
       d, g = _ours(zs, zt, ct, tok, temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1],
                    **kw)
       d_ref, g_ref = ref_value_and_grad(zs, zt, ct, tokens=tok, tau=tau, scap=caps[0], tcap=caps[1], **kw)
+      # sampled_reverse_kl's gradient is d (onehot - p_S) * dscale with |d| ~ 30 here: the float32
+      # soft-cap derivative 1 - tanh^2 (2e-4 relative at z / c ~ 4) is no longer hidden by the 1e-3 floor.
+      g_tol = 5e-4 if kind == "sampled_reverse_kl" and caps[0] is not None else 1e-5
       assert_close(d, d_ref, 1e-5, f"value offset={offset} scale={scale}")
-      assert_close(g, g_ref, 1e-5, f"grad offset={offset} scale={scale}")
+      assert_close(g, g_ref, g_tol, f"grad offset={offset} scale={scale}")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -135,6 +138,50 @@ def test_leading_dims_and_masked_mean():
   got = divergences.masked_mean(jnp.asarray(vals), jnp.asarray(mask))
   np.testing.assert_allclose(got, np.asarray(d3)[mask == 1].mean(), rtol=1e-6)
   assert float(divergences.masked_mean(jnp.ones(3), jnp.zeros(3))) == 0.0
+
+
+SAMPLED_CASES = ((1.0, (None, None)), (0.7, (3.0, 5.0)), (2.0, (None, 4.0)))
+
+
+@pytest.mark.parametrize("tau, caps", SAMPLED_CASES, ids=str)
+def test_sampled_reverse_kl_gradient_is_unbiased(tau, caps):
+  """E_{y ~ p_S}[grad of sampled_reverse_kl at y], by enumerating every y, is grad KL(p_S || p_T);
+  its value's expectation is KL(p_S || p_T). (The pathwise gradient onehot(y) - p_S averages to 0.)"""
+  r = np.random.default_rng(11)
+  n, v = 4, 7
+  zs = (2.0 * r.normal(size=(n, v))).astype(np.float32)
+  zt = (2.0 * r.normal(size=(n, v))).astype(np.float32)
+  p = ref_student_probs(zs, tau, caps[0])
+  kw = dict(temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1])
+  ref_kw = dict(tau=tau, scap=caps[0], tcap=caps[1])
+  ones = np.ones(n)
+  kl, g_kl = ref_value_and_grad(zs, zt, ones, kind="reverse_kl", **ref_kw)
+  assert np.abs(g_kl).max() > 1e-2  # a gradient that averages to 0 cannot pass
+  mean_d, mean_g, mean_g_ref = np.zeros(n), np.zeros((n, v)), np.zeros((n, v))
+  for y in range(v):
+    tok = np.full(n, y)
+    d, g = _ours(zs, zt, np.ones(n, np.float32), tok, kind="sampled_reverse_kl", **kw)
+    d_ref, g_ref = ref_value_and_grad(zs, zt, ones, tokens=tok, kind="sampled_reverse_kl", **ref_kw)
+    assert_close(d, d_ref, 1e-5, f"value y={y}")
+    assert_close(g, g_ref, 1e-5, f"grad y={y}")
+    # Per token: d (onehot(y) - p_S) * d scale / dz.
+    mean_d += p[:, y] * d
+    mean_g += p[:, y, None] * g
+    mean_g_ref += p[:, y, None] * g_ref
+  assert_close(mean_d, kl, 1e-5, "E[value]")
+  assert_close(mean_g, g_kl, 1e-5, "E[grad] (float32)")
+  assert_close(mean_g_ref, g_kl, 1e-10, "E[grad] (float64 reference)")
+
+
+def test_sampled_reverse_kl_teacher_ruled_out_token():
+  """A sampled token the teacher masks (-inf): value +inf, and no NaN gradient (0 for that token)."""
+  zs, zt, ct, tok = _inputs(12)
+  zt[0, tok[0]] = -np.inf
+  d, g = _ours(zs, zt, ct, tok, kind="sampled_reverse_kl")
+  assert np.isposinf(d[0]) and np.all(np.isfinite(d[1:]))
+  assert np.all(g[0] == 0) and np.all(np.isfinite(g))
+  d_ref, g_ref = ref_value_and_grad(zs[1:], zt[1:], ct[1:], tokens=tok[1:], kind="sampled_reverse_kl")
+  assert_close(g[1:], g_ref, 1e-5, "other tokens")
 
 
 @pytest.mark.parametrize("kwargs, needle", [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from divergence_reference import (KINDS, assert_close, grid, ref_fused_value_and_grad,
-                                  ref_value_and_grad)
+                                  ref_student_probs, ref_value_and_grad)
 from gkd_jax import kernels
 from gkd_jax.kernels import chunked, common
 
@@ -104,6 +104,73 @@ def test_fused_reference_impl(kind):
 def test_fused_chunked_bf16(kind):
   check_fused("chunked", dict(kind=kind, beta=0.5, alpha=0.1), 1.0, CAPS[1], dtype=jnp.bfloat16,
               rtol=1e-2, vocab_block=16)
+
+
+def check_sampled_reverse_kl_unbiased(impl, tau, caps, **blocks):
+  """E_{y ~ p_S}[grads of sampled_reverse_kl at y] (every y enumerated, weighted through the cotangent
+  ct = p_S(y) per token) equals the gradient of sum KL(p_S || p_T), for the student hidden states and
+  unembedding; E[value] = KL. Cannot pass with the pathwise gradient onehot(y) - p_S (mean 0)."""
+  n, v = 3, 7
+  hs, ws, ht, wt, _, _ = fused_inputs(21, n=n, v=v)
+  ws = 2.0 * ws  # a student far enough from the teacher for a sizeable gradient
+  kw = dict(temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1])
+
+  @jax.jit
+  def grads(ct, tok):
+    def f(a, b):
+      d = kernels.fused_linear_divergence(a, b, jnp.asarray(ht), jnp.asarray(wt), tokens=tok,
+                                          kind="sampled_reverse_kl", impl=impl, **kw, **blocks)
+      return jnp.sum(d * ct), d
+    return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(jnp.asarray(hs), jnp.asarray(ws))
+
+  p = ref_student_probs(np.asarray(hs, np.float64) @ ws, tau, caps[0])
+  mean_d, mean_dh, mean_dw = np.zeros(n), np.zeros(hs.shape), np.zeros(ws.shape)
+  for y in range(v):
+    (_, d), (dh, dw) = grads(jnp.asarray(p[:, y], jnp.float32), jnp.full((n,), y, jnp.int32))
+    mean_d += p[:, y] * np.asarray(d)
+    mean_dh += np.asarray(dh)
+    mean_dw += np.asarray(dw)
+  kl, dh_kl, dw_kl = ref_fused_value_and_grad(hs, ws, ht, wt, np.ones(n), kind="reverse_kl", tau=tau,
+                                              scap=caps[0], tcap=caps[1])
+  assert np.abs(dw_kl).max() > 1e-2
+  assert_close(mean_d, kl, 1e-5, "E[value]")
+  assert_close(mean_dh, dh_kl, 1e-5, "E[d student_hidden]")
+  assert_close(mean_dw, dw_kl, 1e-5, "E[d student_unembed]")
+
+
+@pytest.mark.parametrize("tau, caps", [(1.0, CAPS[0]), (0.7, CAPS[1])], ids=str)
+@pytest.mark.parametrize("impl", ["chunked", "reference"])
+def test_sampled_reverse_kl_gradient_is_unbiased(impl, tau, caps):
+  check_sampled_reverse_kl_unbiased(impl, tau, caps, **({"vocab_block": 3} if impl == "chunked" else {}))
+
+
+def test_sampled_reverse_kl_logits_gradient_is_unbiased():
+  """The logits entry point (chunked.from_logits): same identity, float32 against float64."""
+  n, v, tau, caps = 4, 7, 0.7, (3.0, 5.0)
+  zs, zt, _, _ = _logit_inputs(22, n=(n,), v=v)
+  kw = dict(kind="sampled_reverse_kl", temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1])
+  grad = jax.jit(jax.grad(lambda a, ct, tok: jnp.sum(
+      kernels.vocab_divergence(a, jnp.asarray(zt), tokens=tok, impl="chunked", vocab_block=3, **kw) * ct)))
+  p = ref_student_probs(zs, tau, caps[0])
+  mean_g = sum(np.asarray(grad(jnp.asarray(zs), jnp.asarray(p[:, y], jnp.float32),
+                               jnp.full((n,), y, jnp.int32))) for y in range(v))
+  _, g_kl = ref_value_and_grad(zs, zt, np.ones(n), kind="reverse_kl", tau=tau, scap=caps[0], tcap=caps[1])
+  assert_close(mean_g, g_kl, 1e-5, "E[grad]")
+
+
+def test_sampled_reverse_kl_teacher_ruled_out_token():
+  """A sampled token the teacher masks: value +inf for it, finite gradients (0 from that token)."""
+  zs, zt, ct, tok = _logit_inputs(23, n=(6,))
+  zt[0, tok[0]] = -np.inf
+  f = lambda a: kernels.vocab_divergence(a, jnp.asarray(zt), kind="sampled_reverse_kl",  # noqa: E731
+                                         tokens=jnp.asarray(tok), impl="chunked", vocab_block=8)
+  d, vjp = jax.vjp(f, jnp.asarray(zs))
+  (g,) = vjp(jnp.asarray(ct))
+  d, g = np.asarray(d), np.asarray(g)
+  assert np.isposinf(d[0]) and np.all(np.isfinite(d[1:]))
+  assert np.all(g[0] == 0) and np.all(np.isfinite(g))
+  _, g_ref = ref_value_and_grad(zs[1:], zt[1:], ct[1:], tokens=tok[1:], kind="sampled_reverse_kl")
+  assert_close(g[1:], g_ref, 1e-5, "other tokens")
 
 
 def test_fused_chunked_block_sizes():

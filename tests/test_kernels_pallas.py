@@ -9,7 +9,7 @@ from jax import export
 from divergence_reference import assert_close, ref_fused_value_and_grad
 from gkd_jax import kernels
 from gkd_jax.kernels import common, pallas_gpu
-from test_kernels_chunked import CAPS, check_fused, fused_inputs
+from test_kernels_chunked import CAPS, check_fused, check_sampled_reverse_kl_unbiased, fused_inputs
 
 # Ragged on purpose: N = 5 tokens in blocks of 4, V = 37 in blocks of 16.
 BLOCKS = dict(token_block=4, vocab_block=16)
@@ -26,6 +26,11 @@ BLOCKS = dict(token_block=4, vocab_block=16)
 ], ids=lambda x: str(x))
 def test_pallas_tpu_interpret(spec, tau, caps):
   check_fused("pallas", spec, tau, caps, **BLOCKS)
+
+
+def test_pallas_sampled_reverse_kl_gradient_is_unbiased():
+  """Interpret mode: E_{y ~ p_S} of the kernels' gradients is the reverse-KL gradient."""
+  check_sampled_reverse_kl_unbiased("pallas", 0.7, CAPS[1], token_block=8, vocab_block=128)
 
 
 def test_pallas_tpu_interpret_bf16():

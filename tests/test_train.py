@@ -94,6 +94,18 @@ def test_same_losses_on_every_mesh(run_files):
     np.testing.assert_allclose(got, base, rtol=1e-5, err_msg=str(shape))
 
 
+@pytest.mark.parametrize("name", ["adafactor", "sgd"])
+def test_other_optimizers_build_their_sharded_state(run_files, name):
+  config = _config(run_files)
+  config.optim.name = name
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 4, 2
+  run = train.build(config, devices=jax.devices()[:8])
+  steps = train.compile_steps(run)
+  state = steps.init_state(run.params)
+  leaves = jax.tree.leaves(state.opt_state)
+  assert leaves and all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+
+
 def _train_records(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
@@ -141,6 +153,7 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run(run_files, tmp_pat
     (["--config.train.batch_size=7"], "train.batch_size=7"),
     (["--config.data.train_path={bad_jsonl}"], "bad.jsonl:3"),
     (["--config.teacher.path={other_vocab}"], "vocabulary"),
+    (["--config.data.eval_path={bad_jsonl}"], "bad.jsonl:3"),
 ])
 def test_bad_input_is_one_clear_error_and_leaves_the_workdir_alone(run_files, tmp_path, flags,
                                                                    message):

@@ -18,7 +18,11 @@ Per kind (``M`` the mixture, ``m = log M``):
   skew_forward_kl  M = a p_T + (1-a) p_S;  f = p_T (t - m)  g = -(1-a) p_T p_S / M
   skew_reverse_kl  M = (1-a) p_T + a p_S;  f = p_S (s - m)  g = p_S (s - m + 1) - a p_S^2 / M
   tvd              f = |p_T - p_S| / 2                      g = sign(p_S - p_T) p_S / 2
-  sampled_reverse_kl  f = [v = y] (s - t)                   g = [v = y]
+  sampled_reverse_kl  f = [v = y] (s - t)                   g = [v = y] (s - t)
+
+sampled_reverse_kl's g is not df/ds: its gradient is the policy-gradient (REINFORCE) estimator
+d * d/dz log p_S(y) with d = s_y - t_y held constant, i.e. dz = d (onehot(y) - p_S) (G = d), unbiased
+for the gradient of KL(p_S || p_T) when y ~ p_S (divergences.py). A non-finite d gets g = 0.
 
 Online normalisers: ``(m, l)`` with ``lse = m + log l``; log-probs are formed as ``(z - m) - log l`` so
 logits of magnitude 1e4 keep their precision.
@@ -177,7 +181,8 @@ def tile_terms(spec: Spec, s, t, ok, onehot=None):
     g = jnp.where(p_s > p_t, 0.5 * p_s, jnp.where(p_s < p_t, -0.5 * p_s, 0.0))
   elif kind == "sampled_reverse_kl":
     f = jnp.where(onehot, s - t, 0.0)
-    g = jnp.where(onehot, 1.0, 0.0)
+    d = s - t
+    g = jnp.where(onehot & (jnp.abs(d) < jnp.inf), d, 0.0)  # REINFORCE: dz = d (onehot - p_S)
   else:
     raise AssertionError(kind)
   return jnp.where(ok, f, 0.0), jnp.where(ok, g, 0.0)

@@ -14,7 +14,9 @@ set -euo pipefail
 CONFIG=${1:?usage: $0 CONFIG [--config.overrides...]}
 shift
 REPO=${REPO:-gkd_jax}
-gcloud compute tpus tpu-vm scp --recurse --zone "$ZONE" --worker=all . "$TPU:$REPO"
+TARBALL=$(mktemp --suffix=.tar.gz)
+git archive --format=tar.gz -o "$TARBALL" HEAD  # the committed tree only: no .venv, no workdirs
+gcloud compute tpus tpu-vm scp --zone "$ZONE" --worker=all "$TARBALL" "$TPU:gkd_jax.tar.gz"
 gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command "
-  cd $REPO && python3 -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]==0.10.2' &&
+  mkdir -p $REPO && tar -xzf gkd_jax.tar.gz -C $REPO && cd $REPO && python3 -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]==0.10.2' &&
   .venv/bin/gkd-jax train --config=$CONFIG --workdir=$WORKDIR --multihost $*"

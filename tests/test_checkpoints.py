@@ -1,6 +1,5 @@
 """Orbax checkpoints: exact round trips (sharded too), keep-N, resume, data iterator, SIGTERM."""
 
-import json
 import os
 import signal
 import subprocess

@@ -3,7 +3,8 @@
 import jax
 import numpy as np
 
-from gkd_jax.models import FULL, SLIDING, ModelConfig, RopeScaling, build, param_shapes
+from gkd_jax.models import (FULL, SLIDING, ModelConfig, RopeScaling, build, logical_axes,
+                            param_shapes)
 
 _BASE = dict(vocab_size=48, num_layers=2, embed_dim=32, mlp_dim=48, num_heads=4, num_kv_heads=2,
              head_dim=8)
@@ -66,3 +67,17 @@ def random_params(model, seed: int = 0, scale: float = 0.3):
 def tiny(family: str, dtype=np.float32, seed: int = 0, **overrides):
   model = build(tiny_config(family, **overrides), dtype)
   return model, jax.tree.map(jax.numpy.asarray, random_params(model, seed))
+
+
+TP_FSDP_RULES = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
+                 ("kv_heads", "tensor"), ("vocab", "tensor"), ("head_dim", None))
+
+
+def sharded_2x2x2(model, params):
+  """(mesh, params) with params placed on a ("data","fsdp","tensor") = 2x2x2 mesh of fake devices
+  by their logical axes, through the trainer's own sharding rules."""
+  from gkd_jax import sharding  # pylint: disable=import-outside-toplevel
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices()[:8])
+  shardings = sharding.tree_shardings(mesh, logical_axes(model), TP_FSDP_RULES,
+                                      shapes=param_shapes(model))
+  return mesh, jax.device_put(params, shardings)

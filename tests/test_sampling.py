@@ -9,7 +9,7 @@ from scipy import stats
 
 import gkd_jax
 from gkd_jax.models import build
-from tests.model_helpers import tiny
+from tests.model_helpers import sharded_2x2x2, tiny
 
 
 def _prompts(vocab, lengths, P, seed=0, side="left"):
@@ -184,15 +184,9 @@ def test_bad_arguments_raise():
 
 
 def test_sample_under_jit_with_params_sharded_by_logical_axes():
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-  from gkd_jax.models import logical_axes
+  from jax.sharding import NamedSharding, PartitionSpec as P
   model, params = tiny("gemma2")
-  mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
-  rules = {"embed": "fsdp", "mlp": "tensor", "heads": "tensor", "kv_heads": "tensor",
-           "vocab": "tensor", "head_dim": None}
-  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, P(*(rules[a] for a in spec))),
-                           logical_axes(model))
-  sharded = jax.device_put(params, shardings)
+  mesh, sharded = sharded_2x2x2(model, params)
   assert len(sharded["layers"][0]["attn"]["q"].sharding.device_set) == 8
   prompt, pmask = _prompts(model.config.vocab_size, [7, 3, 5, 2] * 2, 7, seed=5)
   data = NamedSharding(mesh, P("data", None))

@@ -5,11 +5,11 @@ float64 forward is in test_decoder.py.)"""
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 import gkd_jax
-from gkd_jax.models import build, logical_axes, unembedding
-from tests.model_helpers import tiny
+from gkd_jax.models import build, unembedding
+from tests.model_helpers import sharded_2x2x2, tiny
 
 
 def _batch(cfg, T=11, seed=1):
@@ -81,12 +81,7 @@ def test_hidden_times_unembedding_gives_logits_and_mask_defaults_to_ones():
 
 def test_score_under_jit_with_params_sharded_by_logical_axes():
   model, params = tiny("qwen2")
-  mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
-  rules = {"embed": "fsdp", "mlp": "tensor", "heads": "tensor", "kv_heads": "tensor",
-           "vocab": "tensor", "head_dim": None}
-  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, P(*(rules[a] for a in spec))),
-                           logical_axes(model))
-  sharded = jax.device_put(params, shardings)
+  mesh, sharded = sharded_2x2x2(model, params)
   tokens, mask = _batch(model.config)
   tokens, mask = np.concatenate([tokens, tokens[:1]]), np.concatenate([mask, mask[:1]])
   data = NamedSharding(mesh, P("data", None))

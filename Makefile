@@ -19,9 +19,14 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q --durations=15 tests
 
-# The embedded default: on-policy distillation on the bundled arithmetic task (resumes if interrupted).
+# The embedded default: supervised KD vs on-policy GKD from one student init on the bundled
+# slip-addition task, then one table (each run resumes if interrupted, or is reported if finished).
 demo: $(STAMP)
-	$(VENV)/bin/gkd-jax train --config=configs/demo.py --workdir=$(WORKDIR)
+	$(VENV)/bin/gkd-jax train --config=configs/demo.py --workdir=$(WORKDIR)/supervised_kd \
+	  --config.gkd.lmbda=0
+	$(VENV)/bin/gkd-jax train --config=configs/demo.py --workdir=$(WORKDIR)/on_policy \
+	  --config.eval.teacher=False
+	$(VENV)/bin/gkd-jax compare $(WORKDIR)/supervised_kd $(WORKDIR)/on_policy
 
 # Reference fixtures from transformers/TRL, made in a separate venv with torch (never needed by `make test`).
 REFVENV ?= .refvenv

@@ -90,11 +90,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.export_final = True  # Write the final student as an HF checkpoint to WORKDIR/student.
   c.train.remat = True  # Recompute each student layer in the backward pass (activation memory).
 
-  # Evaluation: held-out divergence and the task metric with greedy decoding.
+  # Evaluation: held-out divergence and the task metrics (greedy, optionally also sampled).
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 8  # > 0: global eval batch; divisible by mesh data*fsdp.
   c.eval.num_examples = 256  # > 0: eval examples used per evaluation.
-  c.eval.max_new_tokens = 128  # > 0: greedy decoding length for the task metric.
+  c.eval.max_new_tokens = 128  # > 0: decoding length for the task metric.
+  c.eval.num_samples = 0  # >= 0: k decodes per prompt at eval.temperature besides greedy
+  #                         (task metrics under eval/sampled/..., and pass@k); 0 = greedy only.
+  c.eval.temperature = 1.0  # > 0: sampling temperature of those k decodes.
+  c.eval.teacher = True  # Also report the teacher's task metrics once, before training.
 
   # Device mesh ("data", "fsdp", "tensor"); the product must equal the number of devices.
   c.mesh = ml_collections.ConfigDict()

@@ -2,7 +2,7 @@
 
   .venv/bin/python experiments/build_demo_models.py [--teacher_steps=N] [--student_steps=N]
 
-Both models are trained by SFT (configs/demo.py with gkd.divergence_weight=0, gkd.ce_weight=1) on the
+Both models are trained by SFT (configs/arithmetic.py with gkd.divergence_weight=0, gkd.ce_weight=1) on the
 bundled arithmetic data, starting from random initialisation: the 4-layer teacher until it is accurate,
 the 2-layer student only briefly so that it still makes its own mistakes, which on-policy distillation
 then corrects. The results replace gkd_jax/tasks/assets/arithmetic/{teacher,student_init}.

@@ -1,6 +1,6 @@
 """Sweep runner: one config over a grid of overrides, each point trained, then one table and one plot.
 
-  .venv/bin/python experiments/sweep.py --config=configs/demo.py --workdir=workdirs/lambda_sweep \
+  .venv/bin/python experiments/sweep.py --config=configs/arithmetic.py --workdir=workdirs/lambda_sweep \
       --sweep=gkd.lmbda=0,0.5,1 [--sweep=gkd.loss=forward_kl,jsd] [--config.train.num_steps=500]
 
 Every grid point (the product of all --sweep flags) trains in WORKDIR/<field=value,...> with the

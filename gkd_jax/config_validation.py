@@ -17,7 +17,7 @@ LOSSES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl
 MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES = ("batch", "embed", "mlp", "heads", "kv_heads", "head_dim", "vocab")
 DTYPES = ("float32", "bfloat16")
-TASKS = ("", "arithmetic")
+TASKS = ("", "arithmetic", "slip_addition")
 CHAT_FAMILIES = ("", "gemma", "llama3", "chatml", "qwen2.5")
 MODES = ("train", "eval", "sample")
 
@@ -90,7 +90,8 @@ FIELDS = (
     ("train.keep_checkpoints", _int(1)), ("train.async_checkpoints", _bool),
     ("train.export_final", _bool), ("train.remat", _bool),
     ("eval.batch_size", _int(1)), ("eval.num_examples", _int(1)),
-    ("eval.max_new_tokens", _int(1)),
+    ("eval.max_new_tokens", _int(1)), ("eval.num_samples", _int(0)),
+    ("eval.temperature", _num(0, lo_open=True)), ("eval.teacher", _bool),
     ("task.name", _choice(*TASKS)),
 )
 

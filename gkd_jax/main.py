@@ -3,6 +3,7 @@
   gkd-jax train  --config=configs/demo.py --workdir=DIR [--config.gkd.lmbda=0.5 ...]
   gkd-jax eval   --config=configs/demo.py [--checkpoint=DIR]      # held-out loss + task metric (JSON)
   gkd-jax sample --config=configs/demo.py [--checkpoint=DIR] [--prompts=FILE|-]
+  gkd-jax compare WORKDIR [WORKDIR ...]                            # finished runs side by side
 
 Bad input (config values, paths, data lines, vocabularies) ends with one line on stderr and exit code 2.
 """
@@ -23,7 +24,7 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "eval/sample: HF checkpoint 
 _PROMPTS = flags.DEFINE_string("prompts", "-", "sample: file with one prompt per line ('-': stdin).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (every "
                                "host of a TPU slice / multi-node GPU job runs the same command).")
-COMMANDS = ("train", "eval", "sample")
+COMMANDS = ("train", "eval", "sample", "compare")
 
 
 def _student_override(config):
@@ -54,10 +55,21 @@ def _sample(config):
     print(json.dumps({"prompt": prompt, "completion": tok.decode(ids)}), flush=True)
 
 
+def _usage(message):
+  raise app.UsageError(message, exitcode=2)
+
+
 def main(argv):
+  if len(argv) >= 2 and argv[1] == "compare":
+    from gkd_jax import report  # pylint: disable=g-import-not-at-top
+    try:
+      print(report.compare_table(argv[2:] or _usage("compare needs at least one WORKDIR")))
+    except (ValueError, FileNotFoundError) as e:
+      print(f"gkd-jax compare: error: {e}", file=sys.stderr)
+      sys.exit(2)
+    return
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"usage: gkd-jax {{{','.join(COMMANDS)}}} --config=FILE [flags]",
-                         exitcode=2)
+    _usage(f"usage: gkd-jax {{{','.join(COMMANDS)}}} --config=FILE [flags]")
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required", exitcode=2)

@@ -137,24 +137,23 @@ def _global_batch(run: Run, local_batch):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_id"))
-def _greedy(model, params, prompt_BxP, pmask_BxP, *, max_new_tokens, eos_id):
-  return sample(model, params, prompt_BxP, pmask_BxP, jax.random.key(0),
-                max_new_tokens=max_new_tokens, temperature=0.0, eos_id=eos_id)
+def _decode(model, params, prompt_BxP, pmask_BxP, rng, temperature, *, max_new_tokens, eos_id):
+  return sample(model, params, prompt_BxP, pmask_BxP, rng, max_new_tokens=max_new_tokens,
+                temperature=temperature, eos_id=eos_id)
 
 
-def task_accuracy(run: Run, model, params) -> Optional[float]:
-  """The bundled task's own metric on eval prompts, with greedy decoding."""
+def eval_completions(run: Run, model, params, temperature: float, seed: int):
+  """(prompts, completions) of eval.num_examples held-out prompts, decoded at `temperature`
+  (0 = greedy), every process taking part and every process getting all of them."""
   c = run.config
-  if not c.task.name:
-    return None
-  task = tasks.get_task(c.task.name)
   loader = _loader(run, c.data.eval_path, batch_size=c.eval.batch_size, shuffle=False,
                    num_epochs=1)
   stops = run.settings.eos_id
   prompts, completions = [], []
-  for local in loader:
+  for i, local in enumerate(loader):
     batch = _global_batch(run, local)
-    out = _greedy(model, params, batch["prompt_tokens"], batch["prompt_mask"],
+    out = _decode(model, params, batch["prompt_tokens"], batch["prompt_mask"],
+                  jax.random.fold_in(jax.random.key(seed), i), jnp.float32(temperature),
                   max_new_tokens=c.eval.max_new_tokens, eos_id=stops)
     prompt_BxP, pmask_BxP, tokens_BxN, mask_BxN = (
         np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -166,7 +165,39 @@ def task_accuracy(run: Run, model, params) -> Optional[float]:
     if len(prompts) >= c.eval.num_examples:
       break
   n = min(len(prompts), c.eval.num_examples)
-  return task.accuracy(prompts[:n], completions[:n])
+  return prompts[:n], completions[:n]
+
+
+def _task_scores(task, prompts, completions) -> dict:
+  if hasattr(task, "evaluate"):
+    return task.evaluate(prompts, completions)
+  return {"accuracy": task.accuracy(prompts, completions)}
+
+
+def task_metrics(run: Run, model, params) -> dict:
+  """The bundled task's own metrics on held-out prompts ({} without a task).
+
+  Greedy decoding gives `accuracy` (and whatever else the task reports, e.g. per difficulty);
+  with eval.num_samples = k > 0, k more decodes per prompt at eval.temperature give the same
+  metrics averaged over the k samples under `sampled/`, and `sampled/pass_at_k`.
+  """
+  c = run.config
+  if not c.task.name:
+    return {}
+  task = tasks.get_task(c.task.name)
+  prompts, completions = eval_completions(run, model, params, 0.0, c.seed)
+  out = _task_scores(task, prompts, completions)
+  k = c.eval.num_samples
+  if k:
+    per_sample, solved = [], np.zeros(len(prompts), bool)
+    for j in range(k):
+      p, comp = eval_completions(run, model, params, c.eval.temperature, c.seed + 1 + j)
+      per_sample.append(_task_scores(task, p, comp))
+      solved |= np.array([task.is_correct(x, y) for x, y in zip(p, comp)])
+    for key in per_sample[0]:
+      out[f"sampled/{key}"] = float(np.mean([m[key] for m in per_sample]))
+    out["sampled/pass_at_k"] = float(solved.mean())
+  return out
 
 
 def _heldout(run: Run, params, eval_fn):
@@ -189,16 +220,25 @@ def evaluate(run: Run, params, eval_fn) -> dict:
   if not run.config.data.eval_path:
     return {}
   out = _heldout(run, params, eval_fn)
-  acc = task_accuracy(run, run.student, params)
-  if acc is not None:
-    out["eval/accuracy"] = acc
+  out.update({f"eval/{k}": v for k, v in task_metrics(run, run.student, params).items()})
   return out
 
 
-def _summary_table(rows: dict) -> str:
-  lines = ["", "  model                      accuracy", "  -------------------------  --------"]
-  for name, value in rows.items():
-    lines.append(f"  {name:<25}  {value:8.3f}" if value is not None else f"  {name:<25}       n/a")
+def _summary_table(summary: dict) -> str:
+  """Teacher and student accuracy (greedy, and at eval.temperature when sampled) as a table."""
+  before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
+  rows = {"teacher": (summary.get("teacher"),
+                      summary.get("teacher_eval", {}).get("sampled/accuracy")),
+          "student before distillation": (summary.get("student_before"),
+                                          before.get("eval/sampled/accuracy")),
+          "student after distillation": (summary.get("student_after"),
+                                         after.get("eval/sampled/accuracy"))}
+  sampled = any(v[1] is not None for v in rows.values())
+  fmt = lambda x: "     n/a" if x is None else f"{x:8.3f}"
+  lines = ["", "  model                        accuracy" + ("   sampled" if sampled else ""),
+           "  ---------------------------  --------" + ("  --------" if sampled else "")]
+  for name, (greedy, temp) in rows.items():
+    lines.append(f"  {name:<27}  {fmt(greedy)}" + (f"  {fmt(temp)}" if sampled else ""))
   return "\n".join(lines)
 
 
@@ -273,8 +313,10 @@ def train(config, workdir: str) -> dict:
     before = evaluate(run, state.params, eval_fn)
     writer.write(0, before)
     summary["student_before"] = before.get("eval/accuracy")
-    if run.teacher is not None:
-      summary["teacher"] = task_accuracy(run, run.teacher, run.teacher_params)
+    summary["eval_before"] = before
+    if run.teacher is not None and c.eval.teacher:
+      summary["teacher_eval"] = task_metrics(run, run.teacher, run.teacher_params)
+      summary["teacher"] = summary["teacher_eval"].get("accuracy")
     if jax.process_index() == 0:
       with open(summary_path, "w") as f:
         json.dump(summary, f)
@@ -319,15 +361,14 @@ def train(config, workdir: str) -> dict:
   writer.write(step, final)
   writer.close()
   summary["student_after"] = final.get("eval/accuracy")
+  summary["eval_after"] = final
   if c.train.export_final:  # every process takes part (the arrays span all of them)
     save_pretrained(os.path.join(workdir, "student"), run.student, state.params)
   if jax.process_index() == 0:
     with open(summary_path, "w") as f:
       json.dump(summary, f)
     _plot(workdir)
-    print(_summary_table({"teacher": summary.get("teacher"),
-                          "student before distillation": summary.get("student_before"),
-                          "student after distillation": summary.get("student_after")}))
+    print(_summary_table(summary))
   return summary
 
 

@@ -1,18 +1,31 @@
-"""The notebooks (jupytext percent scripts) execute, and show what they claim."""
+"""Every notebook executes from top to bottom on a reduced budget (and so passes its own checks)."""
 
+import glob
 import os
-import runpy
 
-NOTEBOOKS = os.path.join(os.path.dirname(__file__), os.pardir, "notebooks")
+import nbformat
+from nbclient import NotebookClient
+import pytest
+
+NOTEBOOKS = os.path.normpath(os.path.join(os.path.dirname(__file__), os.pardir, "notebooks"))
+PATHS = sorted(glob.glob(os.path.join(NOTEBOOKS, "*.ipynb")))
 
 
-def test_jsd_beta_ablation(tmp_path, monkeypatch):
-  monkeypatch.setenv("NOTEBOOK_OUT", str(tmp_path))
-  monkeypatch.setenv("NOTEBOOK_STEPS", "300")
-  ns = runpy.run_path(os.path.join(NOTEBOOKS, "jsd_beta_ablation.py"))
-  assert (tmp_path / "jsd_beta_ablation.png").stat().st_size > 0
-  sigma, fits = ns["sigma"], ns["fits"]
-  # forward KL covers both modes (wide), reverse KL seeks the heavier one (narrow, near token 16)
-  assert sigma[0.0] > 2 * sigma[1.0]
-  assert 20 < float(fits[0.0][0]) < 40 and abs(float(fits[1.0][0]) - 16) < 2
-  assert sigma[0.5] > 2 * sigma[1.0]  # interior β still covers both modes here
+def test_notebooks_exist():
+  assert len(PATHS) >= 3, PATHS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PATHS, ids=os.path.basename)
+def test_notebook_executes(path, tmp_path, monkeypatch):
+  monkeypatch.setenv("NOTEBOOK_OUT", str(tmp_path))  # figures go here, not into the repo
+  monkeypatch.setenv("NOTEBOOK_BUDGET", "small")  # live cells train/evaluate less
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  with open(path) as f:
+    nb = nbformat.read(f, as_version=4)
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  assert all(c.execution_count for c in code), "committed notebooks carry their outputs"
+  assert any(o.output_type == "display_data" for c in code for o in c.outputs), "and figures"
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": NOTEBOOKS}}).execute()  # raises on any error
+  assert list(tmp_path.glob("*.png")), "a notebook saves its figures"

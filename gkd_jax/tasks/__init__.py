@@ -1,13 +1,13 @@
 """Bundled tasks: data generators and evaluators for the embedded default run.
 
-`get_task(name)` returns the task module ("arithmetic"), `asset_dir(name)` its bundled files
+`get_task(name)` returns the task module ("arithmetic", "slip_addition"), `asset_dir(name)` its bundled files
 (train.jsonl, eval.jsonl, tokenizer.model, and the trained checkpoints the demo uses).
 """
 
 import importlib
 import os
 
-TASKS = ("arithmetic",)
+TASKS = ("arithmetic", "slip_addition")
 
 
 def get_task(name: str):

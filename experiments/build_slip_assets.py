@@ -6,11 +6,19 @@
    student is distilled on) and tokenizer.model (the arithmetic task's character tokenizer); the
    teacher's corpus (slipped and corrected completions, `slip_addition.slipped_completion`) is made in
    the scratch dir only. All three problem sets are disjoint.
-2. teacher: a 4-layer model trained by SFT on the slipped corpus, from random initialisation.
-3. student_init: a 1-layer model trained by SFT on the clean data until its accuracy plateaus; the
-   shared starting point of every method in configs/paper_table.py.
-Sizes and steps are the flags' defaults; the numbers each run reached are printed and written to
-build_log.json in the assets folder.
+2. teacher: a 4-layer model (128 wide, 0.79M parameters) trained by SFT on the slipped corpus, from
+   random initialisation.
+3. student_init: a 2-layer model (32 wide, 26k parameters) trained by SFT on the clean data until
+   its accuracy plateaus; the shared starting point of every method in configs/paper_table.py.
+The numbers each run reached are printed and written to build_log.json in the assets folder.
+
+How the committed checkpoints were made (2 CPU cores): the teacher ran 600 steps with
+--teacher_steps=3000 and was then resumed from its step-600 checkpoint with --teacher_steps=1800
+(the cosine schedule shortened mid-run, to fit the time available): held-out greedy exact match
+0.998, 0.841 at temperature 1. The student size was calibrated on plateau accuracy (SFT, 2-3k steps):
+1 layer x 64: 0.002; 2 x 32: 0.161 (committed; 0.150 at 2400 steps, 0.161 at 3000); 2 x 40: 0.058
+at 1920 steps; 2 x 48: 0.915 at 1440 steps; 2 x 64: 0.858 at 1800 steps. Between 32 and 48 wide the
+plateau jumps from ~16% to >90%; nothing in the 40-70% range was found in the time available.
 """
 
 import json
@@ -37,10 +45,10 @@ _NUM_TEACHER = flags.DEFINE_integer("num_teacher", 60000, "Problems of the teach
 _SLIP_RATE = flags.DEFINE_float("slip_rate", 0.1, "Per-step slip probability of the corpus.")
 _MIN_DIGITS = flags.DEFINE_integer("min_digits", 3, "Fewest columns of a problem.")
 _MAX_DIGITS = flags.DEFINE_integer("max_digits", 7, "Most columns of a problem.")
-_TEACHER_STEPS = flags.DEFINE_integer("teacher_steps", 3000, "SFT steps of the teacher.")
-_STUDENT_STEPS = flags.DEFINE_integer("student_steps", 1500, "SFT steps of the student init.")
-_STUDENT_LAYERS = flags.DEFINE_integer("student_layers", 1, "Student depth.")
-_STUDENT_DIM = flags.DEFINE_integer("student_dim", 64, "Student width.")
+_TEACHER_STEPS = flags.DEFINE_integer("teacher_steps", 1800, "SFT steps of the teacher.")
+_STUDENT_STEPS = flags.DEFINE_integer("student_steps", 3000, "SFT steps of the student init.")
+_STUDENT_LAYERS = flags.DEFINE_integer("student_layers", 2, "Student depth.")
+_STUDENT_DIM = flags.DEFINE_integer("student_dim", 32, "Student width.")
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 ASSETS = asset_dir("slip_addition")
 

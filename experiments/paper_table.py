@@ -16,6 +16,7 @@ at the budget T = the mean training time of on-policy GKD (λ=1, forward KL) for
 taking its last evaluation whose cumulative step time (metrics.jsonl's step_time_s) is ≤ T.
 """
 
+import ast
 import concurrent.futures
 import json
 import os
@@ -56,12 +57,26 @@ _OFF_STEPS = flags.DEFINE_integer("offpolicy_steps", 900, "Steps of SFT and supe
 _PARALLEL = flags.DEFINE_integer("parallel", 2, "Runs at a time (each its own process).")
 _CONTROL = flags.DEFINE_bool("control", False, "Also run the negative control (configs/demo.py).")
 _CONTROL_STEPS = flags.DEFINE_integer("control_steps", 300, "Steps of the negative control.")
+_OVERRIDE = flags.DEFINE_multi_string("override", [], "FIELD=VALUE for every run (e.g. "
+                                      "eval.num_examples=200), after the method's own.")
 
 
 def _command(config, workdir, overrides):
   args = [sys.executable, "-m", "gkd_jax.main", "train", f"--config={config}",
           f"--workdir={workdir}"]
   return args + [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def _overrides():
+  """--override values, typed as Python literals where they parse as one (else strings)."""
+  out = {}
+  for spec in _OVERRIDE.value:
+    field, _, value = spec.partition("=")
+    try:
+      out[field] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[field] = value
+  return out
 
 
 def _done(workdir):
@@ -90,7 +105,8 @@ def jobs():
   for name in _METHODS.value:
     steps = _OFF_STEPS.value if name in OFF_POLICY else _STEPS.value
     for seed in map(int, _SEEDS.value):
-      out.append((name, seed, paper, dict(METHODS[name][1], **{"train.num_steps": steps}),
+      out.append((name, seed, paper,
+                  dict(METHODS[name][1], **{"train.num_steps": steps}, **_overrides()),
                   os.path.join(_WORKDIR.value, name, f"seed{seed}")))
   if _CONTROL.value:
     demo = os.path.join(ROOT, "configs", "demo.py")

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gkd_jax import checkpoints, data, gkd, metrics, models, sharding, tasks
+from gkd_jax import checkpoints, data, gkd, metrics, models, report, sharding, tasks
 from gkd_jax.config_validation import validate
 from gkd_jax.models.hf import load_pretrained, save_pretrained
 from gkd_jax.models.hf_config import config_from_hf
@@ -224,24 +224,6 @@ def evaluate(run: Run, params, eval_fn) -> dict:
   return out
 
 
-def _summary_table(summary: dict) -> str:
-  """Teacher and student accuracy (greedy, and at eval.temperature when sampled) as a table."""
-  before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
-  rows = {"teacher": (summary.get("teacher"),
-                      summary.get("teacher_eval", {}).get("sampled/accuracy")),
-          "student before distillation": (summary.get("student_before"),
-                                          before.get("eval/sampled/accuracy")),
-          "student after distillation": (summary.get("student_after"),
-                                         after.get("eval/sampled/accuracy"))}
-  sampled = any(v[1] is not None for v in rows.values())
-  fmt = lambda x: "     n/a" if x is None else f"{x:8.3f}"
-  lines = ["", "  model                        accuracy" + ("   sampled" if sampled else ""),
-           "  ---------------------------  --------" + ("  --------" if sampled else "")]
-  for name, (greedy, temp) in rows.items():
-    lines.append(f"  {name:<27}  {fmt(greedy)}" + (f"  {fmt(temp)}" if sampled else ""))
-  return "\n".join(lines)
-
-
 @dataclasses.dataclass
 class Steps:
   """The jitted functions of a run, with explicit shardings on its mesh."""
@@ -368,7 +350,7 @@ def train(config, workdir: str) -> dict:
     with open(summary_path, "w") as f:
       json.dump(summary, f)
     _plot(workdir)
-    print(_summary_table(summary))
+    print(report.compare_table([workdir]))
   return summary
 
 

@@ -49,6 +49,7 @@ _TEACHER_STEPS = flags.DEFINE_integer("teacher_steps", 1800, "SFT steps of the t
 _STUDENT_STEPS = flags.DEFINE_integer("student_steps", 3000, "SFT steps of the student init.")
 _STUDENT_LAYERS = flags.DEFINE_integer("student_layers", 2, "Student depth.")
 _STUDENT_DIM = flags.DEFINE_integer("student_dim", 32, "Student width.")
+_STUDENT_NAME = flags.DEFINE_string("student_name", "student_init", "Asset folder of the student.")
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 ASSETS = asset_dir("slip_addition")
 
@@ -131,7 +132,8 @@ def main(_):
       sft("teacher", model_config(tokenizer, 4, 128, 4, 2), _TEACHER_STEPS.value,
           os.path.join(scratch, "teacher_corpus.jsonl"), scratch)
     if _ONLY.value in ("", "student_init"):
-      sft("student_init", model_config(tokenizer, _STUDENT_LAYERS.value, _STUDENT_DIM.value, 4, 2),
+      sft(_STUDENT_NAME.value,
+          model_config(tokenizer, _STUDENT_LAYERS.value, _STUDENT_DIM.value, 4, 2),
           _STUDENT_STEPS.value, os.path.join(ASSETS, "train.jsonl"), scratch)
 
 

@@ -2,7 +2,7 @@
 
   .venv/bin/python experiments/paper_table.py [--seeds=0,1,2] [--methods=kd,onpolicy_fkl]
       [--workdir=workdirs/paper_table] [--out=experiments/results/paper_table] [--parallel=2]
-      [--control]  # also the negative control: the demo's arithmetic task (no slips)
+      [--control]  # also the negative control: configs/arithmetic.py (the first task, no slips)
 
 Each (method, seed) trains with the normal trainer (`gkd-jax train --config=configs/paper_table.py`
 plus the method's overrides) in WORKDIR/<method>/seed<k>, as its own process; a finished run is
@@ -109,12 +109,13 @@ def jobs():
                   dict(METHODS[name][1], **{"train.num_steps": steps}, **_overrides()),
                   os.path.join(_WORKDIR.value, name, f"seed{seed}")))
   if _CONTROL.value:
-    demo = os.path.join(ROOT, "configs", "demo.py")
+    control = os.path.join(ROOT, "configs", "arithmetic.py")
     for name, (_, overrides) in CONTROL.items():
       for seed in map(int, _SEEDS.value):
-        out.append((name, seed, demo, dict(overrides, **{
+        out.append((name, seed, control, dict(overrides, **{
             "train.num_steps": _CONTROL_STEPS.value, "optim.schedule": "constant",
-            "optim.learning_rate": 1e-3, "train.eval_every": 100, "eval.num_examples": 480}),
+            "optim.learning_rate": 1e-3, "train.eval_every": 100, "eval.num_examples": 480,
+            "eval.num_samples": 2, "eval.teacher": False}),
                     os.path.join(_WORKDIR.value, name, f"seed{seed}")))
   return out
 

@@ -18,7 +18,8 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), os.pardir))
 
 def _config(**eval_fields):
   c = runpy.run_path(os.path.join(ROOT, "configs", "paper_table.py"))["get_config"]()
-  c.teacher.path = ""
+  c.teacher.path = ""  # decoding only
+  c.gkd.divergence_weight, c.gkd.ce_weight = 0.0, 1.0
   c.eval.num_examples, c.eval.batch_size, c.eval.max_new_tokens = 48, 24, 88
   c.mesh.data = 1
   for k, v in eval_fields.items():

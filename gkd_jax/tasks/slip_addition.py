@@ -133,11 +133,7 @@ def is_correct(prompt: str, completion_text: str) -> bool:
 
 def accuracy(prompts: Sequence[str], completions: Sequence[str]) -> float:
   """Fraction of completions whose resolved answer is exactly right (0.0 for no examples)."""
-  if len(prompts) != len(completions):
-    raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-  if not prompts:
-    return 0.0
-  return sum(is_correct(p, c) for p, c in zip(prompts, completions)) / len(prompts)
+  return evaluate(prompts, completions)["accuracy"]
 
 
 def difficulty(prompt: str) -> int:

@@ -1,8 +1,7 @@
 """Bundled tasks: data generators and evaluators for the embedded default run.
 
 `get_task(name)` returns the task module ("arithmetic", "slip_addition"), `asset_dir(name)` its
-bundled files
-(train.jsonl, eval.jsonl, tokenizer.model, and the trained checkpoints the demo uses).
+bundled files (train.jsonl, eval.jsonl, tokenizer.model, and the trained checkpoints the configs use).
 """
 
 import importlib

@@ -89,6 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.async_checkpoints = True  # Save in a background thread while training continues.
   c.train.export_final = True  # Write the final student as an HF checkpoint to WORKDIR/student.
   c.train.remat = True  # Recompute each student layer in the backward pass (activation memory).
+  c.train.max_nonfinite_steps = 0  # >= 0: a step with a non-finite loss/gradient is never applied;
+  #                                  0 = stop the run at the first; N = skip up to N, then stop.
 
   # Evaluation: held-out divergence and the task metrics (greedy, optionally also sampled).
   c.eval = ml_collections.ConfigDict()

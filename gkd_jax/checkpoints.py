@@ -8,13 +8,18 @@
       save(manager, step, state, data_iter)                      # every `save_every` steps
       if guard.should_stop(step):
         save(manager, step, state, data_iter, force=True); manager.wait_until_finished(); exit
-  save(manager, last_step, state, data_iter, force=True); manager.wait_until_finished()
+  save(manager, last_step, state, data_iter, force=True); finish(manager)
 
 A checkpoint is one step directory with two items: "state" (the train-state pytree, written by
 Orbax's StandardSave, asynchronously when asked) and "data" (the Grain iterator position, written
 synchronously by Grain's own Orbax handler, so the iterator can advance right after `save` returns).
 Orbax writes every step to a temporary directory and renames it when complete, so `latest_step` and
 `restore_latest` only ever see complete checkpoints; an interrupted save leaves nothing restorable.
+
+Integrity: once a checkpoint is complete, STEP/checksums.json records the size and CRC32 of each of
+its files (process 0 writes it before the next save starts, and in `finish`). `restore_latest` takes
+the newest checkpoint whose files still match (and that restores to finite values): a damaged one is
+reported in one line and moved to CHECKPOINTS.damaged/STEP, and the next older one is tried.
 """
 
 from __future__ import annotations
@@ -22,14 +27,21 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import zlib
 from typing import Any, Optional
 
+from absl import logging
 import grain
 import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gkd_jax import workdir as workdir_lib
+
 STATE, DATA = "state", "data"
+CHECKSUMS = "checksums.json"
 
 
 def make_manager(directory: str, *, keep: int = 3, save_every: int = 1,
@@ -51,38 +63,141 @@ def save(manager: ocp.CheckpointManager, step: int, train_state: Any, data_iter=
   the same step is harmless.
   """
   step = int(step)
-  if step in manager.all_steps():
+  if step in manager.all_steps() or not (force or manager.should_save(step)):
     return False
+  manager.wait_until_finished()  # what manager.save does first anyway
+  record_checksums(manager)  # the previous checkpoint is complete now
   items = {STATE: ocp.args.StandardSave(train_state)}
   if data_iter is not None:
     items[DATA] = grain.checkpoint.CheckpointSave(data_iter)
-  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+  saved = manager.save(step, args=ocp.args.Composite(**items), force=True)
+  record_checksums(manager)  # a synchronous save is complete already
+  return saved
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+  """Waits for a pending save and records the checksums of every complete checkpoint."""
+  manager.wait_until_finished()
+  record_checksums(manager)
+
+
+def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(str(manager.directory), str(step))
 
 
 def _has_item(manager: ocp.CheckpointManager, step: int, name: str) -> bool:
-  return os.path.isdir(os.path.join(str(manager.directory), str(step), name))
+  return os.path.isdir(os.path.join(_step_dir(manager, step), name))
+
+
+def _digest(step_dir: str) -> dict:
+  """{relative path: [size, crc32]} of every file of a checkpoint (but the checksum file)."""
+  out = {}
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      full = os.path.join(root, name)
+      rel = os.path.relpath(full, step_dir)
+      if rel == CHECKSUMS:
+        continue
+      crc = 0
+      with open(full, "rb") as f:
+        while chunk := f.read(1 << 24):
+          crc = zlib.crc32(chunk, crc)
+      out[rel] = [os.path.getsize(full), crc]
+  return out
+
+
+def record_checksums(manager: ocp.CheckpointManager) -> None:
+  """Writes STEP/checksums.json for each complete checkpoint without one (process 0 only)."""
+  if jax.process_index() != 0 or manager.is_saving_in_progress():
+    return
+  for step in manager.all_steps():
+    d = _step_dir(manager, step)
+    if os.path.isdir(d) and not os.path.exists(os.path.join(d, CHECKSUMS)):
+      workdir_lib.write_json(os.path.join(d, CHECKSUMS), _digest(d))
+
+
+def verify(manager: ocp.CheckpointManager, step: int) -> Optional[str]:
+  """What is wrong with checkpoint `step` against its checksums; None when it matches, and
+  "unverified" when it has no checksums (a run stopped before writing them)."""
+  d = _step_dir(manager, step)
+  path = os.path.join(d, CHECKSUMS)
+  if not os.path.exists(path):
+    return "unverified"
+  try:
+    want = workdir_lib.read_json(path)
+  except ValueError as e:
+    return str(e)
+  got = _digest(d)
+  for rel, (size, crc) in sorted(want.items()):
+    if rel not in got:
+      return f"{rel} is missing"
+    if got[rel][0] != size:
+      return f"{rel} has {got[rel][0]} bytes, {size} when written"
+    if got[rel][1] != crc:
+      return f"{rel} has changed since it was written (CRC32 mismatch)"
+  return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int, problem: str) -> None:
+  src = _step_dir(manager, step)
+  dst_root = str(manager.directory) + ".damaged"
+  dst = os.path.join(dst_root, str(step))
+  if jax.process_index() == 0:
+    os.makedirs(dst_root, exist_ok=True)
+    n = 1
+    while os.path.exists(dst):
+      dst, n = os.path.join(dst_root, f"{step}.{n}"), n + 1
+    os.rename(src, dst)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"gkd_jax_set_aside_{step}")
+  logging.warning("checkpoint %s is damaged (%s); moved it to %s and trying the one before",
+                  src, problem, dst)
+  manager.reload()
+
+
+def _all_finite(tree) -> bool:
+  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)
+             if jnp.issubdtype(x.dtype, jnp.inexact))
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:200] if text else ''}"
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_train_state: Any,
                    data_iter=None) -> Optional[tuple[int, Any]]:
-  """(step, train_state) from the newest complete checkpoint, or None when there is none.
+  """(step, train_state) from the newest intact checkpoint, or None when there is none.
 
   `abstract_train_state` is a pytree of jax.ShapeDtypeStruct with `.sharding` set: every array is
   restored directly with that sharding (any mesh, not necessarily the one it was saved from).
   `data_iter`, when given, is moved to the position saved with the checkpoint (in place).
   """
   manager.wait_until_finished()
-  step = manager.latest_step()
-  if step is None:
-    return None
-  items = {STATE: ocp.args.StandardRestore(abstract_train_state)}
-  if data_iter is not None:
-    if not _has_item(manager, step, DATA):
-      raise ValueError(f"checkpoint {manager.directory}/{step} has no data iterator state; "
-                       "cannot resume the input pipeline")
-    items[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
-  return step, restored[STATE]
+  for step in sorted(manager.all_steps(), reverse=True):
+    problem = verify(manager, step)
+    if problem not in (None, "unverified"):
+      _set_aside(manager, step, problem)
+      continue
+    items = {STATE: ocp.args.StandardRestore(abstract_train_state)}
+    if data_iter is not None:
+      if not _has_item(manager, step, DATA):
+        raise ValueError(f"checkpoint {manager.directory}/{step} has no data iterator state; "
+                         "cannot resume the input pipeline")
+      items[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
+    try:
+      state = manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+    except Exception as e:  # pylint: disable=broad-except
+      if problem is None:  # intact files: the checkpoint is fine but does not fit this run
+        raise ValueError(f"checkpoint {_step_dir(manager, step)} does not fit this run "
+                         f"({_first_line(e)})") from None
+      _set_aside(manager, step, f"unreadable: {_first_line(e)}")
+      continue
+    if not _all_finite(state):
+      _set_aside(manager, step, "it holds non-finite values")
+      continue
+    return step, state
+  return None
 
 
 def abstract_like(tree: Any) -> Any:

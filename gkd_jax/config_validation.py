@@ -3,7 +3,8 @@
 `validate(config)` raises one ValueError whose message is a single line naming the dotted field, its
 value and what is allowed, e.g. "gkd.lmbda=1.5 is outside [0, 1]" or "gkd.loss='kl' is not one of
 forward_kl, reverse_kl, ...". Field checks run first (in schema order), then the cross-field rules
-(mesh vs devices, batch divisibility, required paths). Nothing is written before it passes.
+(mesh vs devices, batch divisibility, required paths, and combinations that would silently run
+another experiment than the fields describe). Nothing is written before it passes.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ FIELDS = (
     ("train.eval_every", _int(0)), ("train.checkpoint_every", _int(1)),
     ("train.keep_checkpoints", _int(1)), ("train.async_checkpoints", _bool),
     ("train.export_final", _bool), ("train.remat", _bool),
+    ("train.max_nonfinite_steps", _int(0)),
     ("eval.batch_size", _int(1)), ("eval.num_examples", _int(1)),
     ("eval.max_new_tokens", _int(1)), ("eval.num_samples", _int(0)),
     ("eval.temperature", _num(0, lo_open=True)), ("eval.teacher", _bool),
@@ -159,6 +161,32 @@ def _require_path(field: str, value: str, why: str) -> None:
     _fail(field, value, "does not exist")
 
 
+def _refuse_wrong_experiments(config) -> None:
+  """Combinations that run, but not the experiment their fields describe."""
+  lmbda, loss = _get(config, "gkd.lmbda"), _get(config, "gkd.loss")
+  if _get(config, "gkd.divergence_weight") == 0 and lmbda > 0:
+    raise ValueError(f"gkd.divergence_weight=0 with gkd.lmbda={lmbda}: the cross-entropy term "
+                     "only trains on dataset (or gkd.seq_kd teacher) completions, so on-policy "
+                     "rows would train on nothing; set gkd.lmbda=0 for SFT or SeqKD")
+  if loss == "sampled_reverse_kl":
+    temperature = _get(config, "gkd.temperature")
+    wrong = [f"{field}={value!r} (needs {want!r})" for field, value, want in (
+        ("gkd.lmbda", lmbda, 1.0), ("gkd.seq_kd", _get(config, "gkd.seq_kd"), False),
+        ("sampling.temperature", _get(config, "sampling.temperature"), temperature),
+        ("sampling.top_k", _get(config, "sampling.top_k"), 0),
+        ("sampling.top_p", _get(config, "sampling.top_p"), 1.0)) if value != want]
+    if wrong:
+      raise ValueError("gkd.loss='sampled_reverse_kl' is unbiased only on the student's own "
+                       "unfiltered samples at the loss temperature: " + ", ".join(wrong))
+  batch = _get(config, "train.batch_size")
+  if _get(config, "gkd.mixing") == "example" and 0 < lmbda < 1:
+    k = int(round(lmbda * batch))
+    if k in (0, batch):
+      raise ValueError(f"gkd.mixing='example' with gkd.lmbda={lmbda} and train.batch_size={batch} "
+                       f"puts round(λ·B)={k} rows on-policy, i.e. λ={k // batch}; use "
+                       "gkd.mixing='batch' or a larger train.batch_size")
+
+
 def validate(config, num_devices: Optional[int] = None, mode: str = "train",
              check_paths: bool = True) -> None:
   """Raises ValueError (one line: field, value, allowed) for the first bad field or combination.
@@ -200,6 +228,7 @@ def validate(config, num_devices: Optional[int] = None, mode: str = "train",
   if div_w == 0 and ce_w == 0:
     raise ValueError("gkd.divergence_weight=0 and gkd.ce_weight=0: at least one loss weight must "
                      "be > 0")
+  _refuse_wrong_experiments(config)
   student_path, preset = _get(config, "student.path"), _get(config, "student.preset")
   if not student_path and not preset:
     raise ValueError("student.path='' and student.preset='': set a checkpoint path or a preset")

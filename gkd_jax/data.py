@@ -82,8 +82,13 @@ def _validate_record(record, path: str, lineno: int) -> dict:
 def read_jsonl_records(path: str) -> list[dict]:
   """Reads and validates every line of a JSONL file (blank lines skipped); errors name the line."""
   records = []
-  with open(path) as f:
-    for lineno, line in enumerate(f, start=1):
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise _record_error(path, lineno, f"not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                            f"{e.start + 1})") from None
       if not line.strip():
         continue
       try:

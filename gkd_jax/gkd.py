@@ -71,6 +71,7 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  nonfinite_steps: Any = 0  # steps whose update was rejected for a non-finite loss/grad/param
 
 
 def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
@@ -244,16 +245,30 @@ def train_step(state: TrainState, teacher_params, batch, rng, *, student, teache
                                 mask_BxT, prompt_len, cmask_BxC, on_policy_B, settings)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  # A step whose loss, gradient or new parameters are not all finite is never applied: the state
+  # keeps its old params and optimizer state (the trainer then stops or counts the step).
+  grad_norm = optax.global_norm(grads)
+  finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+            & _all_finite(params))
+  params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                   (params, opt_state), (state.params, state.opt_state))
   metrics.update(
+      nonfinite=1.0 - finite.astype(jnp.float32),
       on_policy_fraction=jnp.mean(on_policy_B),
       completion_length=jnp.mean(jnp.sum(cmask_BxC, axis=1).astype(jnp.float32)),
-      grad_norm=optax.global_norm(grads),
+      grad_norm=grad_norm,
       num_tokens=jnp.sum(cmask_BxC).astype(jnp.float32))
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                    nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32)), metrics
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def eval_step(params, teacher_params, batch, *, student, teacher, settings: GKDSettings):
-  """Held-out loss terms on dataset completions (off-policy, no sampling, no update)."""
+  """Held-out loss terms on dataset completions (off-policy, no sampling, no update): token means
+  over the batch, and `num_tokens`, the number of completion tokens they average over."""
   prompt_len = batch["prompt_tokens"].shape[1]
   tokens_BxT = jnp.concatenate([batch["prompt_tokens"], batch["completion_tokens"]], axis=1)
   mask_BxT = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1)
@@ -264,4 +279,6 @@ def eval_step(params, teacher_params, batch, *, student, teacher, settings: GKDS
   _, metrics = loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prompt_len,
                        batch["completion_mask"], jnp.zeros((b,), jnp.float32), settings)
   del metrics["loss"]
+  # Every metric is a mean over these tokens: callers combine batches weighted by it.
+  metrics["num_tokens"] = jnp.sum(batch["completion_mask"]).astype(jnp.float32)
   return metrics

@@ -39,11 +39,26 @@ def _scalar(value):
 
 
 def read_metrics(jsonl_path: str) -> list[dict]:
-  """All records of a metrics.jsonl file, in order ([] if it does not exist)."""
+  """All records of a metrics.jsonl file, in order ([] if it does not exist).
+
+  A torn last line (a crash in the middle of writing it) is dropped; a bad line before it is an
+  error naming the file and line.
+  """
   if not os.path.exists(jsonl_path):
     return []
-  with open(jsonl_path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  with open(jsonl_path, "rb") as f:
+    lines = f.read().split(b"\n")
+  records = []
+  for lineno, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line.decode("utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      if all(not rest.strip() for rest in lines[lineno:]):
+        break  # the torn last line
+      raise ValueError(f"{jsonl_path}:{lineno}: not a JSON metrics record") from None
+  return records
 
 
 class MetricWriter:

@@ -194,6 +194,22 @@ def load_tokenizer(path: str) -> Tokenizer:
   return Tokenizer(backend, impl, path=file, **ids)
 
 
+def has_tokenizer(path: str) -> bool:
+  """Whether a checkpoint directory ships tokenizer files of its own."""
+  return bool(path) and any(os.path.isfile(os.path.join(path, n)) for n in TOKENIZER_FILES)
+
+
+def vocabulary_difference(a: Tokenizer, b: Tokenizer) -> Optional[str]:
+  """None when both tokenizers give every id the same token string; else the first difference."""
+  if a.vocab_size != b.vocab_size:
+    return f"{a.vocab_size} vs {b.vocab_size} tokens"
+  for i in range(a.vocab_size):
+    ta, tb = a.id_to_token(i), b.id_to_token(i)
+    if ta != tb:
+      return f"id {i} is {ta!r} vs {tb!r}"
+  return None
+
+
 def chat_family(name: str) -> str:
   """Canonical chat family (one of CHAT_FAMILIES) for a family or HF model_type name."""
   family = _FAMILY_ALIASES.get(str(name).lower())

@@ -6,23 +6,26 @@ before anything is written to the workdir, so a bad launch never damages an exis
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import json
 import os
 from typing import Any, Optional
 
 import time
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gkd_jax import checkpoints, data, gkd, metrics, models, report, sharding, tasks
+from gkd_jax import checkpoints, data, gkd, metrics, models, report, sharding, tasks, tokenizers
+from gkd_jax import workdir as workdir_lib
 from gkd_jax.config_validation import validate
-from gkd_jax.models.hf import load_pretrained, save_pretrained
+from gkd_jax.finite import NonFiniteGuard
+from gkd_jax.models.hf import load_pretrained, read_hf_config, save_pretrained
 from gkd_jax.models.hf_config import config_from_hf
 from gkd_jax.models.presets import get_preset
 from gkd_jax.sampling import sample
@@ -52,8 +55,11 @@ def _load(section, name, mesh, rules):
   if not os.path.isfile(os.path.join(path, "config.json")):
     raise ValueError(f"{name}.path={path!r} is not a checkpoint directory (no config.json)")
   dtype = DTYPES[section.dtype]
-  with open(os.path.join(path, "config.json")) as f:
-    model = models.build(config_from_hf(json.load(f)), dtype)
+  try:
+    model = models.build(config_from_hf(read_hf_config(path)), dtype)
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"{os.path.join(path, 'config.json')} ({name}.path): not a model config "
+                     f"this code reads ({type(e).__name__}: {e})") from None
   shardings = sharding.tree_shardings(mesh, models.logical_axes(model), rules,
                                       shapes=models.param_shapes(model))
   return load_pretrained(path, dtype=dtype, shardings=shardings)
@@ -96,6 +102,11 @@ def build(config, mode: str = "train", devices=None) -> Run:
     if sv != tv:
       raise ValueError(f"teacher vocabulary ({tv}, {config.teacher.path}) differs from the "
                        f"student's ({sv}): distillation needs one shared vocabulary")
+    if tokenizers.has_tokenizer(config.teacher.path):  # same ids, not just as many
+      diff = tokenizers.vocabulary_difference(tokenizer, load_tokenizer(config.teacher.path))
+      if diff:
+        raise ValueError(f"teacher tokenizer ({config.teacher.path}) differs from the student's "
+                         f"({tokenizer.path}): {diff}; distillation needs one shared vocabulary")
   if tokenizer.vocab_size > student.config.vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the student's vocabulary "
                      f"is {student.config.vocab_size}")
@@ -204,15 +215,17 @@ def _heldout(run: Run, params, eval_fn):
   c = run.config
   loader = _loader(run, c.data.eval_path, batch_size=c.eval.batch_size, shuffle=False,
                    num_epochs=1)
-  sums, count = {}, 0
-  for local in loader:
-    m = eval_fn(params, run.teacher_params, _global_batch(run, local))
+  sums, tokens, count = {}, 0.0, 0
+  for local in loader:  # token means of the batches, weighted by their token counts
+    m = jax.device_get(eval_fn(params, run.teacher_params, _global_batch(run, local)))
+    n = float(m.pop("num_tokens"))
     for k, v in m.items():
-      sums[k] = sums.get(k, 0.0) + float(v)
+      sums[k] = sums.get(k, 0.0) + n * float(v)
+    tokens += n
     count += 1
     if count * c.eval.batch_size >= c.eval.num_examples:
       break
-  return {f"eval/{k}": v / max(count, 1) for k, v in sums.items()}
+  return {f"eval/{k}": v / max(tokens, 1.0) for k, v in sums.items()}
 
 
 def evaluate(run: Run, params, eval_fn) -> dict:
@@ -240,12 +253,13 @@ def compile_steps(run: Run) -> Steps:
 
   def init_state(params):
     return gkd.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=optimizer.init(params))
+                          opt_state=optimizer.init(params),
+                          nonfinite_steps=jnp.zeros((), jnp.int32))
 
   abstract = jax.eval_shape(init_state, run.params)
   repl = sharding.replicated(run.mesh)
   state_sh = gkd.TrainState(
-      step=repl, params=run.param_shardings,
+      step=repl, params=run.param_shardings, nonfinite_steps=repl,
       opt_state=optax.tree_map_params(
           optimizer, lambda leaf, p, sh: sh if leaf.shape == p.shape else repl,
           abstract.opt_state, abstract.params, run.param_shardings,
@@ -268,16 +282,69 @@ def compile_steps(run: Run) -> Steps:
                eval_step)
 
 
-def train(config, workdir: str) -> dict:
-  """Runs (or resumes) training in `workdir`; returns the final summary."""
+def train(config, workdir: str, restart: bool = False) -> dict:
+  """Runs (or resumes) training in `workdir`; returns the final summary.
+
+  The workdir is locked for the run, and a resume must use the recorded config (gkd_jax.workdir);
+  `restart` removes an earlier run's outputs first.
+  """
   run = build(config)
-  c = config
+  lock = _claim_workdir(config, workdir, restart)
+  try:
+    return _train(run, workdir)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _claim_workdir(config, workdir: str, restart: bool):
+  """Lock (process 0), optional restart, config record; raises before anything else is written."""
+  workdir_lib.prepare(workdir)
+  lead = jax.process_index() == 0
+  lock = workdir_lib.acquire_lock(workdir) if lead else None
+  try:
+    if restart and lead:
+      workdir_lib.restart(workdir)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("gkd_jax_restart")
+    workdir_lib.check_config(workdir, config, resuming=workdir_lib.has_checkpoints(workdir),
+                             write=lead)
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
+  return lock
+
+
+def _read_summary(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  try:
+    summary = workdir_lib.read_json(path)
+  except ValueError as e:
+    logging.warning("%s; starting a new summary", e)
+    return {}
+  return summary if isinstance(summary, dict) else {}
+
+
+@contextlib.contextmanager
+def _finishing(manager, writer):
+  """On an error in the loop: let a checkpoint in flight complete and close the metrics."""
+  try:
+    yield
+  except BaseException:
+    checkpoints.finish(manager)
+    writer.close()
+    raise
+
+
+def _train(run: Run, workdir: str) -> dict:
+  c = run.config
   steps = compile_steps(run)
   data_iter = iter(_loader(run, c.data.train_path, batch_size=c.train.batch_size,
                            shuffle=c.data.shuffle, num_epochs=c.data.num_epochs))
   step_fn, eval_fn = steps.train_step, steps.eval_step
 
-  os.makedirs(workdir, exist_ok=True)
   manager = checkpoints.make_manager(os.path.join(workdir, "checkpoints"),
                                      keep=c.train.keep_checkpoints,
                                      save_every=c.train.checkpoint_every,
@@ -290,7 +357,7 @@ def train(config, workdir: str) -> dict:
   step = int(state.step)
   writer = metrics.MetricWriter(workdir, jax.process_index(), resume_step=step)
   summary_path = os.path.join(workdir, "summary.json")
-  summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
+  summary = _read_summary(summary_path)
   if step == 0:
     before = evaluate(run, state.params, eval_fn)
     writer.write(0, before)
@@ -300,14 +367,14 @@ def train(config, workdir: str) -> dict:
       summary["teacher_eval"] = task_metrics(run, run.teacher, run.teacher_params)
       summary["teacher"] = summary["teacher_eval"].get("accuracy")
     if jax.process_index() == 0:
-      with open(summary_path, "w") as f:
-        json.dump(summary, f)
+      workdir_lib.write_json(summary_path, summary)
 
   rng = jax.random.key(c.seed)
   progress = metrics.Progress(c.train.num_steps, step)
   tick, last_logged = time.perf_counter(), step
   stopped = False
-  with checkpoints.PreemptionGuard() as guard:
+  finite = NonFiniteGuard(c.train.max_nonfinite_steps, int(state.nonfinite_steps))
+  with checkpoints.PreemptionGuard() as guard, _finishing(manager, writer):
     while step < c.train.num_steps and not stopped:
       try:
         batch = _global_batch(run, next(data_iter))
@@ -316,6 +383,10 @@ def train(config, workdir: str) -> dict:
                          f"train.num_steps={c.train.num_steps}; use -1 (repeat) or fewer steps")
       state, m = step_fn(state, run.teacher_params, batch, rng)
       step += 1
+      finite.add(step, m)
+      if (step % c.train.log_every == 0 or step % c.train.checkpoint_every == 0
+          or step == c.train.num_steps):
+        finite.check()  # before the step's metrics, evaluation or checkpoint
       if step % c.train.log_every == 0 or step == c.train.num_steps:
         m = {k: float(v) for k, v in jax.device_get(m).items()}
         now = time.perf_counter()
@@ -332,8 +403,9 @@ def train(config, workdir: str) -> dict:
         progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
       checkpoints.save(manager, step, state, data_iter)
       stopped = guard.should_stop(step)
+    finite.check()
   checkpoints.save(manager, step, state, data_iter, force=True)
-  manager.wait_until_finished()
+  checkpoints.finish(manager)
   progress.close()
   if stopped:
     writer.close()
@@ -345,10 +417,11 @@ def train(config, workdir: str) -> dict:
   summary["student_after"] = final.get("eval/accuracy")
   summary["eval_after"] = final
   if c.train.export_final:  # every process takes part (the arrays span all of them)
-    save_pretrained(os.path.join(workdir, "student"), run.student, state.params)
+    workdir_lib.replace_dir(os.path.join(workdir, "student"),
+                            lambda tmp: save_pretrained(tmp, run.student, state.params),
+                            lead=jax.process_index() == 0)
   if jax.process_index() == 0:
-    with open(summary_path, "w") as f:
-      json.dump(summary, f)
+    workdir_lib.write_json(summary_path, summary)
     _plot(workdir)
     print(report.compare_table([workdir]))
   return summary
@@ -364,9 +437,10 @@ def _plot(workdir: str) -> None:
   keys = [k for k in ("divergence", "cross_entropy", "on_policy_fraction", "eval/divergence",
                       "eval/accuracy") if len(values(k)) > 1]  # constant curves say nothing
   if keys:
-    metrics.plot_metrics(os.path.join(workdir, metrics.METRICS_FILE),
-                         os.path.join(workdir, "curves.png"), keys,
+    tmp = os.path.join(workdir, "curves.tmp.png")
+    metrics.plot_metrics(os.path.join(workdir, metrics.METRICS_FILE), tmp, keys,
                          title=os.path.basename(os.path.normpath(workdir)))
+    os.replace(tmp, os.path.join(workdir, "curves.png"))
 
 
 def evaluate_checkpoint(config) -> dict:

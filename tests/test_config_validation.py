@@ -145,6 +145,7 @@ def test_teacher_required_unless_sft(config):
   assert _error(config).startswith("teacher.path='' must be set when gkd.divergence_weight=1.0")
   _set(config, "gkd.divergence_weight", 0.0)
   _set(config, "gkd.ce_weight", 1.0)
+  _set(config, "gkd.lmbda", 0.0)
   cv.validate(config, num_devices=8)  # SFT needs no teacher
   _set(config, "gkd.seq_kd", True)
   assert "gkd.seq_kd=True" in _error(config)
@@ -185,3 +186,44 @@ def test_rules_missing_fields_and_sampling_length(config):
   with config.unlocked():
     del config.gkd["lmbda"]
   assert _error(config).startswith("gkd.lmbda is missing from the config")
+
+
+@pytest.mark.parametrize("overrides, fields", [
+    # SFT with the default λ=1: the CE term skips on-policy rows, so nothing would be trained.
+    ({"gkd.divergence_weight": 0.0, "gkd.ce_weight": 1.0, "teacher.path": ""},
+     ["gkd.divergence_weight=0", "gkd.lmbda=1.0", "gkd.lmbda=0"]),
+    ({"gkd.divergence_weight": 0.0, "gkd.ce_weight": 1.0, "gkd.lmbda": 0.5},
+     ["gkd.divergence_weight=0", "gkd.lmbda=0.5"]),
+    # The single-sample reverse KL estimator is unbiased only on-policy at the loss temperature.
+    ({"gkd.loss": "sampled_reverse_kl", "gkd.lmbda": 0.5}, ["gkd.lmbda=0.5"]),
+    ({"gkd.loss": "sampled_reverse_kl", "gkd.seq_kd": True}, ["gkd.seq_kd=True"]),
+    ({"gkd.loss": "sampled_reverse_kl", "sampling.temperature": 0.7},
+     ["sampling.temperature=0.7", "(needs 1.0)"]),
+    ({"gkd.loss": "sampled_reverse_kl", "sampling.top_k": 5}, ["sampling.top_k=5"]),
+    ({"gkd.loss": "sampled_reverse_kl", "sampling.top_p": 0.9}, ["sampling.top_p=0.9"]),
+    # Example mixing that rounds to no on-policy row, or to all of them.
+    ({"gkd.mixing": "example", "gkd.lmbda": 0.05, "train.batch_size": 8},
+     ["gkd.mixing='example'", "train.batch_size=8", "round(λ·B)=0"]),
+    ({"gkd.mixing": "example", "gkd.lmbda": 0.95, "train.batch_size": 8}, ["round(λ·B)=8"]),
+])
+def test_configs_that_would_run_another_experiment_are_refused(config, overrides, fields):
+  for field, value in overrides.items():
+    _set(config, field, value)
+  message = _error(config)
+  for f in fields:
+    assert f in message, message
+
+
+def test_the_experiments_next_to_the_traps_still_pass(config):
+  for field, value in {"gkd.loss": "sampled_reverse_kl", "gkd.temperature": 0.7,
+                       "sampling.temperature": 0.7}.items():
+    _set(config, field, value)
+  cv.validate(config, num_devices=8)  # on-policy at the loss temperature
+  _set(config, "gkd.loss", "jsd")
+  _set(config, "gkd.mixing", "example")
+  _set(config, "gkd.lmbda", 0.5)
+  cv.validate(config, num_devices=8)  # 4 of 8 rows on-policy
+  for field, value in {"gkd.divergence_weight": 0.0, "gkd.ce_weight": 1.0, "gkd.lmbda": 0.0,
+                       "gkd.seq_kd": True}.items():
+    _set(config, field, value)
+  cv.validate(config, num_devices=8)  # SeqKD as SFT on the teacher's samples

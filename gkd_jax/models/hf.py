@@ -155,11 +155,18 @@ def _weight_files(path: Path) -> dict[str, Path]:
   """HF tensor name -> the safetensors file that holds it (from the index, or by listing)."""
   index = path / INDEX
   if index.is_file():
-    with open(index) as fh:
-      weight_map = json.load(fh).get("weight_map")
+    try:
+      with open(index) as fh:
+        weight_map = json.load(fh).get("weight_map")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+      raise ValueError(f"{index}: not a safetensors index ({e})") from None
     if not isinstance(weight_map, dict):
       raise ValueError(f"{index}: no 'weight_map' object")
     files = {name: path / shard for name, shard in weight_map.items()}
+    for name, shard in weight_map.items():  # the index may only name files of the folder itself
+      if not isinstance(shard, str) or os.path.basename(shard) != shard or shard in ("", ".", ".."):
+        raise ValueError(f"{index}: weight_map[{name!r}]={shard!r} is not a file name in "
+                         "the checkpoint folder")
     for shard in sorted(set(files.values())):
       if not shard.is_file():
         first = next(n for n, s in files.items() if s == shard)
@@ -170,15 +177,23 @@ def _weight_files(path: Path) -> dict[str, Path]:
   if not shards:
     raise FileNotFoundError(f"no {WEIGHTS}, {INDEX} or *.safetensors in {str(path)!r} "
                             "(only safetensors checkpoints are supported)")
-  from safetensors import safe_open
   files = {}
   for shard in shards:
-    with safe_open(shard, framework="np") as f:
+    with _safe_open(shard) as f:
       for name in f.keys():
         if name in files:
           raise ValueError(f"tensor {name!r} is in both {files[name].name} and {shard.name}")
         files[name] = shard
   return files
+
+
+def _safe_open(file: Path):
+  """safetensors.safe_open, with a damaged file reported as one ValueError naming it."""
+  from safetensors import SafetensorError, safe_open
+  try:
+    return safe_open(file, framework="np")
+  except (SafetensorError, OSError) as e:
+    raise ValueError(f"{file}: not a readable safetensors file ({e})") from None
 
 
 def _canonical(name: str, multimodal: bool) -> Optional[str]:
@@ -206,7 +221,6 @@ def read_params(path, model, dtype=jnp.float32, shardings: ShardingsArg = None,
   shardings: None (default device), a pytree of `jax.sharding.Sharding` with the params' structure,
   or a callable (path_tuple, ShapeDtypeStruct) -> Sharding.
   """
-  from safetensors import safe_open
   path = Path(path)
   plan = _plan_for(model)
   files = {}
@@ -234,7 +248,7 @@ def read_params(path, model, dtype=jnp.float32, shardings: ShardingsArg = None,
 
     def open_(file):
       if file not in handles:
-        handles[file] = stack.enter_context(safe_open(file, framework="np"))
+        handles[file] = stack.enter_context(_safe_open(file))
       return handles[file]
 
     checks = [(e.hf_name, e.hf_shape) for e in plan]

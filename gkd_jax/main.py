@@ -5,12 +5,16 @@
   gkd-jax sample --config=configs/demo.py [--checkpoint=DIR] [--prompts=FILE|-]
   gkd-jax compare WORKDIR [WORKDIR ...]                            # finished runs side by side
 
-Bad input (config values, paths, data lines, vocabularies) ends with one line on stderr and exit code 2.
+Bad input (config values, paths, data lines, vocabularies, flags, a workdir in use or holding
+another experiment) ends with one line on stderr and exit code 2; a training run that produces a
+non-finite loss or gradient ends with one line and exit code 3.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -22,6 +26,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "train: run directory (checkpoin
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "eval/sample: HF checkpoint dir of the student "
                                   "(default: config.student.path).")
 _PROMPTS = flags.DEFINE_string("prompts", "-", "sample: file with one prompt per line ('-': stdin).")
+_RESTART = flags.DEFINE_bool("restart", False, "train: start over in an existing --workdir (removes "
+                             "its checkpoints, metrics and exported student) instead of resuming.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (every "
                                "host of a TPU slice / multi-node GPU job runs the same command).")
 COMMANDS = ("train", "eval", "sample", "compare")
@@ -39,14 +45,22 @@ def _sample(config):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from gkd_jax import train  # pylint: disable=g-import-not-at-top
   from gkd_jax.sampling import sample  # pylint: disable=g-import-not-at-top
+  from gkd_jax.data import truncate_prompt  # pylint: disable=g-import-not-at-top
+  lines = _read_prompts(_PROMPTS.value)
   run = train.build(config, mode="sample")
   tok = run.tokenizer
-  lines = (sys.stdin if _PROMPTS.value == "-" else open(_PROMPTS.value)).read().splitlines()
   s = config.sampling
   rng = jax.random.key(config.seed)
   stops = train.stop_ids(tok, config.data.chat_family)
+  max_len = min(config.data.max_prompt_len,
+                run.student.config.max_position_embeddings - s.max_new_tokens)
   for i, prompt in enumerate(l.replace("\\n", "\n") for l in lines if l.strip()):
     ids = tok.encode(prompt, add_bos=True)
+    if len(ids) > max_len:  # as training does: keep the end, which the completion follows
+      logging.warning("prompt %d has %d tokens; keeping its last %d (data.max_prompt_len, and "
+                      "the model's positions less sampling.max_new_tokens)", i + 1, len(ids),
+                      max_len)
+      ids = truncate_prompt(ids, max_len, tok.bos_id)
     out = sample(run.student, run.params, np.asarray([ids], np.int32),
                  np.ones((1, len(ids)), np.int32), jax.random.fold_in(rng, i),
                  max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
@@ -57,6 +71,40 @@ def _sample(config):
 
 def _usage(message):
   raise app.UsageError(message, exitcode=2)
+
+
+def _read_prompts(path: str) -> list:
+  if path == "-":
+    return sys.stdin.read().splitlines()
+  if not os.path.isfile(path):
+    raise ValueError(f"--prompts={path} is not a file (one prompt per line, or - for stdin)")
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    return raw.decode("utf-8").splitlines()
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b"\n") + 1
+    raise ValueError(f"--prompts={path}:{line}: not UTF-8 text") from None
+
+
+def _config():
+  """The --config file's config; a missing or broken file is a usage error."""
+  path = config_flags.get_config_filename(flags.FLAGS["config"])
+  if path is None:
+    raise app.UsageError("--config is required", exitcode=2)
+  problem = None if os.path.isfile(path.split(":")[0]) else "no such file"
+  if problem is None:
+    try:
+      return _CONFIG.value
+    except Exception as e:  # pylint: disable=broad-except
+      problem = _one_line(e)
+  print(f"gkd-jax: error: --config={path}: {problem}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _one_line(e: BaseException) -> str:
+  lines = [l.strip() for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
+  return " ".join(lines)[:300] or type(e).__name__
 
 
 def main(argv):
@@ -70,9 +118,7 @@ def main(argv):
     return
   if len(argv) != 2 or argv[1] not in COMMANDS:
     _usage(f"usage: gkd-jax {{{','.join(COMMANDS)}}} --config=FILE [flags]")
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError("--config is required", exitcode=2)
+  config = _config()
   command = argv[1]
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 brings it back
@@ -84,18 +130,40 @@ def main(argv):
     if command == "train":
       if not _WORKDIR.value:
         raise app.UsageError("train needs --workdir", exitcode=2)
-      train.train(config, _WORKDIR.value)
+      train.train(config, _WORKDIR.value, restart=_RESTART.value)
     elif command == "eval":
       print(json.dumps(train.evaluate_checkpoint(_student_override(config)), indent=1))
     else:
       _sample(_student_override(config))
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:
+    print(f"gkd-jax {command}: error: {_one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+  except RuntimeError as e:
+    from gkd_jax.finite import NonFiniteError  # pylint: disable=g-import-not-at-top
+    if not isinstance(e, NonFiniteError):
+      raise
     print(f"gkd-jax {command}: error: {e}", file=sys.stderr)
+    sys.exit(3)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with every bad flag (a typo'd --config.<field> too) as one line, exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    message = _one_line(e)
+    if isinstance(e, (AttributeError, KeyError)):  # a --config.<field> override names no field
+      found = re.search(r"[\"'\\]+(\w+)[\"'\\]+", message)
+      missing = found.group(1) if found else ""
+      named = [a.split("=")[0] for a in argv if a.startswith("--config.")
+               and missing in a.split("=")[0].split(".")]
+      message = f"{named[0] if named else '--config.*'}: no such config field ({message})"
+    print(f"gkd-jax: error: {message} (see configs/default.py)", file=sys.stderr)
     sys.exit(2)
 
 
 def run():
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -289,9 +289,12 @@ def train(config, workdir: str, restart: bool = False) -> dict:
   `restart` removes an earlier run's outputs first.
   """
   run = build(config)
+  c = config
+  data_iter = iter(_loader(run, c.data.train_path, batch_size=c.train.batch_size,
+                           shuffle=c.data.shuffle, num_epochs=c.data.num_epochs))
   lock = _claim_workdir(config, workdir, restart)
   try:
-    return _train(run, workdir)
+    return _train(run, data_iter, workdir)
   finally:
     if lock is not None:
       lock.release()
@@ -328,21 +331,20 @@ def _read_summary(path: str) -> dict:
 
 
 @contextlib.contextmanager
-def _finishing(manager, writer):
-  """On an error in the loop: let a checkpoint in flight complete and close the metrics."""
+def _finishing(manager, writer, progress):
+  """On an error in the loop: let a checkpoint in flight complete, close metrics and progress."""
   try:
     yield
   except BaseException:
     checkpoints.finish(manager)
     writer.close()
+    progress.close()
     raise
 
 
-def _train(run: Run, workdir: str) -> dict:
+def _train(run: Run, data_iter, workdir: str) -> dict:
   c = run.config
   steps = compile_steps(run)
-  data_iter = iter(_loader(run, c.data.train_path, batch_size=c.train.batch_size,
-                           shuffle=c.data.shuffle, num_epochs=c.data.num_epochs))
   step_fn, eval_fn = steps.train_step, steps.eval_step
 
   manager = checkpoints.make_manager(os.path.join(workdir, "checkpoints"),
@@ -374,7 +376,7 @@ def _train(run: Run, workdir: str) -> dict:
   tick, last_logged = time.perf_counter(), step
   stopped = False
   finite = NonFiniteGuard(c.train.max_nonfinite_steps, int(state.nonfinite_steps))
-  with checkpoints.PreemptionGuard() as guard, _finishing(manager, writer):
+  with checkpoints.PreemptionGuard() as guard, _finishing(manager, writer, progress):
     while step < c.train.num_steps and not stopped:
       try:
         batch = _global_batch(run, next(data_iter))

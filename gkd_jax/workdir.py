@@ -141,6 +141,7 @@ class Lock:
 
   def release(self) -> None:
     if self._fd is not None:
+      os.ftruncate(self._fd, 0)  # a clean end names no holder; a killed one's lock still does
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)
       self._fd = None

@@ -48,6 +48,7 @@ def test_lock_held_by_a_live_process_refuses_and_a_dead_holder_is_taken_over(tmp
   lock = workdir.acquire_lock(str(tmp_path))  # the holder died: its lock is free
   assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
   lock.release()
+  assert (tmp_path / "lock").read_text() == ""  # released: it names no holder
 
 
 def test_config_record_refuses_experiment_changes_and_allows_safe_ones(tmp_path):

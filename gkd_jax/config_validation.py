@@ -228,7 +228,8 @@ def validate(config, num_devices: Optional[int] = None, mode: str = "train",
   if div_w == 0 and ce_w == 0:
     raise ValueError("gkd.divergence_weight=0 and gkd.ce_weight=0: at least one loss weight must "
                      "be > 0")
-  _refuse_wrong_experiments(config)
+  if mode == "train":  # eval and sample train nothing
+    _refuse_wrong_experiments(config)
   student_path, preset = _get(config, "student.path"), _get(config, "student.preset")
   if not student_path and not preset:
     raise ValueError("student.path='' and student.preset='': set a checkpoint path or a preset")

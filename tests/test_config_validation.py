@@ -215,6 +215,11 @@ def test_configs_that_would_run_another_experiment_are_refused(config, overrides
 
 
 def test_the_experiments_next_to_the_traps_still_pass(config):
+  _set(config, "gkd.divergence_weight", 0.0)
+  _set(config, "gkd.ce_weight", 1.0)
+  cv.validate(config, num_devices=8, mode="eval")  # λ only matters to training
+  _set(config, "gkd.divergence_weight", 1.0)
+  _set(config, "gkd.ce_weight", 0.0)
   for field, value in {"gkd.loss": "sampled_reverse_kl", "gkd.temperature": 0.7,
                        "sampling.temperature": 0.7}.items():
     _set(config, field, value)

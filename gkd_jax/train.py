@@ -124,7 +124,8 @@ def _loader(run: Run, path, *, batch_size, shuffle, num_epochs):
       path, run.tokenizer, batch_size=sharding.per_process_batch_size(batch_size),
       max_prompt_len=c.max_prompt_len, max_completion_len=c.max_completion_len,
       seed=run.config.seed, shuffle=shuffle, num_epochs=num_epochs, worker_count=c.worker_count,
-      chat_family=c.chat_family or None)
+      chat_family=c.chat_family or None,
+      split_global_batches=True)  # the same global batches whatever the number of processes
 
 
 def _global_batch(run: Run, local_batch):
@@ -307,7 +308,7 @@ def train(config, workdir: str) -> dict:
   progress = metrics.Progress(c.train.num_steps, step)
   tick, last_logged = time.perf_counter(), step
   stopped = False
-  with checkpoints.PreemptionGuard() as guard:
+  with checkpoints.PreemptionGuard(sync_every=c.train.preemption_check_every) as guard:
     while step < c.train.num_steps and not stopped:
       try:
         batch = _global_batch(run, next(data_iter))

@@ -5,7 +5,7 @@
   python benchmarks/tpu_plans.py --render                    # rewrite the .md from the .json only
 
 Each row is `gkd-jax plan` (gkd_jax/plan.py) of one config on one slice: train_step (on-policy
-sampler and its KV cache inside), eval_step and the greedy eval sampler, compiled by XLA:TPU for the
+sampler and its KV cache inside), eval_step and the eval sampler, compiled by XLA:TPU for the
 slice's devices from libtpu on this host. Results accumulate in tpu_plans.json (a row is re-planned
 only when asked with --only), so partial runs add up; rows never planned are listed as such.
 Knobs are not re-planned here (each re-plan is another compile of the same size).
@@ -63,6 +63,9 @@ def render(results) -> str:
       "no TPU, no weights). Per device, in GiB: peak = arguments + outputs - aliased + temporaries ",
       "(XLA's memory analysis). train_step includes the on-policy sampler and its KV cache. FLOPs ",
       "are XLA's per-device count of one call, a while loop's body (the decode loop) counted once.",
+      "Slices were chosen before planning: per config one expected to fit and a smaller one",
+      "expected not to; the verdict in a row is the plan's. `not yet planned` rows were never",
+      "compiled (a Gemma-2-9B-scale plan takes ~8 min of 2 idle CPU cores).",
       "",
       "| config | slice | devices | HBM | program | args | temp | peak | fits | compile s |",
       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -6,7 +6,7 @@ The student and teacher are built abstractly from their config.json (or `preset`
 read, so a plan needs only the two small config files. For the slice's devices
 (`tpu_topology.tpu_devices`, libtpu) and the config's mesh and batch, the real XLA:TPU and Mosaic
 compilers compile the run's three programs: `train_step` (with the on-policy sampler inside it when
-gkd.lmbda > 0), `eval_step`, and the greedy eval `sampler` (its KV cache included). Per device it
+gkd.lmbda > 0), `eval_step`, and the eval `sampler` (its KV cache included). Per device it
 reports XLA's memory analysis (arguments, outputs, aliased, temporaries; peak = arguments + outputs -
 aliased + temporaries) against the chip's HBM, the compile time, and XLA's FLOPs and bytes accessed.
 When a program does not fit, the knobs that apply are re-planned and their effect reported.
@@ -178,9 +178,10 @@ def plan_steps(config, devices, only=STEPS) -> dict[str, StepPlan]:
       "train_step": (steps.train_step, (steps.abstract_state, run.teacher_params,
                                         abstract_batch(run, c.train.batch_size), rng)),
       "eval_step": (steps.eval_step, (run.params, run.teacher_params, eval_batch)),
-      "sampler": (train._greedy,  # pylint: disable=protected-access
+      "sampler": (train._decode,  # pylint: disable=protected-access
                   (run.student, run.params, eval_batch["prompt_tokens"],
-                   eval_batch["prompt_mask"]),
+                   eval_batch["prompt_mask"], rng,
+                   jax.ShapeDtypeStruct((), jnp.float32, sharding=repl)),  # temperature
                   dict(max_new_tokens=c.eval.max_new_tokens, eos_id=run.settings.eos_id)),
   }
   out = {}

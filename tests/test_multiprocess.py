@@ -41,7 +41,7 @@ def config_file(tmp_path_factory):
   path.write_text(f'''
 import runpy
 def get_config():
-  c = runpy.run_path({os.path.join(ROOT, "configs", "demo.py")!r})["get_config"]()
+  c = runpy.run_path({os.path.join(ROOT, "configs", "arithmetic.py")!r})["get_config"]()
   c.student.path, c.teacher.path = {student!r}, {teacher!r}
   c.data.max_completion_len = c.sampling.max_new_tokens = c.eval.max_new_tokens = 12
   c.gkd.lmbda, c.gkd.mixing = 0.5, "example"  # sampled and dataset rows in every batch

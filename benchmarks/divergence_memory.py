@@ -62,7 +62,7 @@ def pallas_bytes(N, V, Ds, Dt):
   """(HBM temporaries, VMEM per grid step) of the TPU kernels, counted from their buffers."""
   bn, bv = pallas_impl.block_sizes(N, V)
   hbm = 6 * N * 4 + 6 * N * 4  # forward outputs + padded copies fed to the backward kernels
-  return hbm, pallas_tpu.vmem_bytes(bn, bv, Ds, Dt, 2), (bn, bv)
+  return hbm, pallas_tpu.vmem_bytes(bn, bv, Ds, Dt, 2, 2), (bn, bv)
 
 
 def wall_ratio(N=512, V=32768, Ds=256, Dt=384, repeats=5):

@@ -21,7 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   # The model being trained.
   c.student = ml_collections.ConfigDict()
   c.student.path = ""  # HF checkpoint dir (config.json + *.safetensors); "" = build from `preset`.
-  c.student.preset = ""  # ModelConfig preset (gkd_jax.models.PRESETS), used only when path == "".
+  c.student.preset = ""  # ModelConfig preset (gkd_jax.models.PRESETS), used only when path == ""
+  #                        (and by `gkd-jax plan` when path has no config.json).
   c.student.dtype = "float32"  # "float32" | "bfloat16": dtype of the master weights.
 
   # The frozen model being distilled from. It lives on the same mesh, in its own dtype.
@@ -29,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.teacher.path = ""  # HF checkpoint dir; required unless gkd.divergence_weight == 0 (SFT) and
   #                      not gkd.seq_kd.
   c.teacher.dtype = "bfloat16"  # "float32" | "bfloat16".
+  c.teacher.preset = ""  # ModelConfig preset; only `gkd-jax plan` uses it (path has no config.json).
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""  # Dir or file with tokenizer.model / tokenizer.json; "" = student.path.
@@ -87,6 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200  # > 0: save a checkpoint every this many steps.
   c.train.keep_checkpoints = 3  # > 0: keep the newest N checkpoints.
   c.train.async_checkpoints = True  # Save in a background thread while training continues.
+  c.train.preemption_check_every = 10  # >= 1: with several processes, check for SIGTERM/preemption
+  #                                     every this many steps (an all-gather), all stopping together.
   c.train.export_final = True  # Write the final student as an HF checkpoint to WORKDIR/student.
   c.train.remat = True  # Recompute each student layer in the backward pass (activation memory).
   c.train.max_nonfinite_steps = 0  # >= 0: a step with a non-finite loss/gradient is never applied;

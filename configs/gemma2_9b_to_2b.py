@@ -5,6 +5,9 @@
       --config.student.path=/ckpt/gemma-2-2b-it --config.teacher.path=/ckpt/gemma-2-9b-it \
       --config.data.train_path=/data/train.jsonl --config.data.eval_path=/data/eval.jsonl
 
+Check that it fits before the first TPU hour (compiles on any host, libtpu, no weights):
+  gkd-jax plan --config=configs/gemma2_9b_to_2b.py --topology=v5p-64
+
 The workdir must be a path every host sees (a gcsfuse-mounted bucket or NFS, not a gs:// URL).
 The paths below are placeholders: set them on the command line (HF checkpoint folders, as released,
 copied to local disk or a mounted bucket). v5p-64 = 32 chips: FSDP over all of them for the 2B student's
@@ -20,8 +23,10 @@ def get_config():
   c = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                   "default.py"))["get_config"]()
   c.student.path = "/path/to/gemma-2-2b-it"  # placeholder: set --config.student.path
+  c.student.preset = "gemma2_2b"  # the architecture `gkd-jax plan` compiles (no weights needed)
   c.student.dtype = "float32"
   c.teacher.path = "/path/to/gemma-2-9b-it"  # placeholder: set --config.teacher.path
+  c.teacher.preset = "gemma2_9b"
   c.teacher.dtype = "bfloat16"
   c.data.train_path = "/path/to/train.jsonl"  # placeholder: chat records {"messages": [...]}
   c.data.eval_path = "/path/to/eval.jsonl"

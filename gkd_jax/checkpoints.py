@@ -210,12 +210,17 @@ class PreemptionGuard:
 
   Inside the context a SIGTERM does not kill the process; it sets a flag. `should_stop(step)` is
   True once the flag is set on any process or JAX's preemption sync point is reached (on TPU pods,
-  where `jax.distributed` runs the preemption service). With several processes every process must
-  call `should_stop` at every step (it runs a tiny all-gather), so that all of them stop together at
-  the same step. The previous signal handlers are restored on exit.
+  where `jax.distributed` runs the preemption service). With several processes only every
+  `sync_every`-th step is a check (a tiny all-gather of the flags plus the preemption sync point):
+  every process must call `should_stop` at every step, all get False between checks, and all stop
+  together at the same check step. A single process checks its flag at every step, for free. The
+  previous signal handlers are restored on exit.
   """
 
-  def __init__(self, signals=(signal.SIGTERM,)):
+  def __init__(self, signals=(signal.SIGTERM,), sync_every: int = 1):
+    if int(sync_every) < 1:
+      raise ValueError(f"sync_every={sync_every} must be >= 1")
+    self.sync_every = int(sync_every)
     self.signals = tuple(signals)
     self._stop = threading.Event()
     self._previous = {}
@@ -245,13 +250,17 @@ class PreemptionGuard:
 
   def should_stop(self, step: int) -> bool:
     """True when training should save and exit at `step` (same answer on every process)."""
+    every = self.sync_every if jax.process_count() > 1 else 1
+    if int(step) % every:
+      return False
     stop = self._stop.is_set()
     try:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       if jax.process_count() > 1:
         flags = multihost_utils.process_allgather(np.asarray([stop], np.int32))
         stop = bool(np.any(flags))
-      stop = stop or bool(multihost_utils.reached_preemption_sync_point(int(step)))
+      # The sync point counts checks (consecutive integers), not steps.
+      stop = stop or bool(multihost_utils.reached_preemption_sync_point(int(step) // every))
     except (RuntimeError, ValueError, AttributeError):
       pass  # no preemption service (single process, CPU/GPU): the signal flag alone decides
     if stop:

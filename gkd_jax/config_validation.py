@@ -66,7 +66,7 @@ def _str(v):
 FIELDS = (
     ("seed", _int(0)),
     ("student.path", _str), ("student.preset", _str), ("student.dtype", _choice(*DTYPES)),
-    ("teacher.path", _str), ("teacher.dtype", _choice(*DTYPES)),
+    ("teacher.path", _str), ("teacher.dtype", _choice(*DTYPES)), ("teacher.preset", _str),
     ("tokenizer.path", _str),
     ("data.train_path", _str), ("data.eval_path", _str),
     ("data.max_prompt_len", _int(2)), ("data.max_completion_len", _int(1)),
@@ -89,6 +89,7 @@ FIELDS = (
     ("train.batch_size", _int(1)), ("train.num_steps", _int(1)), ("train.log_every", _int(1)),
     ("train.eval_every", _int(0)), ("train.checkpoint_every", _int(1)),
     ("train.keep_checkpoints", _int(1)), ("train.async_checkpoints", _bool),
+    ("train.preemption_check_every", _int(1)),
     ("train.export_final", _bool), ("train.remat", _bool),
     ("train.max_nonfinite_steps", _int(0)),
     ("eval.batch_size", _int(1)), ("eval.num_examples", _int(1)),

@@ -28,6 +28,10 @@ Order and sharding: process `shard_index` of `shard_count` reads records shard_i
 shard_count, ... (disjoint; together they cover the file; with `even_shards` the last
 len % shard_count records are dropped so every process has the same number of batches). Each epoch of
 the shard is shuffled with a seed derived from (`seed`, epoch): the same seed gives the same batches.
+With `split_global_batches` (what the trainer uses) every process instead walks the same global order
+and takes its `batch_size` rows of each global batch of shard_count x batch_size: process p's rows
+are rows p*batch_size ... of the batch one process reads with the global batch size, so the global
+batches, and a run's results, do not depend on the number of processes.
 The iterator's position is `iterator.get_state()` / `set_state()`, and Grain's
 `grain.checkpoint.CheckpointSave/CheckpointRestore` store it with Orbax (see gkd_jax.checkpoints): a
 resumed run sees exactly the batches the uninterrupted run would have seen next.
@@ -169,7 +173,7 @@ def make_dataset(records: Sequence[dict], tokenizer, *, batch_size: int, max_pro
                  num_epochs: Optional[int] = None, shard_index: Optional[int] = None,
                  shard_count: Optional[int] = None, worker_count: int = 0,
                  chat_family: Optional[str] = None, drop_remainder: bool = True,
-                 even_shards: bool = True) -> grain.IterDataset:
+                 even_shards: bool = True, split_global_batches: bool = False) -> grain.IterDataset:
   """The pipeline over in-memory records; `iter()` of the result yields batches (see make_loader)."""
   shard_index = jax.process_index() if shard_index is None else shard_index
   shard_count = jax.process_count() if shard_count is None else shard_count
@@ -188,6 +192,12 @@ def make_dataset(records: Sequence[dict], tokenizer, *, batch_size: int, max_pro
     raise ValueError("the data has chat 'messages' records: set data.chat_family "
                      "(gemma, llama3 or chatml)")
   records = list(records)
+  if split_global_batches:
+    ds = _global_batch_rows(records, batch_size, seed, shuffle, num_epochs, shard_index,
+                            shard_count, drop_remainder)
+    ds = ds.map(TokenizeRows(records, TokenizeAndPad(tokenizer, max_prompt_len,
+                                                     max_completion_len, chat_family)))
+    return _to_iter(ds, worker_count)
   if even_shards and shard_count > 1:
     records = records[:len(records) - len(records) % shard_count]
   ds = grain.MapDataset.source(records)[shard_index::shard_count]
@@ -200,6 +210,39 @@ def make_dataset(records: Sequence[dict], tokenizer, *, batch_size: int, max_pro
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  return _to_iter(ds, worker_count)
+
+
+def _global_batch_rows(records, batch_size, seed, shuffle, num_epochs, shard_index, shard_count,
+                       drop_remainder):
+  """Record indices [batch_size] of this process's rows of every global batch (shard_count x
+  batch_size rows, the batches one process would read with the global batch size)."""
+  ds = grain.MapDataset.range(len(records))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)  # the permutation `source(records).shuffle(seed)` applies
+  if num_epochs != 1:
+    ds = ds.repeat(num_epochs)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  if num_epochs is not None:
+    ds = ds[:len(ds) - len(ds) % shard_count]  # every process gets the same number of batches
+    if not len(ds) and drop_remainder:
+      raise ValueError(f"{len(records)} records make no global batch of {batch_size} x "
+                       f"{shard_count} processes")
+  return ds[shard_index::shard_count]
+
+
+class TokenizeRows(grain.transforms.Map):
+  """Record indices [b] -> the stacked `TokenizeAndPad` arrays of those records."""
+
+  def __init__(self, records, tokenize: "TokenizeAndPad"):
+    self.records, self.tokenize = records, tokenize
+
+  def map(self, rows):
+    examples = [self.tokenize.map(self.records[int(i)]) for i in np.asarray(rows)]
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def _to_iter(ds, worker_count):
   # Records are in memory: no reader threads (GIL contention), a small prefetch buffer.
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if worker_count > 0:
@@ -216,7 +259,7 @@ def make_loader(path: str, tokenizer, *, batch_size: int, max_prompt_len: int,
                 num_epochs: Optional[int] = None, shard_index: Optional[int] = None,
                 shard_count: Optional[int] = None, worker_count: int = 0,
                 chat_family: Optional[str] = None, drop_remainder: bool = True,
-                even_shards: bool = True) -> grain.IterDataset:
+                even_shards: bool = True, split_global_batches: bool = False) -> grain.IterDataset:
   """A Grain pipeline over a JSONL file; `iter(make_loader(...))` yields per-process batches.
 
   `batch_size` is per process (global batch / process count). `num_epochs` None or -1 repeats forever.
@@ -227,4 +270,5 @@ def make_loader(path: str, tokenizer, *, batch_size: int, max_prompt_len: int,
                       max_prompt_len=max_prompt_len, max_completion_len=max_completion_len,
                       seed=seed, shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index,
                       shard_count=shard_count, worker_count=worker_count, chat_family=chat_family,
-                      drop_remainder=drop_remainder, even_shards=even_shards)
+                      drop_remainder=drop_remainder, even_shards=even_shards,
+                      split_global_batches=split_global_batches)

@@ -42,6 +42,9 @@ class GKDSettings:
   divergence_weight: float = 1.0
   ce_weight: float = 0.0
   kernel_impl: str = "auto"
+  # Platform the divergence kernels are built for; None = the default backend. "tpu" on a CPU host
+  # builds the real Mosaic kernels instead of interpret mode (`gkd-jax plan` compiles for a TPU).
+  kernel_platform: Optional[str] = None
   remat: bool = False  # recompute student layers in the backward pass
   sample_temperature: float = 1.0
   sample_top_k: int = 0
@@ -167,6 +170,8 @@ def _divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, tokens_N, s: GKDSettings, s_cap,
   partitioner, so without the shard_map every device would compute the whole global batch)."""
   kw = dict(kind=s.loss, beta=s.beta, alpha=s.alpha, temperature=s.temperature,
             student_softcap=s_cap, teacher_softcap=t_cap, impl=s.kernel_impl)
+  if s.kernel_platform is not None:
+    kw.update(impl=kernels.resolve_impl(s.kernel_impl, s.kernel_platform), interpret=False)
   if s.mesh is None or s.vocab_axis is not None or not s.token_axes:
     return kernels.fused_linear_divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, tokens=tokens_N,
                                            mesh=s.mesh, vocab_axis=s.vocab_axis,

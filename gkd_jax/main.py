@@ -4,6 +4,7 @@
   gkd-jax eval   --config=configs/demo.py [--checkpoint=DIR]      # held-out loss + task metric (JSON)
   gkd-jax sample --config=configs/demo.py [--checkpoint=DIR] [--prompts=FILE|-]
   gkd-jax compare WORKDIR [WORKDIR ...]                            # finished runs side by side
+  gkd-jax plan   --config=configs/gemma2_9b_to_2b.py --topology=v5p-64 [--json]  # fits? (libtpu)
 
 Bad input (config values, paths, data lines, vocabularies, flags, a workdir in use or holding
 another experiment) ends with one line on stderr and exit code 2; a training run that produces a
@@ -30,7 +31,14 @@ _RESTART = flags.DEFINE_bool("restart", False, "train: start over in an existing
                              "its checkpoints, metrics and exported student) instead of resuming.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (every "
                                "host of a TPU slice / multi-node GPU job runs the same command).")
-COMMANDS = ("train", "eval", "sample", "compare")
+_COORDINATOR = flags.DEFINE_string("coordinator", "", "--multihost: HOST:PORT of process 0 "
+                                   "(with --num_processes, --process_id; absent: auto-detect).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--multihost: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "--multihost: this process's index.")
+_TOPOLOGY = flags.DEFINE_string("topology", "", "plan: TPU accelerator type (v5p-64, v6e-8, "
+                                "v5litepod-16, v4-32) or topology (v5p:4x4x2); see gkd_jax/plan.py.")
+_JSON = flags.DEFINE_bool("json", False, "plan: end the output with one JSON object.")
+COMMANDS = ("train", "eval", "sample", "compare", "plan")
 
 
 def _student_override(config):
@@ -122,10 +130,14 @@ def main(argv):
   command = argv[1]
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 brings it back
-  if _MULTIHOST.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+  if command == "plan":  # compiles for a TPU slice on this host: no weights, data or distributed run
+    from gkd_jax import plan  # pylint: disable=g-import-not-at-top
+    sys.exit(plan.main(config, _TOPOLOGY.value, _JSON.value,
+                       config_flags.get_config_filename(flags.FLAGS["config"])))
   try:
+    if _MULTIHOST.value:
+      from gkd_jax import distributed  # pylint: disable=g-import-not-at-top
+      distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from gkd_jax import train  # pylint: disable=g-import-not-at-top
     if command == "train":
       if not _WORKDIR.value:

@@ -135,7 +135,8 @@ def _loader(run: Run, path, *, batch_size, shuffle, num_epochs):
       path, run.tokenizer, batch_size=sharding.per_process_batch_size(batch_size),
       max_prompt_len=c.max_prompt_len, max_completion_len=c.max_completion_len,
       seed=run.config.seed, shuffle=shuffle, num_epochs=num_epochs, worker_count=c.worker_count,
-      chat_family=c.chat_family or None)
+      chat_family=c.chat_family or None,
+      split_global_batches=True)  # the same global batches whatever the number of processes
 
 
 def _global_batch(run: Run, local_batch):
@@ -376,7 +377,8 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
   tick, last_logged = time.perf_counter(), step
   stopped = False
   finite = NonFiniteGuard(c.train.max_nonfinite_steps, int(state.nonfinite_steps))
-  with checkpoints.PreemptionGuard() as guard, _finishing(manager, writer, progress):
+  with checkpoints.PreemptionGuard(sync_every=c.train.preemption_check_every) as guard, \
+       _finishing(manager, writer, progress):
     while step < c.train.num_steps and not stopped:
       try:
         batch = _global_batch(run, next(data_iter))

@@ -43,7 +43,8 @@ RUN_OUTPUTS = (CHECKPOINTS, CHECKPOINTS + ".damaged", "metrics.jsonl", "summary.
 # Fields a resume may change (a trailing "." covers the whole group).
 SAFE_TO_CHANGE = ("train.log_every", "train.eval_every", "train.checkpoint_every",
                   "train.keep_checkpoints", "train.async_checkpoints", "train.export_final",
-                  "train.max_nonfinite_steps", "train.remat", "gkd.kernel_impl", "eval.",
+                  "train.max_nonfinite_steps", "train.preemption_check_every", "train.remat",
+                  "gkd.kernel_impl", "eval.",
                   "data.eval_path", "task.name", "mesh.", "sharding_rules")
 # Compared by the identity of what they point to, not by the path string.
 PATH_FIELDS = ("student.path", "teacher.path", "tokenizer.path", "data.train_path")

@@ -175,3 +175,13 @@ def test_guard_restores_previous_handler():
       time.sleep(0.01)
     assert guard.should_stop(2)
   assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_guard_sync_every_only_delays_multi_process_checks():
+  # One process: its own flag is checked at every step whatever sync_every is (no collective).
+  with checkpoints.PreemptionGuard(sync_every=4) as guard:
+    assert not guard.should_stop(1)
+    guard.request_stop()
+    assert guard.should_stop(1) and guard.should_stop(3)
+  with pytest.raises(ValueError, match="sync_every=0"):
+    checkpoints.PreemptionGuard(sync_every=0)

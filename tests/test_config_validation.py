@@ -104,6 +104,7 @@ def test_default_config_is_valid_and_every_field_commented(config):
     ("optim.grad_accum_steps", 0, "optim.grad_accum_steps=0 must be >= 1"),
     ("train.batch_size", 2.5, "train.batch_size=2.5 must be an integer"),
     ("train.num_steps", 0, "train.num_steps=0 must be >= 1"),
+    ("train.preemption_check_every", 0, "train.preemption_check_every=0 must be >= 1"),
     ("student.dtype", "float16", "student.dtype='float16' is not one of float32, bfloat16"),
     ("task.name", "gsm8k", "task.name='gsm8k' is not one of '', arithmetic"),
     ("data.num_epochs", 0, "data.num_epochs=0 must be a positive integer or -1"),

@@ -143,6 +143,32 @@ def test_two_shards_disjoint_and_covering(tmp_path, tok):
   assert len(_prompts(e0, tok)) == len(_prompts(e1, tok)) == 10
 
 
+@pytest.mark.parametrize("num_epochs, shuffle", [(-1, True), (1, False)])
+def test_split_global_batches_do_not_depend_on_the_process_count(tmp_path, tok, num_epochs,
+                                                                 shuffle):
+  path = _write(tmp_path / "d.jsonl", _records(21, seed=4))
+  kw = dict(max_prompt_len=16, max_completion_len=8, seed=3, num_epochs=num_epochs,
+            shuffle=shuffle, split_global_batches=True)
+  n_batches = 6 if num_epochs == -1 else 2  # 21 records: 2 global batches of 8 in one epoch
+  one = _collect(data.make_loader(path, tok, batch_size=8, shard_index=0, shard_count=1, **kw),
+                 n_batches + 1)
+  # The single-process batches are those of the plain pipeline (same shuffle, same epochs).
+  plain = _collect(data.make_loader(path, tok, batch_size=8, shard_index=0, shard_count=1,
+                                    **dict(kw, split_global_batches=False)), n_batches + 1)
+  assert len(one) == len(plain)
+  for a, b in zip(one, plain):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  for count in (2, 4):
+    shards = [_collect(data.make_loader(path, tok, batch_size=8 // count, shard_index=i,
+                                        shard_count=count, **kw), n_batches + 1)
+              for i in range(count)]
+    assert all(len(s) == len(one) for s in shards)
+    for step, global_batch in enumerate(one):
+      for k, value in global_batch.items():
+        np.testing.assert_array_equal(np.concatenate([s[step][k] for s in shards]), value)
+
+
 def test_iterator_state_resume_gives_same_batches(tmp_path, tok):
   path = _write(tmp_path / "d.jsonl", _records(30, seed=4))
   kw = dict(batch_size=4, max_prompt_len=16, max_completion_len=12, seed=5, shard_index=0,

@@ -21,7 +21,9 @@ only [N]-sized statistics cross devices (`vocab_parallel.py`).
 
 Pallas on a CPU host runs in interpret mode (``interpret=None``); ``interpret=False`` lowers the real
 TPU/CUDA kernels, e.g. for ``jax.export(..., platforms=["tpu"])``. Block sizes: ``token_block`` and
-``vocab_block`` (TPU: 256 x 512 by default, VMEM limit derived from them), ``hidden_block`` (the
+``vocab_block`` (TPU: the largest of 256 x 512/256/128 within a VMEM budget, e.g. 256 x 512 for
+bf16 and 256 x 128 for float32 operands at Gemma 2 widths; the VMEM limit requested is derived from
+them and stays within every TPU generation from v5e on, `pallas_tpu.vmem_limit`), ``hidden_block`` (the
 Triton kernel's step over the hidden size). The hyperparameters must be Python numbers (they are
 compiled into the kernels); `gkd_jax.divergences.token_divergence` also accepts traced ones.
 """
@@ -37,7 +39,8 @@ from gkd_jax.kernels import chunked, common
 IMPLS = ("auto", "reference", "chunked", "pallas")
 
 
-def _resolve_impl(impl, backend=None):
+def resolve_impl(impl, backend=None):
+  """The implementation "auto" means on `backend` (default: jax.default_backend())."""
   if impl not in IMPLS:
     raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
   if impl != "auto":
@@ -111,7 +114,7 @@ def fused_linear_divergence(
   spec = common.make_spec(kind, beta, alpha, temperature, student_softcap, teacher_softcap,
               tokens=tokens, student_vocab=Ws.shape[-1], teacher_vocab=Wt.shape[-1])
   _check_fused_shapes(hs, Ws, ht, Wt, tokens)
-  impl = _resolve_impl(impl)
+  impl = resolve_impl(impl)
   _check_blocks(vocab_block=vocab_block, token_block=token_block, hidden_block=hidden_block)
   if mesh is not None and vocab_axis is not None:
     from gkd_jax.kernels import vocab_parallel
@@ -164,7 +167,7 @@ def vocab_divergence(
             f"teacher_logits.shape={tuple(zt.shape)}")
   if tokens is not None and tuple(tokens.shape) != tuple(zs.shape[:-1]):
     raise ValueError(f"tokens.shape={tuple(tokens.shape)} must be {tuple(zs.shape[:-1])}")
-  impl = _resolve_impl(impl)
+  impl = resolve_impl(impl)
   _check_blocks(vocab_block=vocab_block)
   lead, V = zs.shape[:-1], zs.shape[-1]
   if impl == "reference":
@@ -181,4 +184,4 @@ def vocab_divergence(
   return out.reshape(lead)
 
 
-__all__ = ["IMPLS", "fused_linear_divergence", "vocab_divergence"]
+__all__ = ["IMPLS", "fused_linear_divergence", "resolve_impl", "vocab_divergence"]

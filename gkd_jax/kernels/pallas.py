@@ -37,10 +37,15 @@ def _pad_to(x, axis, size, value=0):
   return jnp.pad(x, widths, constant_values=value)
 
 
-def block_sizes(N, V, token_block=None, vocab_block=None):
-  bn = token_block or min(TPU_TOKEN_BLOCK, _round_up(N, 8))
-  bv = vocab_block or min(TPU_VOCAB_BLOCK, _round_up(V, 128))
-  return bn, bv
+def block_sizes(N, V, token_block=None, vocab_block=None, *, dims=None, itemsizes=(2, 2)):
+  """(token block, vocab block) of the TPU kernels. Defaults: 256 x 512 for bf16 operands; with
+  `dims` = (Ds, Dt) and the operands' `itemsizes`, the largest blocks within the VMEM budget
+  (float32 operands need smaller vocabulary blocks, `pallas_tpu.choose_blocks`)."""
+  if dims is None:
+    bn, bv = min(TPU_TOKEN_BLOCK, _round_up(N, 8)), min(TPU_VOCAB_BLOCK, _round_up(V, 128))
+  else:
+    bn, bv = pallas_tpu.choose_blocks(N, V, *dims, *itemsizes, _round_up)
+  return token_block or bn, vocab_block or bv
 
 
 def _use_interpret(interpret):
@@ -59,7 +64,8 @@ def _interpret_params(interpret):
 def fused(spec, hs, Ws, ht, Wt, tok, *, vocab_block=None, token_block=None, hidden_block=None,
           interpret=None):
   N, V = hs.shape[0], Ws.shape[1]
-  bn, bv = block_sizes(N, V, token_block, vocab_block)
+  bn, bv = block_sizes(N, V, token_block, vocab_block, dims=(hs.shape[1], ht.shape[1]),
+                       itemsizes=(hs.dtype.itemsize, ht.dtype.itemsize))
   cfg = (bn, bv, hidden_block, interpret)  # static: interpret may be a (hashable) InterpretParams
   return _fused(spec, cfg, hs, Ws, ht, Wt, tok)
 

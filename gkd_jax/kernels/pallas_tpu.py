@@ -123,17 +123,57 @@ def _dw_kernel(spec, V, bv, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref, ct_ref, ms_
     dw_ref[...] = acc_ref[...].astype(dw_ref.dtype)
 
 
-def vmem_bytes(bn, bv, ds, dt, itemsize):
-  """Rough VMEM need per grid step: double-buffered input blocks, ~10 float32 tiles, accumulator."""
-  blocks = 2 * itemsize * (bn * ds + ds * bv + bn * dt + dt * bv)
-  return blocks + 10 * 4 * bn * bv + 4 * max(bn, bv) * max(ds, dt)
+# Mosaic's scoped-VMEM limit is capped here so that one setting compiles on v5e and v6e (128 MiB of
+# VMEM per TensorCore) and v5p (64 MiB); default blocks are chosen to need at most VMEM_BUDGET.
+VMEM_LIMIT_CAP = 60 * 2**20
+VMEM_BUDGET = 48 * 2**20
+DEFAULT_VMEM_LIMIT = 16 * 2**20  # Mosaic's own default
+
+
+def vmem_bytes(bn, bv, ds, dt, student_itemsize, teacher_itemsize=None):
+  """Upper estimate of the scoped VMEM one grid step of the worst of the three kernels needs.
+
+  Double-buffered input and output blocks, the float32 accumulator, ~2 MiB of tile temporaries,
+  and, for float32 operands (multiplied at HIGHEST precision, i.e. split into bf16 passes), the
+  temporaries and register spills of that emulation: ~9 bytes per (bn + bv) x D. Calibrated on
+  XLA:TPU's reported scoped allocations (libtpu 0.0.42.1, v5p, Gemma 2 widths): the d-hidden kernel
+  at bn=256 needs 17.75 MiB (bf16, bv=256), 55.1 MiB (f32, bv=256), 76.6 MiB (f32, bv=512).
+  """
+  ts = student_itemsize
+  tt = student_itemsize if teacher_itemsize is None else teacher_itemsize
+  blocks = 2 * (ts * (bn * ds + ds * bv) + tt * (bn * dt + dt * bv))
+  out_and_acc = (2 * ts + 4) * max(bn, bv) * ds
+  emulation = sum(9 * (bn + bv) * d for d, t in ((ds, ts), (dt, tt)) if t >= 4)
+  return blocks + out_and_acc + 2 * 2**20 + 4 * bn * bv + emulation
+
+
+def vmem_limit(need):
+  """The vmem_limit_bytes the kernels request for an estimated need (ValueError above the cap)."""
+  limit = max(DEFAULT_VMEM_LIMIT, -(-int(1.25 * need) // 2**20) * 2**20)
+  if limit > VMEM_LIMIT_CAP:
+    raise ValueError(f"the Pallas TPU divergence blocks need ~{need / 2**20:.0f} MiB of VMEM, more "
+                     f"than the {VMEM_LIMIT_CAP // 2**20} MiB every TPU generation has: pass a "
+                     "smaller token_block / vocab_block")
+  return limit
+
+
+def choose_blocks(n, v, ds, dt, student_itemsize, teacher_itemsize, round_up):
+  """(bn, bv): the largest of 256 x {512, 256, 128} (then 128 x 128) within VMEM_BUDGET, cut to N
+  and V for small inputs. float32 operands need the smaller blocks."""
+  bn_max, bv_max = min(256, round_up(n, 8)), min(512, round_up(v, 128))
+  candidates = [(bn_max, min(bv, bv_max)) for bv in (512, 256, 128)] + [(min(128, bn_max), 128)]
+  for bn, bv in candidates:
+    if vmem_bytes(bn, bv, ds, dt, student_itemsize, teacher_itemsize) <= VMEM_BUDGET:
+      return bn, bv
+  return candidates[-1]
 
 
 def _params(semantics, need):
-  # Ask Mosaic for what the blocks need (plus slack), at least the usual 16 MiB default; pick smaller
-  # blocks on chips with little VMEM.
-  limit = max(16 * 2**20, -(-int(1.5 * need) // 2**20) * 2**20)
-  return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=limit)
+  return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=vmem_limit(need))
+
+
+def _need(bn, bv, hs, ht):
+  return vmem_bytes(bn, bv, hs.shape[1], ht.shape[1], hs.dtype.itemsize, ht.dtype.itemsize)
 
 
 def forward(spec, V, hs, Ws, ht, Wt, tok_N1, *, bn, bv, interpret=False):
@@ -151,8 +191,7 @@ def forward(spec, V, hs, Ws, ht, Wt, tok_N1, *, bn, bv, interpret=False):
                 pl.BlockSpec((bn, dt), row), pl.BlockSpec((dt, bv), lambda i, p, j: (0, j)), vec],
       out_specs=[vec] * 6,
       out_shape=[out] * 6,
-      compiler_params=_params(("parallel", "arbitrary", "arbitrary"),
-                              vmem_bytes(bn, bv, ds, dt, hs.dtype.itemsize)),
+      compiler_params=_params(("parallel", "arbitrary", "arbitrary"), _need(bn, bv, hs, ht)),
       interpret=interpret,
       name="gkd_divergence_fwd",
   )(hs, Ws, ht, Wt, tok_N1)
@@ -163,7 +202,7 @@ def backward(spec, V, hs, Ws, ht, Wt, tok_N1, ct_N1, stats, *, bn, bv, interpret
   n, ds = hs.shape
   dt, vp = ht.shape[1], Ws.shape[1]
   args = (hs, Ws, ht, Wt, tok_N1, ct_N1) + tuple(stats)
-  need = vmem_bytes(bn, bv, ds, dt, hs.dtype.itemsize)
+  need = _need(bn, bv, hs, ht)
 
   def specs(row, col):
     vec = pl.BlockSpec((bn, 1), row)

@@ -1,0 +1,114 @@
+"""Memory plans of the bundled large configs on Cloud TPU slices -> benchmarks/results/tpu_plans.md.
+
+  nice -n 19 python benchmarks/tpu_plans.py                  # every row (minutes each, 2 cores)
+  nice -n 19 python benchmarks/tpu_plans.py --only=gemma2_9b_to_2b@v5p-64
+  python benchmarks/tpu_plans.py --render                    # rewrite the .md from the .json only
+
+Each row is `gkd-jax plan` (gkd_jax/plan.py) of one config on one slice: train_step (on-policy
+sampler and its KV cache inside), eval_step and the eval sampler, compiled by XLA:TPU for the
+slice's devices from libtpu on this host. Results accumulate in tpu_plans.json (a row is re-planned
+only when asked with --only), so partial runs add up; rows never planned are listed as such.
+Knobs are not re-planned here (each re-plan is another compile of the same size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import runpy
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS_JSON = os.path.join(HERE, "results", "tpu_plans.json")
+RESULTS_MD = os.path.join(HERE, "results", "tpu_plans.md")
+
+# (config, slice): each config on a slice expected to fit and a smaller one expected not to.
+ROWS = (
+    ("gemma2_9b_to_2b", "v5p-64"), ("gemma2_9b_to_2b", "v5p-8"),
+    ("gemma2_27b_to_2b", "v5p-128"), ("gemma2_27b_to_2b", "v5p-16"),
+    ("gemma2_27b_to_9b", "v5p-128"), ("gemma2_27b_to_9b", "v5p-32"),
+    ("qwen3_8b_to_1p7b", "v5p-32"), ("qwen3_8b_to_1p7b", "v5p-8"),
+    ("llama3_8b_to_1b", "v5p-32"), ("llama3_8b_to_1b", "v5p-8"),
+)
+
+
+def _key(config, topology):
+  return f"{config}@{topology}"
+
+
+def plan_row(config_name, topology):
+  from gkd_jax import plan  # pylint: disable=import-outside-toplevel
+  config = runpy.run_path(os.path.join(ROOT, "configs", f"{config_name}.py"))["get_config"]()
+  start = time.perf_counter()
+  _, summary = plan.plan(config, topology, replan=False, config_name=f"configs/{config_name}.py")
+  summary["wall_s"] = time.perf_counter() - start
+  summary["host"] = f"{platform.node()} ({os.cpu_count()} cores)"
+  return summary
+
+
+def _gib(x):
+  return "-" if x is None else f"{x / 2**30:.2f}"
+
+
+def render(results) -> str:
+  lines = [
+      "# Memory plans of the bundled large configs on Cloud TPU slices",
+      "",
+      "Made by `nice -n 19 python benchmarks/tpu_plans.py` (one row: `--only=CONFIG@SLICE`): ",
+      "`gkd-jax plan` compiles the run's programs with XLA:TPU for the slice (libtpu on a CPU host, ",
+      "no TPU, no weights). Per device, in GiB: peak = arguments + outputs - aliased + temporaries ",
+      "(XLA's memory analysis). train_step includes the on-policy sampler and its KV cache. FLOPs ",
+      "are XLA's per-device count of one call, a while loop's body (the decode loop) counted once.",
+      "Slices were chosen before planning: per config one expected to fit and a smaller one",
+      "expected not to; the verdict in a row is the plan's. `not yet planned` rows were never",
+      "compiled (a Gemma-2-9B-scale plan takes ~8 min of 2 idle CPU cores).",
+      "",
+      "| config | slice | devices | HBM | program | args | temp | peak | fits | compile s |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for config, topology in ROWS:
+    r = results.get(_key(config, topology))
+    if r is None:
+      lines.append(f"| {config} | {topology} | | | not yet planned | | | | | |")
+      continue
+    for i, (step, p) in enumerate(r["steps"].items()):
+      fits = p["error"] is None and p["peak_bytes"] <= r["hbm_bytes"]
+      head = (f"| {config} | {topology} | {r['num_devices']} | {_gib(r['hbm_bytes'])} " if i == 0
+              else "| | | | ")
+      lines.append(f"{head}| {step} | {_gib(p['argument_bytes'])} | {_gib(p['temp_bytes'])} | "
+                   f"{_gib(p['peak_bytes'])} | {'yes' if fits else '**no**'} | "
+                   f"{p['compile_s']:.0f} |")
+  lines += ["", "Rows planned on: " + ", ".join(sorted({r.get("host", "?")
+                                                       for r in results.values()}) or ["-"])]
+  return "\n".join(lines) + "\n"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--only", action="append", default=[], help="CONFIG@SLICE (repeatable)")
+  parser.add_argument("--render", action="store_true", help="only rewrite the markdown")
+  args = parser.parse_args()
+  results = json.load(open(RESULTS_JSON)) if os.path.exists(RESULTS_JSON) else {}
+  known = {_key(*row) for row in ROWS}
+  for key in args.only:
+    if key not in known:
+      sys.exit(f"--only={key!r} is not one of: {', '.join(sorted(known))}")
+  todo = [] if args.render else [row for row in ROWS if _key(*row) in args.only
+                                 or (not args.only and _key(*row) not in results)]
+  for config, topology in todo:
+    results[_key(config, topology)] = plan_row(config, topology)
+    with open(RESULTS_JSON, "w") as f:
+      json.dump(results, f, indent=1)
+    with open(RESULTS_MD, "w") as f:
+      f.write(render(results))
+  with open(RESULTS_MD, "w") as f:
+    f.write(render(results))
+  print(f"wrote {RESULTS_MD}")
+
+
+if __name__ == "__main__":
+  main()

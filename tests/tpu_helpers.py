@@ -1,0 +1,18 @@
+"""Devices of TPU slices for compile-only tests (libtpu from the `test` extra; no TPU needed)."""
+
+import functools
+import os
+
+import pytest
+
+from gkd_jax import tpu_topology
+
+
+@functools.lru_cache(maxsize=None)
+def tpu_devices(topology: str):
+  """The devices of `topology`; fails (skips with GKD_SKIP_TPU_COMPILE=1) when libtpu is missing."""
+  if not tpu_topology.libtpu_available():
+    if os.environ.get("GKD_SKIP_TPU_COMPILE") == "1":
+      pytest.skip("libtpu is not installed and GKD_SKIP_TPU_COMPILE=1")
+    pytest.fail(tpu_topology.INSTALL_HINT + " (it is part of pip install -e '.[test]')")
+  return tuple(tpu_topology.tpu_devices(topology))

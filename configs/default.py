@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.worker_count = 0  # Grain worker processes for tokenization; 0 = in the main process.
   c.data.chat_family = ""  # gemma | llama3 | chatml | qwen2.5: template of chat "messages" records.
 
-  # The GKD algorithm (DESIGN.md §1).
+  # The GKD algorithm (README: "The algorithm and its settings").
   c.gkd = ml_collections.ConfigDict()
   c.gkd.lmbda = 1.0  # [0, 1]: probability that completions are the student's own samples.
   c.gkd.mixing = "batch"  # "batch": one coin per batch (paper, TRL); "example": round(λ·B) rows.

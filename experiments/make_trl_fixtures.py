@@ -5,7 +5,7 @@
 For beta in {0, 0.1, 0.5, 0.9, 1} and temperature in {0.5, 1, 2}: TRL's per-token JSD
 (reduction="none", summed over the vocabulary), its "batchmean" loss with -100 labels, and the gradient
 of sum(ct * per-token JSD) w.r.t. the student logits (torch autograd, float64). TRL special-cases
-beta=0 as KL(p_T || p_S) and beta=1 as KL(p_S || p_T), exactly our convention (DESIGN.md §1); TRL has no
+beta=0 as KL(p_T || p_S) and beta=1 as KL(p_S || p_T), exactly our convention; TRL has no
 soft-capping (the model applies it before), so the fixture has none. Writes
 tests/fixtures/trl/generalized_jsd.npz; tests/test_divergences_trl.py
 compares gkd_jax.divergences.token_divergence(kind="jsd") and the streaming kernels against it.

@@ -1,4 +1,4 @@
-"""Dense token-level divergences: the specification of every kind, in code (DESIGN.md §1).
+"""Dense token-level divergences: the specification of every kind, in code.
 
 Per token, on logits soft-capped (``c * tanh(z / c)``, optional) and then divided by the temperature
 ``tau``: ``p_T = softmax(z_T / tau)``, ``p_S = softmax(z_S / tau)``.

@@ -1,6 +1,6 @@
 """The GKD algorithm: choose completions (λ mixing, SeqKD), the loss, one train step.
 
-Conventions (DESIGN.md §1): a batch holds LEFT-padded prompts [B,P] and RIGHT-padded dataset
+Conventions: a batch holds LEFT-padded prompts [B,P] and RIGHT-padded dataset
 completions [B,C] (EOS included in the mask). With probability λ the completions are replaced by the
 student's own samples (no gradient through sampling); otherwise they stay the dataset's, or become
 the teacher's samples when `seq_kd`. Student and teacher then score the same prompt+completion

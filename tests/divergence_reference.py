@@ -1,9 +1,9 @@
-"""Independent float64 reference for the divergences: the textbook formulas of DESIGN.md §1.
+"""Independent float64 reference for the divergences: the textbook formulas of each kind.
 
 Written naively (no stability tricks) and evaluated with jax in float64 (`jax.enable_x64`), so values
 come straight from the definitions and gradients from float64 autodiff of them, except
 `sampled_reverse_kl`: its gradient is the policy-gradient (REINFORCE) estimator d * grad log p_S(y),
-with the value d = log p_S(y) - log p_T(y) held constant (DESIGN.md §1). Masked (-inf) vocabulary
+with the value d = log p_S(y) - log p_T(y) held constant. Masked (-inf) vocabulary
 columns are handled by dropping them (the reference never sees an -inf).
 """
 

@@ -1,4 +1,4 @@
-"""Vocabulary-streaming divergences, fused with the unembedding (DESIGN.md §3).
+"""Vocabulary-streaming divergences, fused with the unembedding.
 
   d_N = fused_linear_divergence(student_hidden_NxDs, student_unembed_DsxV,
                  teacher_hidden_NxDt, teacher_unembed_DtxV, kind="jsd", beta=0.5)

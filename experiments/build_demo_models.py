@@ -19,20 +19,13 @@ import jax
 from gkd_jax import models, train
 from gkd_jax.models.hf import save_pretrained
 from gkd_jax.tokenizers import load_tokenizer
+from small_llama import model_config  # beside this script
 
 _TEACHER_STEPS = flags.DEFINE_integer("teacher_steps", 2000, "SFT steps for the teacher.")
 _STUDENT_STEPS = flags.DEFINE_integer("student_steps", 400, "SFT steps for the student init.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where the SFT runs write (default: a temp dir).")
 _ONLY = flags.DEFINE_enum("only", "", ["", "teacher", "student_init"], "Rebuild only this one.")
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
-
-
-def model_config(tokenizer, layers, dim, heads, kv_heads):
-  return models.ModelConfig(
-      model_type="llama", vocab_size=tokenizer.vocab_size, num_layers=layers, embed_dim=dim,
-      mlp_dim=3 * dim, num_heads=heads, num_kv_heads=kv_heads, head_dim=dim // heads,
-      tie_embeddings=True, rope_theta=10000.0, max_position_embeddings=128, norm_eps=1e-6,
-      bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
 
 
 def sft(name, cfg, steps, learning_rate, schedule, scratch):

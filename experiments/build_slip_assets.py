@@ -35,6 +35,7 @@ from gkd_jax import models, train
 from gkd_jax.models.hf import save_pretrained
 from gkd_jax.tasks import asset_dir, slip_addition
 from gkd_jax.tokenizers import load_tokenizer
+from small_llama import model_config  # beside this script
 
 _ONLY = flags.DEFINE_enum("only", "", ["", "data", "teacher", "student_init"], "Rebuild one part.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where the SFT runs write (default: a temp dir).")
@@ -73,14 +74,6 @@ def write_data(scratch):
              "completion": slip_addition.slipped_completion(a, b, rng, _SLIP_RATE.value)}
             for a, b in teacher_pairs]
   slip_addition.write_jsonl(os.path.join(scratch, "teacher_corpus.jsonl"), corpus)
-
-
-def model_config(tokenizer, layers, dim, heads, kv_heads):
-  return models.ModelConfig(
-      model_type="llama", vocab_size=tokenizer.vocab_size, num_layers=layers, embed_dim=dim,
-      mlp_dim=3 * dim, num_heads=heads, num_kv_heads=kv_heads, head_dim=dim // heads,
-      tie_embeddings=True, rope_theta=10000.0, max_position_embeddings=128, norm_eps=1e-6,
-      bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
 
 
 def sft(name, cfg, steps, train_path, scratch, learning_rate=3e-3):

@@ -33,7 +33,9 @@ the streaming kernels in `gkd_jax.kernels` use closed-form gradients and are tes
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -67,8 +69,12 @@ def validate_divergence_args(
   tokens=None,
   student_vocab=None,
   teacher_vocab=None,
+  check_tokens=True,
 ):
-  """Raises ValueError naming the offending argument and its value. Traced values are not range-checked."""
+  """Raises ValueError naming the offending argument and its value. Traced values are not range-checked.
+
+  ``check_tokens``: whether a missing ``tokens`` is an error for kind="sampled_reverse_kl" (False
+  when only the hyperparameters are being checked, as `DivergenceSpec` does)."""
   if kind not in KINDS:
     raise ValueError(f"kind={kind!r} is not one of {KINDS}")
   for name, value, lo_open in (("beta", beta, False), ("alpha", alpha, False)):
@@ -90,8 +96,37 @@ def validate_divergence_args(
       f"student vocabulary size ({student_vocab}) != teacher vocabulary size ({teacher_vocab}): "
       f"student_vocab={student_vocab}, teacher_vocab={teacher_vocab}"
     )
-  if kind == "sampled_reverse_kl" and tokens is None:
+  if check_tokens and kind == "sampled_reverse_kl" and tokens is None:
     raise ValueError("tokens=None: kind='sampled_reverse_kl' needs the sampled token ids")
+
+
+@dataclasses.dataclass(frozen=True)
+class DivergenceSpec:
+  """One divergence and its hyperparameters: the one place they are declared.
+
+  Built from `config.gkd` by the trainer, validated on construction (concrete numbers only; a spec
+  rebuilt inside a trace from runtime values is not re-checked) and passed whole to every kernel.
+  The soft-caps belong to the models (Gemma 2's final-logit soft-capping) and are filled in by the
+  caller that knows them.
+  """
+
+  kind: str
+  beta: float = 0.5
+  alpha: float = 0.1
+  temperature: float = 1.0
+  student_softcap: Optional[float] = None
+  teacher_softcap: Optional[float] = None
+
+  def __post_init__(self):
+    validate_divergence_args(self.kind, self.beta, self.alpha, self.temperature,
+                             self.student_softcap, self.teacher_softcap, check_tokens=False)
+
+  @property
+  def effective_kind(self) -> str:
+    """jsd at beta=0 / beta=1 is exactly forward / reverse KL."""
+    if self.kind == "jsd" and _is_concrete_number(self.beta) and float(self.beta) in (0.0, 1.0):
+      return "forward_kl" if float(self.beta) == 0.0 else "reverse_kl"
+    return self.kind
 
 
 def softcap_and_scale(logits, softcap, temperature):

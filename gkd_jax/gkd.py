@@ -20,10 +20,10 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import PartitionSpec as P
 
-from gkd_jax import kernels, losses, models
-from gkd_jax.divergences import masked_mean
+from gkd_jax import kernels, models
+from gkd_jax.divergences import DivergenceSpec, masked_mean
+from gkd_jax.kernels import Layout
 from gkd_jax.scoring import score
 from gkd_jax.sampling import sample
 
@@ -35,10 +35,8 @@ class GKDSettings:
   lmbda: float = 1.0
   mixing: str = "batch"  # "batch" | "example"
   seq_kd: bool = False
-  loss: str = "jsd"
-  beta: float = 0.5
-  alpha: float = 0.1
-  temperature: float = 1.0
+  # The divergence and its hyperparameters (the models' soft-caps are added where they are known).
+  divergence: DivergenceSpec = DivergenceSpec("jsd")
   divergence_weight: float = 1.0
   ce_weight: float = 0.0
   kernel_impl: str = "auto"
@@ -51,18 +49,16 @@ class GKDSettings:
   sample_top_p: float = 1.0
   sample_max_new_tokens: int = 64
   eos_id: Any = None  # one id or a tuple of ids that end a sampled completion
-  # Vocab-parallel divergence: the unembeddings' vocabulary axis is sharded over `vocab_axis` of
-  # `mesh` and tokens over `token_axes`; only [N]-sized statistics cross devices (kernels/).
-  mesh: Any = None
-  vocab_axis: Optional[str] = None
-  token_axes: tuple = ()
+  # How the divergence's tokens and vocabulary lie on the mesh (None: one device's view).
+  layout: Optional[Layout] = None
 
   @classmethod
-  def from_config(cls, config, eos_id, **vocab_parallel):
+  def from_config(cls, config, eos_id, layout=None):
     g, s = config.gkd, config.sampling
-    return cls(**vocab_parallel,lmbda=float(g.lmbda), mixing=g.mixing, seq_kd=bool(g.seq_kd), loss=g.loss,
-               beta=float(g.beta), alpha=float(g.alpha), temperature=float(g.temperature),
-               divergence_weight=float(g.divergence_weight), ce_weight=float(g.ce_weight),
+    divergence = DivergenceSpec(g.loss, beta=float(g.beta), alpha=float(g.alpha),
+                                temperature=float(g.temperature))
+    return cls(layout=layout, lmbda=float(g.lmbda), mixing=g.mixing, seq_kd=bool(g.seq_kd),
+               divergence=divergence, divergence_weight=float(g.divergence_weight), ce_weight=float(g.ce_weight),
                kernel_impl=g.kernel_impl, remat=bool(config.train.remat),
                sample_temperature=float(s.temperature),
                sample_top_k=int(s.top_k), sample_top_p=float(s.top_p),
@@ -164,42 +160,19 @@ def _completion_hidden(model, params, tokens_BxT, mask_BxT, prompt_len, remat=Fa
   return hidden_BxTxD[:, prompt_len - 1:-1]
 
 
-def _divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, tokens_N, s: GKDSettings, s_cap, t_cap):
-  """The fused divergence, laid out on the mesh: vocab-parallel when the vocabulary is sharded;
-  otherwise each device streams its own tokens (a custom kernel such as Pallas is opaque to XLA's
-  partitioner, so without the shard_map every device would compute the whole global batch)."""
-  kw = dict(kind=s.loss, beta=s.beta, alpha=s.alpha, temperature=s.temperature,
-            student_softcap=s_cap, teacher_softcap=t_cap, impl=s.kernel_impl)
+def _divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, tokens_N, spec, s: GKDSettings):
+  """(divergence, student entropy, teacher entropy) [N], laid out on the mesh by `s.layout`."""
+  impl, kw = s.kernel_impl, {}
   if s.kernel_platform is not None:
-    kw.update(impl=kernels.resolve_impl(s.kernel_impl, s.kernel_platform), interpret=False)
-  if s.mesh is None or s.vocab_axis is not None or not s.token_axes:
-    return kernels.fused_linear_divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, tokens=tokens_N,
-                                           mesh=s.mesh, vocab_axis=s.vocab_axis,
-                                           token_axes=s.token_axes or None, **kw)
-  rows, vec, rep = P(s.token_axes, None), P(s.token_axes), P()
-  local = lambda hs, ws, ht, wt, tok: kernels.fused_linear_divergence(hs, ws, ht, wt, tokens=tok,
-                                                                      **kw)
-  return jax.shard_map(local, mesh=s.mesh, in_specs=(rows, rep, rows, rep, vec),
-                       out_specs=vec, check_vma=False)(hs_NxD, ws_DxV, ht_NxD, wt_DxV, tokens_N)
+    impl, kw = kernels.resolve_impl(s.kernel_impl, s.kernel_platform), dict(interpret=False)
+  return kernels.fused_linear_divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, spec, tokens=tokens_N,
+                                         impl=impl, layout=s.layout, return_entropies=True, **kw)
 
 
 def _entropy(hidden_NxD, unembed_DxV, softcap, s: GKDSettings):
-  """Per-token entropy (a metric: no gradient). With a sharded vocabulary each device reduces its
-  columns and only [N] statistics are combined, so the unembedding is never gathered."""
+  """Per-token entropy at temperature 1 (a metric: no gradient), when no divergence gives it."""
   hidden_NxD, unembed_DxV = jax.lax.stop_gradient((hidden_NxD, unembed_DxV))
-  if s.vocab_axis is None:
-    return losses.entropy(hidden_NxD, unembed_DxV, softcap=softcap)
-  axis = s.vocab_axis
-
-  def local(h, w):
-    lse_N, mean_z_N = losses.logsumexp_and_mean_logit(h, w, softcap=softcap)
-    m_N = jax.lax.pmax(lse_N, axis)
-    total_N = m_N + jnp.log(jax.lax.psum(jnp.exp(lse_N - m_N), axis))
-    return total_N - jax.lax.psum(jnp.exp(lse_N - total_N) * mean_z_N, axis)
-
-  rows = s.token_axes or None
-  return jax.shard_map(local, mesh=s.mesh, in_specs=(P(rows, None), P(None, axis)),
-                       out_specs=P(rows), check_vma=False)(hidden_NxD, unembed_DxV)
+  return kernels.entropy(hidden_NxD, unembed_DxV, softcap=softcap, layout=s.layout)
 
 
 def loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prompt_len,
@@ -214,24 +187,30 @@ def loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prom
   mask_N = loss_mask_BxC.reshape(-1).astype(jnp.float32)
   metrics = {}
   loss = 0.0
+  student_entropy_N = None
   if teacher is not None:
     ht_NxD = jax.lax.stop_gradient(
         _completion_hidden(teacher, teacher_params, tokens_BxT, mask_BxT, prompt_len)
     ).reshape(b * c, -1)
     wt_DxV = jax.lax.stop_gradient(models.unembedding(teacher, teacher_params))
-    t_cap = teacher.config.final_logit_softcap
+    spec = dataclasses.replace(s.divergence, student_softcap=student.config.final_logit_softcap,
+                               teacher_softcap=teacher.config.final_logit_softcap)
+    hs_in, ws_in = (hs_NxD, ws_DxV) if s.divergence_weight > 0 else jax.lax.stop_gradient(
+        (hs_NxD, ws_DxV))  # a metric only: no backward pass through it
+    div_N, student_entropy_N, teacher_entropy_N = _divergence(
+        hs_in, ws_in, ht_NxD, wt_DxV, targets_BxC.reshape(-1), spec, s)
     if s.divergence_weight > 0:
-      div_N = _divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, targets_BxC.reshape(-1), s, s_cap,
-                          t_cap)
       metrics["divergence"] = masked_mean(div_N, mask_N)
       loss = loss + s.divergence_weight * metrics["divergence"]
-    metrics["teacher_entropy"] = masked_mean(_entropy(ht_NxD, wt_DxV, t_cap, s), mask_N)
+    metrics["teacher_entropy"] = masked_mean(teacher_entropy_N, mask_N)
   if s.ce_weight > 0:  # SFT term on dataset completions only (never on the student's own samples)
     ce_mask_N = (loss_mask_BxC * (1.0 - on_policy_B[:, None])).reshape(-1)
-    ce_N = losses.cross_entropy(hs_NxD, ws_DxV, targets_BxC.reshape(-1), softcap=s_cap)
+    ce_N = kernels.cross_entropy(hs_NxD, ws_DxV, targets_BxC.reshape(-1), softcap=s_cap)
     metrics["cross_entropy"] = masked_mean(ce_N, ce_mask_N)
     loss = loss + s.ce_weight * metrics["cross_entropy"]
-  metrics["student_entropy"] = masked_mean(_entropy(hs_NxD, ws_DxV, s_cap, s), mask_N)
+  if student_entropy_N is None:
+    student_entropy_N = _entropy(hs_NxD, ws_DxV, s_cap, s)
+  metrics["student_entropy"] = masked_mean(student_entropy_N, mask_N)
   metrics["loss"] = loss
   return loss, metrics
 

@@ -105,7 +105,7 @@ def abstract_run(config, devices) -> train.Run:
   eos = student.config.eos_id
   settings = gkd.GKDSettings.from_config(
       config, eos_id=None if eos is None else (eos,),
-      **train._layout(mesh, rules, student.config.vocab_size))  # pylint: disable=protected-access
+      layout=train.divergence_layout(mesh, rules, student.config.vocab_size))
   settings = dataclasses.replace(settings, kernel_platform=devices[0].platform)
   return train.Run(config, mesh, None, student, params, param_shardings, teacher, teacher_params,
                    settings)

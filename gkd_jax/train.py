@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gkd_jax import checkpoints, data, gkd, metrics, models, report, sharding, tasks, tokenizers
+from gkd_jax import checkpoints, data, gkd, kernels, metrics, models, report, sharding, tasks
+from gkd_jax import tokenizers
 from gkd_jax import workdir as workdir_lib
 from gkd_jax.config_validation import validate
 from gkd_jax.finite import NonFiniteGuard
@@ -65,7 +66,7 @@ def _load(section, name, mesh, rules):
   return load_pretrained(path, dtype=dtype, shardings=shardings)
 
 
-def _layout(mesh, rules, vocab_size) -> dict:
+def divergence_layout(mesh, rules, vocab_size) -> Optional[kernels.Layout]:
   """How the divergence is laid out on the mesh: tokens over the batch axes, and the vocabulary
   over one mesh axis when the rules shard it (vocab-parallel: only [N] vectors cross devices)."""
   axis = dict(rules).get("vocab")
@@ -73,8 +74,8 @@ def _layout(mesh, rules, vocab_size) -> dict:
                    and vocab_size % mesh.shape[axis] == 0)
   token_axes = tuple(a for a in sharding.batch_axes(rules) if mesh.shape[a] > 1 and a != axis)
   if not vocab_sharded and not token_axes:
-    return {}
-  return dict(mesh=mesh, vocab_axis=axis if vocab_sharded else None, token_axes=token_axes)
+    return None
+  return kernels.Layout(mesh, vocab_axis=axis if vocab_sharded else None, token_axes=token_axes)
 
 
 def build(config, mode: str = "train", devices=None) -> Run:
@@ -117,7 +118,7 @@ def build(config, mode: str = "train", devices=None) -> Run:
     data.read_jsonl_records(config.data.eval_path)  # a malformed line fails before any write
   settings = gkd.GKDSettings.from_config(
       config, eos_id=stop_ids(tokenizer, config.data.chat_family),
-      **_layout(mesh, rules, student.config.vocab_size))
+      layout=divergence_layout(mesh, rules, student.config.vocab_size))
   return Run(config, mesh, tokenizer, student, params, param_shardings, teacher, teacher_params,
              settings)
 

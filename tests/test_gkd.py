@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from gkd_jax import divergences, gkd, models, sampling
+from gkd_jax.divergences import DivergenceSpec
 from gkd_jax.scoring import score
 
 V, P, C, B = 32, 5, 6, 8
@@ -84,7 +85,7 @@ def _run(setup, settings, steps, batch_seed=0):
 
 def test_lambda_zero_never_samples_and_lambda_one_always_does(setup, monkeypatch):
   calls = _counting_sampler(monkeypatch)
-  base = gkd.GKDSettings(loss="forward_kl", sample_max_new_tokens=C, eos_id=EOS)
+  base = gkd.GKDSettings(divergence=DivergenceSpec("forward_kl"), sample_max_new_tokens=C, eos_id=EOS)
   _, frac = _run(setup, dataclasses.replace(base, lmbda=0.0), 3)
   assert calls == [] and np.all(frac == 0)
   _, frac = _run(setup, dataclasses.replace(base, lmbda=1.0), 3)
@@ -94,7 +95,7 @@ def test_lambda_zero_never_samples_and_lambda_one_always_does(setup, monkeypatch
 @pytest.mark.slow
 def test_batch_mixing_on_policy_fraction_is_lambda(setup, monkeypatch):
   calls = _counting_sampler(monkeypatch)
-  settings = gkd.GKDSettings(lmbda=0.25, mixing="batch", loss="jsd", sample_max_new_tokens=C,
+  settings = gkd.GKDSettings(lmbda=0.25, mixing="batch", divergence=DivergenceSpec("jsd"), sample_max_new_tokens=C,
                              eos_id=EOS)
   steps = 400
   _, frac = _run(setup, settings, steps)
@@ -106,7 +107,7 @@ def test_batch_mixing_on_policy_fraction_is_lambda(setup, monkeypatch):
 
 def test_example_mixing_puts_round_lambda_b_rows_on_policy(setup, monkeypatch):
   calls = _counting_sampler(monkeypatch)
-  settings = gkd.GKDSettings(lmbda=0.3, mixing="example", loss="reverse_kl",
+  settings = gkd.GKDSettings(lmbda=0.3, mixing="example", divergence=DivergenceSpec("reverse_kl"),
                              sample_max_new_tokens=C, eos_id=EOS)
   _, frac = _run(setup, settings, 2)
   k = round(0.3 * B)
@@ -121,7 +122,8 @@ def test_loss_equals_dense_divergence_over_completion_tokens_only(setup, kind):
   batch = _batch(3)
   tokens = np.concatenate([batch["prompt_tokens"], batch["completion_tokens"]], 1)
   mask = np.concatenate([batch["prompt_mask"], batch["completion_mask"]], 1)
-  settings = gkd.GKDSettings(loss=kind, beta=0.3, temperature=1.5, kernel_impl="chunked")
+  settings = gkd.GKDSettings(divergence=DivergenceSpec(kind, beta=0.3, temperature=1.5),
+                             kernel_impl="chunked")
   loss, metrics = gkd.loss_fn(params, tparams, student, teacher, jnp.asarray(tokens),
                               jnp.asarray(mask), P, jnp.asarray(batch["completion_mask"]),
                               jnp.zeros((B,)), settings)

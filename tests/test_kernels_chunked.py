@@ -10,6 +10,7 @@ import pytest
 from divergence_reference import (KINDS, assert_close, grid, ref_fused_value_and_grad,
                                   ref_student_probs, ref_value_and_grad)
 from gkd_jax import kernels
+from gkd_jax.divergences import DivergenceSpec
 from gkd_jax.kernels import chunked, common
 
 TAUS = (0.5, 1.0, 2.0)
@@ -59,7 +60,7 @@ def check_fused(impl, spec, tau, caps, seed=0, dtype=jnp.float32, rtol=1e-5, **b
 def _chunked_split_value_and_grads(struct, bv, values, hs, ws, ht, wt, ct, tok):
   """chunked.fused_split with the hyperparameters as runtime values: one compile per structure."""
   def f(a, b, c, e):
-    d = chunked.fused_split(struct, bv, values, a, b, c, e, tok)
+    d = chunked.fused_split(struct, bv, values, a, b, c, e, tok)[0]
     return jnp.sum(d * ct), d
   (_, d), grads = jax.value_and_grad(f, argnums=(0, 1, 2, 3), has_aux=True)(hs, ws, ht, wt)
   return (d,) + grads
@@ -73,9 +74,9 @@ def test_fused_chunked_full_grid(kind):
     for tau in TAUS:
       for caps in CAPS:
         kw = dict(kind=kind, beta=spec.get("beta", 0.5), alpha=spec.get("alpha", 0.1))
-        full = common.make_spec(temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1],
-                                tokens=tok, **kw)
-        struct, values = full.split()
+        full = DivergenceSpec(temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1],
+                              **kw)
+        struct, values = common.split(full)
         out = _chunked_split_value_and_grads(struct, 8, values, hs, ws, ht, wt, ct, jnp.asarray(tok))
         d, dhs, dws, dht, dwt = (np.asarray(x) for x in out)
         d_ref, dhs_ref, dws_ref = ref_fused_value_and_grad(
@@ -210,9 +211,8 @@ def test_vocab_divergence_masked_and_large(kind):
   for a, b, tau, caps, kc in cases:
     kw = dict(kind=kind, beta=0.3, alpha=0.2)
 
-    spec = common.make_spec(temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1], tokens=tok,
-                            **kw)
-    d, g = _logits_value_and_grad(*spec.split(), jnp.asarray(a), jnp.asarray(b), ct, tok)
+    spec = DivergenceSpec(temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1], **kw)
+    d, g = _logits_value_and_grad(*common.split(spec), jnp.asarray(a), jnp.asarray(b), ct, tok)
     assert d.shape == (2, 3)
     if kc is not None:
       a = np.where(kc, a, 0.0)

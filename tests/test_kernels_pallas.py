@@ -8,7 +8,8 @@ from jax import export
 
 from divergence_reference import assert_close, ref_fused_value_and_grad
 from gkd_jax import kernels
-from gkd_jax.kernels import common, pallas_gpu
+from gkd_jax.divergences import DivergenceSpec
+from gkd_jax.kernels import pallas_gpu
 from test_kernels_chunked import CAPS, check_fused, check_sampled_reverse_kl_unbiased, fused_inputs
 
 # Ragged on purpose: N = 5 tokens in blocks of 4, V = 37 in blocks of 16.
@@ -42,7 +43,7 @@ def test_pallas_tpu_interpret_bf16():
 def test_pallas_gpu_forward_interpret(kind):
   """The Triton forward kernel (generic interpret mode): ragged N, V and hidden sizes."""
   hs, ws, ht, wt, ct, tok = fused_inputs(1)
-  spec = common.make_spec(kind, beta=0.1, temperature=2.0, student_softcap=3.0, tokens=tok)
+  spec = DivergenceSpec(kind, beta=0.1, temperature=2.0, student_softcap=3.0)
   outs = pallas_gpu.forward(spec, ws.shape[1], *(jnp.asarray(x) for x in (hs, ws, ht, wt)),
                             jnp.asarray(tok, jnp.int32), token_block=4, vocab_block=16,
                             hidden_block=4, interpret=True)

@@ -11,6 +11,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from divergence_reference import assert_close, ref_fused_value_and_grad
 from gkd_jax import kernels
+from gkd_jax.kernels import Layout
 from test_kernels_chunked import fused_inputs
 
 V = 64  # 8 shards of 8 columns; vocab_block=3 makes every shard's last block ragged
@@ -26,7 +27,7 @@ def _run(mesh, kw, hs, ws, ht, wt, ct, tok):
     d = kernels.fused_linear_divergence(a, b, jnp.asarray(ht), wt_s, tokens=jnp.asarray(tok), **kw,
                                         **extra)
     return jnp.sum(d * ct), d
-  extra = {} if mesh is None else dict(mesh=mesh, vocab_axis="tensor", vocab_block=3)
+  extra = {} if mesh is None else dict(layout=Layout(mesh, "tensor"), vocab_block=3)
   col = None if mesh is None else NamedSharding(mesh, P(None, "tensor"))
   put = (lambda x: jnp.asarray(x)) if mesh is None else (lambda x: jax.device_put(x, col))  # noqa: E731
   wt_s = put(wt)
@@ -74,7 +75,7 @@ def test_vocab_parallel_with_token_sharding(shape):
     return jnp.sum(d * ct), d
   g = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)
   (_, d1), (dh1, dw1) = jax.jit(g)(hs, ws, ht, wt)
-  sharded = functools.partial(g, mesh=mesh, vocab_axis="tensor", token_axes=("data",), vocab_block=3)
+  sharded = functools.partial(g, layout=Layout(mesh, "tensor", ("data",)), vocab_block=3)
   args = (jax.device_put(hs, rows), jax.device_put(ws, cols), jax.device_put(ht, rows),
           jax.device_put(wt, cols))
   fn = jax.jit(sharded)
@@ -89,11 +90,11 @@ def test_vocab_parallel_with_token_sharding(shape):
 def test_vocab_parallel_bad_axis():
   hs, ws, ht, wt, _, _ = fused_inputs(3, v=V)
   with pytest.raises(ValueError, match="vocab_axis='model'"):
-    kernels.fused_linear_divergence(hs, ws, ht, wt, kind="jsd", mesh=_mesh((8,)), vocab_axis="model")
+    kernels.fused_linear_divergence(hs, ws, ht, wt, kind="jsd", layout=Layout(_mesh((8,)), "model"))
   hs, ws, ht, wt, _, _ = fused_inputs(3, v=60)
   with pytest.raises(ValueError, match="not divisible"):
-    kernels.fused_linear_divergence(hs, ws, ht, wt, kind="jsd", mesh=_mesh((8,)), vocab_axis="tensor")
+    kernels.fused_linear_divergence(hs, ws, ht, wt, kind="jsd", layout=Layout(_mesh((8,)), "tensor"))
   hs, ws, ht, wt, _, _ = fused_inputs(3, n=5, v=V)
   with pytest.raises(ValueError, match="not divisible by the 2 shards"):
-    kernels.fused_linear_divergence(hs, ws, ht, wt, kind="jsd", mesh=_mesh((2, 4)),
-                                    vocab_axis="tensor", token_axes=("data",))
+    kernels.fused_linear_divergence(hs, ws, ht, wt, kind="jsd",
+                                    layout=Layout(_mesh((2, 4)), "tensor", ("data",)))

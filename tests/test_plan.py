@@ -63,7 +63,7 @@ def test_train_step_compiles_for_a_4_chip_slice(config_file, mesh):
   run = plan.abstract_run(config, list(devices))
   assert run.settings.kernel_platform == "tpu"
   # (1, 2, 2) shards the vocabulary over "tensor": the vocab-parallel divergence.
-  assert (run.settings.vocab_axis == "tensor") == (mesh[2] > 1)
+  assert (getattr(run.settings.layout, "vocab_axis", None) == "tensor") == (mesh[2] > 1)
   plans = plan.plan_steps(config, list(devices), only=("train_step",))
   p = plans["train_step"]
   assert p.error is None and 0 < p.peak_bytes < 2**30 and p.flops > 0

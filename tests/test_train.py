@@ -76,7 +76,7 @@ def test_same_losses_on_every_mesh(run_files):
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = shape
     devices = jax.devices()[:int(np.prod(shape))]
     run = train.build(config, devices=devices)
-    assert (run.settings.vocab_axis == "tensor") == (shape[2] > 1)  # vocab-parallel divergence
+    assert (getattr(run.settings.layout, "vocab_axis", None) == "tensor") == (shape[2] > 1)  # vocab-parallel divergence
     steps = train.compile_steps(run)
     state = steps.init_state(run.params)
     it = iter(train._loader(run, config.data.train_path, batch_size=8, shuffle=True,

@@ -2,11 +2,17 @@
 
   d_N = fused_linear_divergence(student_hidden_NxDs, student_unembed_DsxV,
                  teacher_hidden_NxDt, teacher_unembed_DtxV, kind="jsd", beta=0.5)
+  d_N, h_student_N, h_teacher_N = fused_linear_divergence(..., spec, return_entropies=True)
   d_N = vocab_divergence(student_logits_NxV, teacher_logits_NxV, kind="forward_kl")
+  ce_N = cross_entropy(hidden_NxD, unembed_DxV, targets_N);  h_N = entropy(hidden_NxD, unembed_DxV)
 
-Both return float32 per-token divergences (the math of `gkd_jax.divergences`) and never hold an [N, V]
-array (beyond the logits a `vocab_divergence` caller already has). Gradients flow to the student hidden
-states and student unembedding (or student logits) only; the teacher gets zero cotangents.
+The hyperparameters are a `gkd_jax.divergences.DivergenceSpec` (kind, beta, alpha, temperature,
+soft-caps), passed whole as ``spec`` or as its fields by keyword. Every function returns float32
+per-token values (the math of `gkd_jax.divergences`) and never holds an [N, V] array (beyond the
+logits a `vocab_divergence` caller already has). Gradients flow to the student hidden states and
+student unembedding (or student logits) only; the teacher gets zero cotangents. The entropies of
+``return_entropies`` (of the two distributions the divergence compares, i.e. at its temperature and
+soft-caps) come out of the divergence's own value pass and carry no gradient.
 
 impl:
  "reference"  dense `divergences.token_divergence` on materialised logits (for tests);
@@ -15,9 +21,10 @@ impl:
        (`pallas_tpu.py`, `pallas_gpu.py`);
  "auto"       pallas on TPU/GPU, chunked on CPU.
 
-Vocab parallelism: pass ``mesh`` and ``vocab_axis`` when the unembeddings' vocabulary axis is sharded
-over that mesh axis; every shard streams over its own slice (chunked passes, whatever ``impl``) and
-only [N]-sized statistics cross devices (`vocab_parallel.py`).
+Sharding: pass ``layout=Layout(mesh, vocab_axis, token_axes)`` (`layout.py`). Tokens sharded over
+``token_axes`` run on their own device (any ``impl``); with ``vocab_axis`` the unembeddings'
+vocabulary is sharded over that axis, every shard streams over its own slice (chunked passes,
+whatever ``impl``) and only [N]-sized statistics cross devices (`vocab_parallel.py`).
 
 Pallas on a CPU host runs in interpret mode (``interpret=None``); ``interpret=False`` lowers the real
 TPU/CUDA kernels, e.g. for ``jax.export(..., platforms=["tpu"])``. Block sizes: ``token_block`` and
@@ -30,11 +37,16 @@ compiled into the kernels); `gkd_jax.divergences.token_divergence` also accepts 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from gkd_jax import divergences
-from gkd_jax.kernels import chunked, common
+from gkd_jax.divergences import DivergenceSpec
+from gkd_jax.kernels import chunked, common, vocab_parallel
+from gkd_jax.kernels.layout import Layout
+from gkd_jax.kernels.single import cross_entropy, entropy
 
 IMPLS = ("auto", "reference", "chunked", "pallas")
 
@@ -49,21 +61,34 @@ def resolve_impl(impl, backend=None):
   return "pallas" if backend in ("tpu", "gpu", "cuda", "rocm") else "chunked"
 
 
+def _spec(spec, hyperparameters, tokens, student_vocab, teacher_vocab) -> DivergenceSpec:
+  """The one spec of a call (given whole or by its fields), checked against the inputs."""
+  if spec is None:
+    spec = DivergenceSpec(**hyperparameters)
+  elif hyperparameters:
+    raise ValueError(f"pass either spec or its fields, not both ({sorted(hyperparameters)})")
+  divergences.validate_divergence_args(
+      spec.kind, spec.beta, spec.alpha, spec.temperature, spec.student_softcap,
+      spec.teacher_softcap, tokens=tokens, student_vocab=student_vocab,
+      teacher_vocab=teacher_vocab)
+  return common.require_numbers(spec)
+
+
 def _check_fused_shapes(hs, Ws, ht, Wt, tokens):
   names = (("student_hidden", hs, 2), ("student_unembed", Ws, 2), ("teacher_hidden", ht, 2),
-      ("teacher_unembed", Wt, 2))
+           ("teacher_unembed", Wt, 2))
   for name, x, nd in names:
     if x.ndim != nd:
       raise ValueError(f"{name}.shape={tuple(x.shape)} must have {nd} dimensions")
   if hs.shape[1] != Ws.shape[0]:
     raise ValueError(f"student_hidden.shape={tuple(hs.shape)} does not match "
-            f"student_unembed.shape={tuple(Ws.shape)} (hidden size)")
+                     f"student_unembed.shape={tuple(Ws.shape)} (hidden size)")
   if ht.shape[1] != Wt.shape[0]:
     raise ValueError(f"teacher_hidden.shape={tuple(ht.shape)} does not match "
-            f"teacher_unembed.shape={tuple(Wt.shape)} (hidden size)")
+                     f"teacher_unembed.shape={tuple(Wt.shape)} (hidden size)")
   if hs.shape[0] != ht.shape[0]:
     raise ValueError(f"student_hidden.shape={tuple(hs.shape)} and teacher_hidden.shape="
-            f"{tuple(ht.shape)} have different numbers of tokens")
+                     f"{tuple(ht.shape)} have different numbers of tokens")
   if tokens is not None and tuple(tokens.shape) != (hs.shape[0],):
     raise ValueError(f"tokens.shape={tuple(tokens.shape)} must be ({hs.shape[0]},)")
 
@@ -80,101 +105,85 @@ def _tokens_or_dummy(tokens, n):
   return jnp.asarray(tokens).astype(jnp.int32)
 
 
-def fused_linear_divergence(
-  student_hidden,
-  student_unembed,
-  teacher_hidden,
-  teacher_unembed,
-  *,
-  kind,
-  beta=0.5,
-  alpha=0.1,
-  temperature=1.0,
-  student_softcap=None,
-  teacher_softcap=None,
-  tokens=None,
-  impl="auto",
-  vocab_block=None,
-  token_block=None,
-  hidden_block=None,
-  mesh=None,
-  vocab_axis=None,
-  token_axes=None,
-  interpret=None,
-):
+def _dense(spec: DivergenceSpec, zs, zt, tokens):
+  """impl="reference": the dense definitions on materialised logits (teacher without gradient)."""
+  zt = jax.lax.stop_gradient(zt)
+  d = divergences.token_divergence(
+      zs, zt, kind=spec.kind, beta=spec.beta, alpha=spec.alpha, temperature=spec.temperature,
+      student_softcap=spec.student_softcap, teacher_softcap=spec.teacher_softcap,
+      tokens=tokens if spec.kind == "sampled_reverse_kl" else None)
+
+  def ent(z, cap):
+    logp = divergences.log_softmax(divergences.softcap_and_scale(z, cap, spec.temperature))
+    return -jnp.sum(jnp.where(logp > -jnp.inf, jnp.exp(logp) * logp, 0.0), axis=-1)
+
+  return d, jax.lax.stop_gradient(ent(zs, spec.student_softcap)), ent(zt, spec.teacher_softcap)
+
+
+def _local(spec, impl, blocks, interpret, hs, Ws, ht, Wt, tok):
+  """(F, H_S, H_T) on one device's tokens and whole vocabulary."""
+  if impl == "reference":
+    return _dense(spec, common.dot(hs, Ws), common.dot(ht, Wt), tok)
+  vocab_block, token_block, hidden_block = blocks
+  if impl == "chunked":
+    return chunked.fused(spec, min(vocab_block or chunked.DEFAULT_VOCAB_BLOCK, Ws.shape[1]),
+                         hs, Ws, ht, Wt, tok)
+  from gkd_jax.kernels import pallas  # pylint: disable=import-outside-toplevel  (imports Pallas)
+  return pallas.fused(spec, hs, Ws, ht, Wt, tok, vocab_block=vocab_block,
+                      token_block=token_block, hidden_block=hidden_block, interpret=interpret)
+
+
+def fused_linear_divergence(student_hidden, student_unembed, teacher_hidden, teacher_unembed,
+                            spec: DivergenceSpec | None = None, *, tokens=None, impl="auto",
+                            vocab_block=None, token_block=None, hidden_block=None,
+                            layout: Layout | None = None, interpret=None,
+                            return_entropies=False, **hyperparameters):
   """Per-token divergence [N] float32 of softmax(hidden @ unembed) for student vs teacher.
 
   student_hidden [N, Ds], student_unembed [Ds, V], teacher_hidden [N, Dt], teacher_unembed [Dt, V].
+  ``spec`` or its fields by keyword (``kind=...``, ``beta=...``): the divergence.
   ``vocab_block`` / ``token_block`` / ``hidden_block``: tile sizes (defaults per implementation).
   ``tokens`` [N] int: the sampled token ids, for kind="sampled_reverse_kl" only.
-  ``mesh``, ``vocab_axis``: the unembeddings' vocabulary axis is sharded over ``vocab_axis``;
-  ``token_axes``: mesh axes the token axis N of the hidden states is sharded over (e.g. the data axes).
+  ``layout``: how tokens and vocabulary are sharded over a mesh (`Layout`).
+  ``return_entropies``: also return the student's and teacher's entropies [N] (no gradient).
   """
   hs, Ws, ht, Wt = student_hidden, student_unembed, teacher_hidden, teacher_unembed
-  spec = common.make_spec(kind, beta, alpha, temperature, student_softcap, teacher_softcap,
-              tokens=tokens, student_vocab=Ws.shape[-1], teacher_vocab=Wt.shape[-1])
+  spec = _spec(spec, hyperparameters, tokens, Ws.shape[-1], Wt.shape[-1])
   _check_fused_shapes(hs, Ws, ht, Wt, tokens)
   impl = resolve_impl(impl)
   _check_blocks(vocab_block=vocab_block, token_block=token_block, hidden_block=hidden_block)
-  if mesh is not None and vocab_axis is not None:
-    from gkd_jax.kernels import vocab_parallel
-    return vocab_parallel.fused_linear_divergence(
-      spec, hs, Ws, ht, Wt, tokens, mesh=mesh, vocab_axis=vocab_axis, token_axes=token_axes,
-      impl=impl,
-      vocab_block=vocab_block, token_block=token_block, hidden_block=hidden_block,
-      interpret=interpret)
   tok = _tokens_or_dummy(tokens, hs.shape[0])
-  if impl == "reference":
-    zs = common.dot(hs, Ws)
-    zt = jax.lax.stop_gradient(common.dot(ht, Wt))
-    return divergences.token_divergence(
-      zs, zt, kind=kind, beta=spec.beta, alpha=spec.alpha, temperature=spec.temperature,
-      student_softcap=spec.student_softcap, teacher_softcap=spec.teacher_softcap,
-      tokens=tok if kind == "sampled_reverse_kl" else None)
-  if impl == "chunked":
-    bv = min(vocab_block or chunked.DEFAULT_VOCAB_BLOCK, Ws.shape[1])
-    return chunked.fused(spec, bv, hs, Ws, ht, Wt, tok)
-  from gkd_jax.kernels import pallas
-  return pallas.fused(spec, hs, Ws, ht, Wt, tok, vocab_block=vocab_block,
-                token_block=token_block, hidden_block=hidden_block,
-                interpret=interpret)
+  local = functools.partial(_local, spec, impl, (vocab_block, token_block, hidden_block),
+                            interpret)
+  if layout is not None and layout.vocab_axis is not None:
+    outs = vocab_parallel.fused(spec, layout, hs, Ws, ht, Wt, tok, vocab_block=vocab_block)
+  elif layout is not None and layout.token_shards > 1:
+    outs = vocab_parallel.token_parallel(local, layout, hs, Ws, ht, Wt, tok)
+  else:
+    outs = local(hs, Ws, ht, Wt, tok)
+  d, h_s, h_t = outs
+  return (d, jax.lax.stop_gradient(h_s), jax.lax.stop_gradient(h_t)) if return_entropies else d
 
 
-def vocab_divergence(
-  student_logits,
-  teacher_logits,
-  *,
-  kind,
-  beta=0.5,
-  alpha=0.1,
-  temperature=1.0,
-  student_softcap=None,
-  teacher_softcap=None,
-  tokens=None,
-  impl="auto",
-  vocab_block=None,
-):
+def vocab_divergence(student_logits, teacher_logits, spec: DivergenceSpec | None = None, *,
+                     tokens=None, impl="auto", vocab_block=None, **hyperparameters):
   """Per-token divergence [...] float32 for logits [..., V], streamed over vocabulary blocks.
 
   Gradients reach ``student_logits`` only. impl "pallas" uses the chunked streaming for logits
   (the Pallas kernels are fused with the unembedding, where the memory is).
   """
   zs, zt = student_logits, teacher_logits
-  spec = common.make_spec(kind, beta, alpha, temperature, student_softcap, teacher_softcap,
-              tokens=tokens, student_vocab=zs.shape[-1], teacher_vocab=zt.shape[-1])
+  spec = _spec(spec, hyperparameters, tokens, zs.shape[-1], zt.shape[-1])
   if zs.shape != zt.shape:
     raise ValueError(f"student_logits.shape={tuple(zs.shape)} != "
-            f"teacher_logits.shape={tuple(zt.shape)}")
+                     f"teacher_logits.shape={tuple(zt.shape)}")
   if tokens is not None and tuple(tokens.shape) != tuple(zs.shape[:-1]):
     raise ValueError(f"tokens.shape={tuple(tokens.shape)} must be {tuple(zs.shape[:-1])}")
   impl = resolve_impl(impl)
   _check_blocks(vocab_block=vocab_block)
   lead, V = zs.shape[:-1], zs.shape[-1]
   if impl == "reference":
-    return divergences.token_divergence(
-      zs, jax.lax.stop_gradient(zt), kind=kind, beta=spec.beta, alpha=spec.alpha,
-      temperature=spec.temperature, student_softcap=spec.student_softcap,
-      teacher_softcap=spec.teacher_softcap, tokens=tokens)
+    return _dense(spec, zs, zt, tokens)[0]
   n = 1
   for d in lead:
     n *= d
@@ -184,4 +193,5 @@ def vocab_divergence(
   return out.reshape(lead)
 
 
-__all__ = ["IMPLS", "fused_linear_divergence", "resolve_impl", "vocab_divergence"]
+__all__ = ["IMPLS", "DivergenceSpec", "Layout", "cross_entropy", "entropy",
+           "fused_linear_divergence", "resolve_impl", "vocab_divergence"]

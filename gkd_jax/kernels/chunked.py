@@ -1,7 +1,7 @@
 """Pure-XLA streaming over vocabulary blocks (the CPU default and the fallback everywhere).
 
 Forward: pass 1 computes the per-token normalisers of student and teacher with an online log-sum-exp;
-pass 2 sums the divergence terms and ``G = sum_v df/ds_v`` (see `common`). Backward: one pass that
+pass 2 sums the divergence terms, ``G = sum_v df/ds_v`` and both entropies (see `common`). Backward: one pass that
 recomputes each logit tile, forms ``dz = ct * (g - p_S G) * dscale`` and contracts it immediately:
 ``d student_hidden += dz @ W_blk^T`` and ``d W_blk = student_hidden^T @ dz`` written in place. Nothing of
 size [N, V] is ever live; the largest temporaries are [N, vocab_block] tiles and the [N, Ds] float32
@@ -24,7 +24,8 @@ from gkd_jax.kernels import common
 DEFAULT_VOCAB_BLOCK = 512
 
 
-def _block(j, bv, V):
+def block(j, bv, V):
+  """(start, columns, ok) of vocabulary block j: the last block ends at V, overlap masked out."""
   start = jnp.minimum(j * bv, V - bv)
   cols = start + jnp.arange(bv)
   return start, cols, cols >= j * bv
@@ -34,7 +35,7 @@ def stats_pass(spec, get_tiles, N, V, bv):
   """Pass 1: raw online statistics (ms, ls, mt, lt) [N] of student and teacher."""
   def body(j, carry):
     ms, ls, mt, lt = carry
-    start, _, ok = _block(j, bv, V)
+    start, _, ok = block(j, bv, V)
     zs_raw, zt_raw = get_tiles(start)
     zs = common.scale(zs_raw, spec.student_softcap, spec.temperature)
     zt = common.scale(zt_raw, spec.teacher_softcap, spec.temperature)
@@ -47,24 +48,26 @@ def stats_pass(spec, get_tiles, N, V, bv):
 
 
 def value_pass(spec, get_tiles, N, V, bv, tokens, norms):
-  """Pass 2: (F, G) [N] given the final normalisers (shift_s, log l_s, shift_t, log l_t)."""
+  """Pass 2: (F, G, H_S, H_T) [N] given the final normalisers (shift_s, log l_s, shift_t, log l_t)."""
   def body(j, carry):
-    F, G = carry
-    start, cols, ok = _block(j, bv, V)
+    F, G, Hs, Ht = carry
+    start, cols, ok = block(j, bv, V)
     s, t, _ = _logprobs(spec, get_tiles(start), norms)
     onehot = cols[None, :] == tokens[:, None]
     f, g = common.tile_terms(spec, s, t, ok[None, :], onehot)
-    return F + f.sum(-1), G + g.sum(-1)
+    hs, ht = common.entropy_terms(s, t, ok[None, :])
+    return F + f.sum(-1), G + g.sum(-1), Hs + hs.sum(-1), Ht + ht.sum(-1)
 
   zeros = jnp.zeros((N,), jnp.float32)
-  return jax.lax.fori_loop(0, -(-V // bv), body, (zeros, zeros))
+  return jax.lax.fori_loop(0, -(-V // bv), body, (zeros,) * 4)
 
 
-def _forward(spec, get_tiles, N, V, bv, tokens):
+def forward(spec, get_tiles, N, V, bv, tokens):
+  """((F, H_S, H_T), (shift_s, log l_s, shift_t, log l_t, G)): values and backward residuals."""
   ms, ls, mt, lt = stats_pass(spec, get_tiles, N, V, bv)
   norms = common.stats_finalize(ms, ls) + common.stats_finalize(mt, lt)
-  F, G = value_pass(spec, get_tiles, N, V, bv, tokens, norms)
-  return F, norms + (G,)
+  F, G, Hs, Ht = value_pass(spec, get_tiles, N, V, bv, tokens, norms)
+  return (F, Hs, Ht), norms + (G,)
 
 
 def _logprobs(spec, tiles, norms):
@@ -72,8 +75,8 @@ def _logprobs(spec, tiles, norms):
   sh_s, ll_s, sh_t, ll_t = norms
   zs = common.scale(zs_raw, spec.student_softcap, spec.temperature)
   zt = common.scale(zt_raw, spec.teacher_softcap, spec.temperature)
-  s = (zs - sh_s[:, None]) - ll_s[:, None]
-  t = (zt - sh_t[:, None]) - ll_t[:, None]
+  s = common.log_probs(zs, sh_s[:, None], ll_s[:, None])
+  t = common.log_probs(zt, sh_t[:, None], ll_t[:, None])
   return s, t, zs_raw
 
 
@@ -90,7 +93,7 @@ def _tile_grad(spec, tiles, norms, G, ct, cols, tokens):
 # Fused with the unembedding: hidden [N, D] @ unembed [D, V].
 
 
-def _fused_tiles(hs, Ws, ht, Wt, bv):
+def fused_tiles(hs, Ws, ht, Wt, bv):
   def get(start):
     ws = jax.lax.dynamic_slice_in_dim(Ws, start, bv, axis=1)
     wt = jax.lax.dynamic_slice_in_dim(Wt, start, bv, axis=1)
@@ -99,25 +102,27 @@ def _fused_tiles(hs, Ws, ht, Wt, bv):
 
 
 def fused(spec, bv, hs, Ws, ht, Wt, tokens):
-  """Per-token divergence [N] of hs @ Ws vs ht @ Wt; custom VJP to hs and Ws only."""
-  struct, values = spec.split()
+  """(divergence, student entropy, teacher entropy) [N] of hs @ Ws vs ht @ Wt; custom VJP to hs
+  and Ws through the divergence only (the entropies are metrics)."""
+  struct, values = common.split(spec)
   return fused_split(struct, bv, values, hs, Ws, ht, Wt, tokens)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def fused_split(struct, bv, values, hs, Ws, ht, Wt, tokens):
-  """`fused` with the hyperparameters as a runtime array (`common.Spec.split`)."""
+  """`fused` with the hyperparameters as a runtime array (`common.split`)."""
   return _fused_fwd(struct, bv, values, hs, Ws, ht, Wt, tokens)[0]
 
 
 def _fused_fwd(struct, bv, values, hs, Ws, ht, Wt, tokens):
   spec = struct.bind(values)
   N, V = hs.shape[0], Ws.shape[1]
-  F, res = _forward(spec, _fused_tiles(hs, Ws, ht, Wt, bv), N, V, bv, tokens)
-  return F, (values, hs, Ws, ht, Wt, tokens, res)
+  outs, res = forward(spec, fused_tiles(hs, Ws, ht, Wt, bv), N, V, bv, tokens)
+  return outs, (values, hs, Ws, ht, Wt, tokens, res)
 
 
-def _fused_bwd(struct, bv, residuals, ct):
+def _fused_bwd(struct, bv, residuals, cts):
+  ct = cts[0]  # the entropies get no gradient
   values, hs, Ws, ht, Wt, tokens, (sh_s, ll_s, sh_t, ll_t, G) = residuals
   spec = struct.bind(values)
   dhs, dWs = fused_backward(spec, bv, hs, Ws, ht, Wt, tokens, (sh_s, ll_s, sh_t, ll_t), G, ct)
@@ -127,12 +132,12 @@ def _fused_bwd(struct, bv, residuals, ct):
 def fused_backward(spec, bv, hs, Ws, ht, Wt, tokens, norms, G, ct):
   """(d hs float32, d Ws) by one streaming pass over the vocabulary blocks."""
   V = Ws.shape[1]
-  get = _fused_tiles(hs, Ws, ht, Wt, bv)
+  get = fused_tiles(hs, Ws, ht, Wt, bv)
   ct = ct.astype(jnp.float32)
 
   def body(j, carry):
     dhs, dWs = carry
-    start, cols, ok = _block(j, bv, V)
+    start, cols, ok = block(j, bv, V)
     dz = _tile_grad(spec, get(start), norms, G, ct, cols, tokens).astype(hs.dtype)
     dW_blk = common.dot(hs, dz, trans_a=True).astype(Ws.dtype)
     dWs = jax.lax.dynamic_update_slice_in_dim(dWs, dW_blk, start, axis=1)
@@ -160,7 +165,7 @@ def _logit_tiles(zs, zt, bv):
 
 def from_logits(spec, bv, zs, zt, tokens):
   """Per-token divergence [N] of logits [N, V]; custom VJP to zs only."""
-  struct, values = spec.split()
+  struct, values = common.split(spec)
   return from_logits_split(struct, bv, values, zs, zt, tokens)
 
 
@@ -172,7 +177,7 @@ def from_logits_split(struct, bv, values, zs, zt, tokens):
 def _logits_fwd(struct, bv, values, zs, zt, tokens):
   spec = struct.bind(values)
   N, V = zs.shape
-  F, res = _forward(spec, _logit_tiles(zs, zt, bv), N, V, bv, tokens)
+  (F, _, _), res = forward(spec, _logit_tiles(zs, zt, bv), N, V, bv, tokens)
   return F, (values, zs, zt, tokens, res)
 
 
@@ -185,7 +190,7 @@ def _logits_bwd(struct, bv, residuals, ct):
   ct = ct.astype(jnp.float32)
 
   def body(j, dzs):
-    start, cols, _ = _block(j, bv, V)
+    start, cols, _ = block(j, bv, V)
     dz = _tile_grad(spec, get(start), norms, G, ct, cols, tokens)
     return jax.lax.dynamic_update_slice_in_dim(dzs, dz.astype(zs.dtype), start, axis=1)
 

@@ -25,7 +25,12 @@ d * d/dz log p_S(y) with d = s_y - t_y held constant, i.e. dz = d (onehot(y) - p
 for the gradient of KL(p_S || p_T) when y ~ p_S (divergences.py). A non-finite d gets g = 0.
 
 Online normalisers: ``(m, l)`` with ``lse = m + log l``; log-probs are formed as ``(z - m) - log l`` so
-logits of magnitude 1e4 keep their precision.
+logits of magnitude 1e4 keep their precision. The same statistics, merged over a mesh axis
+(`stats_allreduce`), serve the vocab-parallel pass, and the value pass also sums ``-p log p`` of both
+models (`entropy_terms`), so the entropy metrics cost no extra pass over the vocabulary.
+
+This module is the one streaming engine: every implementation (chunked XLA, Pallas TPU and GPU,
+vocab-parallel, the single-model cross-entropy/entropy of `single.py`) uses these helpers.
 """
 
 from __future__ import annotations
@@ -36,59 +41,44 @@ import jax
 import jax.numpy as jnp
 
 from gkd_jax import divergences
+from gkd_jax.divergences import DivergenceSpec
 
 NEG_INF = -jnp.inf
 
 
 @dataclasses.dataclass(frozen=True)
-class Spec:
-  """Static (hashable) description of the divergence, passed as a non-differentiable argument."""
+class Structure:
+  """The static part of a `DivergenceSpec`: the kind (jsd's ends resolved) and which soft-caps are
+  on. Implementations that take the numbers as a runtime array (`split`) compile once per
+  structure, whatever the hyperparameters."""
 
   kind: str
-  beta: float = 0.5
-  alpha: float = 0.1
-  temperature: float = 1.0
-  student_softcap: float | None = None
-  teacher_softcap: float | None = None
+  student_capped: bool
+  teacher_capped: bool
 
-  @property
-  def effective_kind(self) -> str:
-    """jsd at beta=0 / beta=1 is exactly forward / reverse KL."""
-    if self.kind == "jsd" and isinstance(self.beta, float) and self.beta in (0.0, 1.0):
-      return "forward_kl" if self.beta == 0.0 else "reverse_kl"
-    return self.kind
-
-  def split(self):
-    """(structure, values): a hashable Spec that keeps only the kind (ends resolved) and which
-    soft-caps are on, and the float32[5] array (beta, alpha, temperature, student_softcap,
-    teacher_softcap). Implementations that take the values as a runtime array compile once per
-    structure, whatever the hyperparameters."""
-    struct = Spec(self.effective_kind, -1.0, -1.0, -1.0,
-                  None if self.student_softcap is None else -1.0,
-                  None if self.teacher_softcap is None else -1.0)
-    values = jnp.asarray([self.beta, self.alpha, self.temperature, self.student_softcap or 0.0,
-                          self.teacher_softcap or 0.0], jnp.float32)
-    return struct, values
-
-  def bind(self, values):
-    """Inverse of `split` (inside a trace): a Spec whose numbers are the entries of `values`."""
-    return Spec(self.kind, values[0], values[1], values[2],
-                None if self.student_softcap is None else values[3],
-                None if self.teacher_softcap is None else values[4])
+  def bind(self, values) -> DivergenceSpec:
+    """Inverse of `split` (inside a trace): a spec whose numbers are the entries of `values`."""
+    return DivergenceSpec(self.kind, values[0], values[1], values[2],
+                          values[3] if self.student_capped else None,
+                          values[4] if self.teacher_capped else None)
 
 
-def make_spec(kind, beta=0.5, alpha=0.1, temperature=1.0, student_softcap=None, teacher_softcap=None,
-              tokens=None,
-       student_vocab=None, teacher_vocab=None) -> Spec:
-  divergences.validate_divergence_args(
-    kind, beta, alpha, temperature, student_softcap, teacher_softcap, tokens=tokens,
-    student_vocab=student_vocab, teacher_vocab=teacher_vocab)
-  for name, value in (("beta", beta), ("alpha", alpha), ("temperature", temperature)):
-    if not divergences._is_concrete_number(value):
-      raise ValueError(f"{name}={value!r} must be a Python number for the streaming kernels")
-  cap = lambda c: None if c is None else float(c)  # noqa: E731
-  return Spec(kind, float(beta), float(alpha), float(temperature), cap(student_softcap),
-        cap(teacher_softcap))
+def split(spec: DivergenceSpec):
+  """(Structure, float32[5] array of beta, alpha, temperature, student_softcap, teacher_softcap)."""
+  struct = Structure(spec.effective_kind, spec.student_softcap is not None,
+                     spec.teacher_softcap is not None)
+  values = jnp.asarray([spec.beta, spec.alpha, spec.temperature, spec.student_softcap or 0.0,
+                        spec.teacher_softcap or 0.0], jnp.float32)
+  return struct, values
+
+
+def require_numbers(spec: DivergenceSpec) -> DivergenceSpec:
+  """The streaming kernels compile the hyperparameters in: they must be Python numbers."""
+  for name in ("beta", "alpha", "temperature"):
+    if not divergences._is_concrete_number(getattr(spec, name)):  # pylint: disable=protected-access
+      raise ValueError(f"{name}={getattr(spec, name)!r} must be a Python number for the streaming "
+                       "kernels")
+  return spec
 
 
 def scale(z_raw, softcap, temperature):
@@ -106,28 +96,51 @@ def dscale(z_raw, softcap, temperature):
 
 
 def stats_init(shape):
+  """Empty online log-sum-exp statistics (running max m, running sum l of e^(z - m))."""
   return (jnp.full(shape, NEG_INF, jnp.float32), jnp.zeros(shape, jnp.float32))
 
 
-def stats_update(m, l, z, ok):
-  """Online log-sum-exp over the last axis of tile z [..., B] (entries with ok False ignored)."""
+def stats_update(m, l, z, ok=True):
+  """Online log-sum-exp over the last axis of tile z [..., B] (entries with ok False ignored).
+
+  m, l are z.shape[:-1], or z.shape[:-1] + (1,) (the [N, 1] vectors of the Pallas kernels)."""
+  keep = m.ndim == z.ndim
   z = jnp.where(ok, z, NEG_INF)
-  m_new = jnp.maximum(m, jnp.max(z, axis=-1))
+  m_new = jnp.maximum(m, jnp.max(z, axis=-1, keepdims=keep))
   m_safe = jnp.where(m_new == NEG_INF, 0.0, m_new)
-  l_new = l * jnp.exp(m - m_safe) + jnp.sum(jnp.exp(z - m_safe[..., None]), axis=-1)
-  return m_new, l_new
+  e = jnp.exp(z - (m_safe if keep else m_safe[..., None]))
+  return m_new, l * jnp.exp(m - m_safe) + jnp.sum(e, axis=-1, keepdims=keep)
 
 
-def stats_merge(m1, l1, m2, l2):
-  m = jnp.maximum(m1, m2)
-  m_safe = jnp.where(m == NEG_INF, 0.0, m)
-  return m, l1 * jnp.exp(m1 - m_safe) + l2 * jnp.exp(m2 - m_safe)
+def stats_allreduce(m, l, axis_name):
+  """Merge per-shard statistics over a mesh axis (inside shard_map): only [N] vectors move."""
+  m_all = jax.lax.pmax(m, axis_name)
+  m_safe = jnp.where(m_all == NEG_INF, 0.0, m_all)
+  return m_all, jax.lax.psum(l * jnp.exp(m - m_safe), axis_name)
 
 
 def stats_finalize(m, l):
   """(shift, log l) so that log p = (z - shift) - log_l; an all -inf row gives log p = -inf."""
   shift = jnp.where(m == NEG_INF, 0.0, m)
   return shift, jnp.log(l)
+
+
+def log_probs(z, shift, log_l):
+  """Log-probabilities of a tile from finalized statistics (per-token, broadcast over columns)."""
+  return (z - shift) - log_l
+
+
+def round_up(x, m):
+  return -(-x // m) * m
+
+
+def pad_to(x, axis, size, value=0):
+  """x zero- (or `value`-) padded along `axis` up to `size` (no copy when it already is)."""
+  if x.shape[axis] == size:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths, constant_values=value)
 
 
 def _log_mix(s, t, w_t):
@@ -144,7 +157,7 @@ def _plog(logp, other):
   return jnp.where(alive, jnp.exp(logp) * (jnp.where(alive, logp, 0.0) - jnp.where(alive, other, 0.0)), 0.0)
 
 
-def tile_terms(spec: Spec, s, t, ok, onehot=None):
+def tile_terms(spec: DivergenceSpec, s, t, ok, onehot=None):
   """Elementwise (f, g) of the module docstring for log-prob tiles s, t; zero where ``ok`` is False.
 
   ``onehot`` (bool, same shape) marks the sampled token for sampled_reverse_kl.
@@ -188,7 +201,16 @@ def tile_terms(spec: Spec, s, t, ok, onehot=None):
   return jnp.where(ok, f, 0.0), jnp.where(ok, g, 0.0)
 
 
-def student_logit_grad(spec: Spec, s, g, G, ct, zs_raw, ok):
+def entropy_terms(s, t, ok):
+  """Elementwise (-p_S s, -p_T t) of log-prob tiles: summed over the vocabulary in the value pass,
+  they give both models' entropies (of the distributions the divergence compares) for free."""
+  def h(logp):
+    alive = ok & (logp > NEG_INF)
+    return jnp.where(alive, -jnp.exp(logp) * jnp.where(alive, logp, 0.0), 0.0)
+  return h(s), h(t)
+
+
+def student_logit_grad(spec: DivergenceSpec, s, g, G, ct, zs_raw, ok):
   """Cotangent of the raw student logits for a tile: ct * (g - p_S G) * dscale, zero where not ok.
 
   G and ct are per-token, shaped to broadcast against the tile (e.g. [N, 1]).

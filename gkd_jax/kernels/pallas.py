@@ -25,16 +25,7 @@ TPU_TOKEN_BLOCK = 256
 TPU_VOCAB_BLOCK = 512
 
 
-def _round_up(x, m):
-  return -(-x // m) * m
-
-
-def _pad_to(x, axis, size, value=0):
-  if x.shape[axis] == size:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, widths, constant_values=value)
+_round_up, _pad_to = common.round_up, common.pad_to
 
 
 def block_sizes(N, V, token_block=None, vocab_block=None, *, dims=None, itemsizes=(2, 2)):
@@ -78,7 +69,7 @@ def _pad_inputs(bn, bv, hs, Ws, ht, Wt, tok):
 
 
 def _forward_all(spec, cfg, hs, Ws, ht, Wt, tok):
-  """(F [N], stats (ms, ls, mt, lt, G) [N, 1]) on the platform being lowered for."""
+  """((F, H_S, H_T) [N], stats (ms, ls, mt, lt, G) [N, 1]) on the platform being lowered for."""
   bn, bv, hidden_block, interpret = cfg
   N, V = hs.shape[0], Ws.shape[1]
   padded = _pad_inputs(bn, bv, hs, Ws, ht, Wt, tok)
@@ -93,17 +84,17 @@ def _forward_all(spec, cfg, hs, Ws, ht, Wt, tok):
     return pallas_gpu.forward(spec, V, hs, Ws, ht, Wt, tok, hidden_block=hidden_block)
 
   def other():  # any other platform: the chunked XLA forward, in the same output format
-    struct, values = spec.split()
-    F, (sh_s, ll_s, sh_t, ll_t, G) = chunked._forward(
-        struct.bind(values), chunked._fused_tiles(hs, Ws, ht, Wt, min(bv, V)), N, V, min(bv, V), tok)
-    return tuple(x[:, None] for x in (sh_s, jnp.exp(ll_s), sh_t, jnp.exp(ll_t), F, G))
+    struct, values = common.split(spec)
+    (F, Hs, Ht), (sh_s, ll_s, sh_t, ll_t, G) = chunked.forward(
+        struct.bind(values), chunked.fused_tiles(hs, Ws, ht, Wt, min(bv, V)), N, V, min(bv, V), tok)
+    return tuple(x[:, None] for x in (sh_s, jnp.exp(ll_s), sh_t, jnp.exp(ll_t), F, G, Hs, Ht))
 
   if _use_interpret(interpret):
     outs = tpu(_interpret_params(interpret))()
   else:
     outs = jax.lax.platform_dependent(tpu=tpu(False), cuda=gpu, default=other)
-  ms, ls, mt, lt, F, G = outs
-  return F[:, 0], (ms, ls, mt, lt, G)
+  ms, ls, mt, lt, F, G, Hs, Ht = outs
+  return (F[:, 0], Hs[:, 0], Ht[:, 0]), (ms, ls, mt, lt, G)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -112,11 +103,12 @@ def _fused(spec, cfg, hs, Ws, ht, Wt, tok):
 
 
 def _fused_fwd(spec, cfg, hs, Ws, ht, Wt, tok):
-  F, stats = _forward_all(spec, cfg, hs, Ws, ht, Wt, tok)
-  return F, (hs, Ws, ht, Wt, tok, stats)
+  outs, stats = _forward_all(spec, cfg, hs, Ws, ht, Wt, tok)
+  return outs, (hs, Ws, ht, Wt, tok, stats)
 
 
-def _fused_bwd(spec, cfg, residuals, ct):
+def _fused_bwd(spec, cfg, residuals, cts):
+  ct = cts[0]  # the entropies get no gradient
   hs, Ws, ht, Wt, tok, stats = residuals
   bn, bv, _, interpret = cfg
   N, V = hs.shape[0], Ws.shape[1]

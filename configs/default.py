@@ -11,6 +11,7 @@ be set (see configs/demo.py for a complete runnable example on the bundled arith
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -92,7 +93,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.preemption_check_every = 10  # >= 1: with several processes, check for SIGTERM/preemption
   #                                     every this many steps (an all-gather), all stopping together.
   c.train.export_final = True  # Write the final student as an HF checkpoint to WORKDIR/student.
-  c.train.remat = True  # Recompute each student layer in the backward pass (activation memory).
+  # Recompute each student layer in the backward pass (saves activation memory, costs ~10% of a
+  # step); "auto": only when the step would not fit without it (gkd_jax/remat.py).
+  c.train.remat = config_dict.FieldReference("auto", field_type=object)  # True | False | "auto"
   c.train.max_nonfinite_steps = 0  # >= 0: a step with a non-finite loss/gradient is never applied;
   #                                  0 = stop the run at the first; N = skip up to N, then stop.
 

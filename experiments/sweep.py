@@ -10,6 +10,7 @@ WORKDIR/results.png the held-out accuracy of every point against the step.
 """
 
 import ast
+import copy
 import itertools
 import json
 import os
@@ -73,7 +74,7 @@ def main(argv):
     raise app.UsageError("--workdir and at least one --sweep are required")
   rows, names = [], []
   for point in grid(_SWEEP.value):
-    config = _CONFIG.value.copy_and_resolve_references()
+    config = copy.deepcopy(_CONFIG.value)  # keeps field types (train.remat: bool or "auto")
     for field, _ in point:
       *groups, leaf = field.split(".")
       node = config

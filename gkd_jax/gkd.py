@@ -43,7 +43,8 @@ class GKDSettings:
   # Platform the divergence kernels are built for; None = the default backend. "tpu" on a CPU host
   # builds the real Mosaic kernels instead of interpret mode (`gkd-jax plan` compiles for a TPU).
   kernel_platform: Optional[str] = None
-  remat: bool = False  # recompute student layers in the backward pass
+  remat: bool = False  # recompute student layers in the backward pass (train.compile_steps
+  # resolves train.remat="auto")
   sample_temperature: float = 1.0
   sample_top_k: int = 0
   sample_top_p: float = 1.0
@@ -59,7 +60,7 @@ class GKDSettings:
                                 temperature=float(g.temperature))
     return cls(layout=layout, lmbda=float(g.lmbda), mixing=g.mixing, seq_kd=bool(g.seq_kd),
                divergence=divergence, divergence_weight=float(g.divergence_weight), ce_weight=float(g.ce_weight),
-               kernel_impl=g.kernel_impl, remat=bool(config.train.remat),
+               kernel_impl=g.kernel_impl, remat=config.train.remat is True,
                sample_temperature=float(s.temperature),
                sample_top_k=int(s.top_k), sample_top_p=float(s.top_p),
                sample_max_new_tokens=int(s.max_new_tokens), eos_id=eos_id)
@@ -163,8 +164,10 @@ def _completion_hidden(model, params, tokens_BxT, mask_BxT, prompt_len, remat=Fa
 def _divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, tokens_N, spec, s: GKDSettings):
   """(divergence, student entropy, teacher entropy) [N], laid out on the mesh by `s.layout`."""
   impl, kw = s.kernel_impl, {}
-  if s.kernel_platform is not None:
-    impl, kw = kernels.resolve_impl(s.kernel_impl, s.kernel_platform), dict(interpret=False)
+  if s.kernel_platform is not None:  # e.g. compiling for a TPU from a CPU host (`gkd-jax plan`)
+    tokens = hs_NxD.shape[0] // (s.layout.token_shards if s.layout else 1)
+    impl = kernels.resolve_impl(impl, s.kernel_platform, tokens=tokens, vocab=ws_DxV.shape[1])
+    kw = dict(interpret=False)
   return kernels.fused_linear_divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, spec, tokens=tokens_N,
                                          impl=impl, layout=s.layout, return_entropies=True, **kw)
 

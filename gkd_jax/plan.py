@@ -17,6 +17,7 @@ libtpu is missing. The last line of `--json` output is one JSON object.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -111,15 +112,6 @@ def abstract_run(config, devices) -> train.Run:
                    settings)
 
 
-def abstract_batch(run: train.Run, batch_size: int) -> dict:
-  c = run.config.data
-  sh = sharding.batch_sharding(run.mesh, tuple(run.config.sharding_rules), 2)
-  shapes = {"prompt": (batch_size, c.max_prompt_len),
-            "completion": (batch_size, c.max_completion_len)}
-  return {f"{part}_{kind}": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sh)
-          for part, shape in shapes.items() for kind in ("tokens", "mask")}
-
-
 # XLA:TPU refuses programs that do not fit; its message says how much they need.
 _OOM = (re.compile(r"Used ([\d.]+)([KMGT]?) of [\d.]+[KMGT]? hbm"),
         re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM"))
@@ -173,10 +165,10 @@ def plan_steps(config, devices, only=STEPS) -> dict[str, StepPlan]:
   key = jax.eval_shape(lambda: jax.random.key(0))
   rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=repl)
   c = config
-  eval_batch = abstract_batch(run, c.eval.batch_size)
+  eval_batch = train.abstract_batch(run, c.eval.batch_size)
   programs = {
       "train_step": (steps.train_step, (steps.abstract_state, run.teacher_params,
-                                        abstract_batch(run, c.train.batch_size), rng)),
+                                        train.abstract_batch(run, c.train.batch_size), rng)),
       "eval_step": (steps.eval_step, (run.params, run.teacher_params, eval_batch)),
       "sampler": (train._decode,  # pylint: disable=protected-access
                   (run.student, run.params, eval_batch["prompt_tokens"],
@@ -194,7 +186,7 @@ def plan_steps(config, devices, only=STEPS) -> dict[str, StepPlan]:
 def _knobs(config) -> list[tuple[str, dict, tuple]]:
   """(description, {dotted field: value}, programs affected) of changes that lower memory."""
   out = []
-  if not config.train.remat:
+  if config.train.remat is not True:  # "auto" plans without remat (no memory limit is known)
     out.append(("train.remat=True", {"train.remat": True}, ("train_step",)))
   m = config.mesh
   if m.data > 1:
@@ -211,7 +203,7 @@ def _knobs(config) -> list[tuple[str, dict, tuple]]:
 
 
 def _with(config, changes):
-  new = config.copy_and_resolve_references()
+  new = copy.deepcopy(config)  # keeps field types (train.remat takes a bool or "auto")
   for dotted, value in changes.items():
     group, field = dotted.split(".")
     new[group][field] = value

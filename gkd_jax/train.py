@@ -23,6 +23,7 @@ import optax
 
 from gkd_jax import checkpoints, data, gkd, kernels, metrics, models, report, sharding, tasks
 from gkd_jax import tokenizers
+from gkd_jax import remat as remat_lib
 from gkd_jax import workdir as workdir_lib
 from gkd_jax.config_validation import validate
 from gkd_jax.finite import NonFiniteGuard
@@ -247,6 +248,7 @@ class Steps:
   abstract_state: Any  # TrainState of ShapeDtypeStructs with shardings (checkpoint restore target)
   train_step: Any  # (state, teacher_params, batch, rng) -> (state, metrics); state donated
   eval_step: Any  # (params, teacher_params, batch) -> metrics
+  remat: bool = False  # whether train_step recomputes student layers (train.remat, "auto" resolved)
 
 
 def compile_steps(run: Run) -> Steps:
@@ -269,19 +271,41 @@ def compile_steps(run: Run) -> Steps:
   teacher_sh = (None if run.teacher is None
                 else jax.tree.map(lambda x: x.sharding, run.teacher_params))
   batch_sh = sharding.batch_sharding(run.mesh, tuple(c.sharding_rules), 2)
-  train_step = jax.jit(
-      functools.partial(gkd.train_step, student=run.student, teacher=run.teacher,
-                        optimizer=optimizer, settings=run.settings),
-      in_shardings=(state_sh, teacher_sh, batch_sh, repl), out_shardings=(state_sh, repl),
-      donate_argnums=0)
+
+  def make_train_step(remat: bool):
+    return jax.jit(
+        functools.partial(gkd.train_step, student=run.student, teacher=run.teacher,
+                          optimizer=optimizer,
+                          settings=dataclasses.replace(run.settings, remat=remat)),
+        in_shardings=(state_sh, teacher_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+        donate_argnums=0)
+
+  abstract_state = jax.tree.map(
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, state_sh)
+  if c.train.remat == "auto":
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    args = (abstract_state, run.teacher_params, abstract_batch(run, c.train.batch_size),
+            jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=repl))
+    remat, train_step = remat_lib.choose(make_train_step, args, run.mesh.devices.flat[0])
+    logging.info("train.remat='auto' chose remat=%s", remat)
+  else:
+    remat, train_step = bool(c.train.remat), make_train_step(bool(c.train.remat))
   eval_step = jax.jit(
       functools.partial(gkd.eval_step, student=run.student, teacher=run.teacher,
                         settings=run.settings),
       in_shardings=(run.param_shardings, teacher_sh, batch_sh), out_shardings=repl)
-  abstract_state = jax.tree.map(
-      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, state_sh)
   return Steps(jax.jit(init_state, out_shardings=state_sh), abstract_state, train_step,
-               eval_step)
+               eval_step, remat)
+
+
+def abstract_batch(run: Run, batch_size: int) -> dict:
+  """ShapeDtypeStructs (with shardings) of a global batch of `batch_size` examples."""
+  c = run.config.data
+  sh = sharding.batch_sharding(run.mesh, tuple(run.config.sharding_rules), 2)
+  shapes = {"prompt": (batch_size, c.max_prompt_len),
+            "completion": (batch_size, c.max_completion_len)}
+  return {f"{part}_{kind}": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sh)
+          for part, shape in shapes.items() for kind in ("tokens", "mask")}
 
 
 def train(config, workdir: str, restart: bool = False) -> dict:

@@ -1,0 +1,57 @@
+"""train.remat="auto": the choice follows the device's memory limit, and the compiled step it keeps
+(no second compile) computes exactly what the jitted step without remat computes."""
+
+import runpy
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from gkd_jax import remat, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def demo_run():
+  config = runpy.run_path(os.path.join(ROOT, "configs", "demo.py"))["get_config"]()
+  config.train.batch_size = 4
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
+  run = train.build(config, devices=jax.devices()[:1])
+  loader = train._loader(run, config.data.train_path, batch_size=4, shuffle=False, num_epochs=1)  # pylint: disable=protected-access
+  batch = train._global_batch(run, next(iter(loader)))  # pylint: disable=protected-access
+  return run, batch
+
+
+def _one_step(run, batch, remat_setting, monkeypatch, limit):
+  run.config.train.remat = remat_setting
+  monkeypatch.setattr(remat, "memory_limit", lambda device: limit)
+  steps = train.compile_steps(run)
+  state = steps.init_state(run.params)
+  _, m = steps.train_step(state, run.teacher_params, batch, jax.random.key(0))
+  return steps, {k: float(v) for k, v in jax.device_get(m).items()}
+
+
+def test_auto_without_a_memory_limit_is_off(demo_run, monkeypatch):
+  run, batch = demo_run
+  steps, _ = _one_step(run, batch, "auto", monkeypatch, None)
+  assert steps.remat is False
+
+
+def test_auto_turns_remat_on_when_the_step_does_not_fit(demo_run, monkeypatch):
+  run, batch = demo_run
+  steps, m_auto = _one_step(run, batch, "auto", monkeypatch, 1024)  # 1 KiB: nothing fits
+  assert steps.remat is True
+  _, m_on = _one_step(run, batch, True, monkeypatch, None)
+  assert m_auto == m_on
+
+
+def test_auto_keeps_the_compiled_step_when_it_fits(demo_run, monkeypatch):
+  run, batch = demo_run
+  steps, m_auto = _one_step(run, batch, "auto", monkeypatch, 2**40)
+  assert steps.remat is False
+  assert isinstance(steps.train_step, jax.stages.Compiled)  # reused, not compiled again
+  _, m_off = _one_step(run, batch, False, monkeypatch, None)
+  assert m_auto == m_off
+  assert np.isfinite(m_auto["loss"])

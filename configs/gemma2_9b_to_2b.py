@@ -50,6 +50,7 @@ def get_config():
   c.train.log_every = 10
   c.train.eval_every = 500
   c.train.checkpoint_every = 250
+  c.train.remat = True  # what benchmarks/results/tpu_plans.md planned (its rows fit with remat)
   c.eval.batch_size = 256
   c.eval.num_examples = 1024
   c.eval.max_new_tokens = 512

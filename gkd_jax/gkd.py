@@ -156,9 +156,11 @@ def choose_completions(student, params, teacher, teacher_params, batch, rng, s: 
 
 
 def _completion_hidden(model, params, tokens_BxT, mask_BxT, prompt_len, remat=False):
-  """Final hidden states at the positions that predict each completion token: [B,C,D]."""
-  hidden_BxTxD = score(model, params, tokens_BxT, mask_BxT, return_hidden=True, remat=remat)
-  return hidden_BxTxD[:, prompt_len - 1:-1]
+  """Final hidden states at the positions that predict each completion token: [B,C,D]. The last
+  layer runs at those positions only (the prompt feeds it keys and values)."""
+  hidden_BxCxD = score(model, params, tokens_BxT, mask_BxT, return_hidden=True, remat=remat,
+                       output_from=prompt_len - 1)
+  return hidden_BxCxD[:, :-1]
 
 
 def _divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, tokens_N, spec, s: GKDSettings):

@@ -34,9 +34,9 @@ def attention_masks(model: Model, mask_BxT: jax.Array) -> dict:
   return masks
 
 
-@functools.partial(jax.jit, static_argnames=("model", "return_hidden", "remat"))
+@functools.partial(jax.jit, static_argnames=("model", "return_hidden", "remat", "output_from"))
 def score(model: Model, params: Params, tokens, mask=None, return_hidden: bool = False,
-          remat: bool = False):
+          remat: bool = False, output_from: int = 0):
   """Logits [B,T,V] float32 (after the final soft-cap) predicting token t+1 from tokens <= t, or
   with `return_hidden=True` the final-norm hidden states [B,T,D] in the model dtype.
 
@@ -44,12 +44,13 @@ def score(model: Model, params: Params, tokens, mask=None, return_hidden: bool =
   padded positions are meaningless. Pure and jit-friendly (nested jit inlines). Attention is
   dense (a [B,H,T,T] float32 score matrix per layer). `remat=True` recomputes each layer in the
   backward pass (`nnx.remat` per block), so gradients keep one layer's activations, not all.
+  `output_from`: outputs for positions >= output_from only (the last layer runs there only).
   """
   if mask is None:
     mask = jnp.ones(tokens.shape, jnp.int32)
   decoder = model.bind(params)
   hidden, _ = decoder(tokens, positions_from_mask(mask), attention_masks(model, mask),
-                      remat=remat)
+                      remat=remat, output_from=output_from)
   if return_hidden:
     return hidden
   return decoder.logits(hidden)

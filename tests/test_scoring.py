@@ -91,3 +91,26 @@ def test_score_under_jit_with_params_sharded_by_logical_axes():
   assert got.sharding.spec == P("data", None, "tensor")
   want = gkd_jax.score(model, params, tokens, mask)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
+def test_output_from_runs_the_last_layer_only_where_asked():
+  """score(output_from=k) equals score()[:, k:] in value and in gradient (every family flavour:
+  sliding windows, soft-caps, sandwich norms, q/k norms), with left and right padding."""
+  for family in ("llama", "qwen2", "gemma2", "gemma3"):
+    model, params = tiny(family)
+    tokens, mask = _batch(model.config)
+    full = gkd_jax.score(model, params, tokens, mask, return_hidden=True)
+    part = gkd_jax.score(model, params, tokens, mask, return_hidden=True, output_from=6)
+    assert part.shape == (3, 5, model.config.embed_dim)
+    np.testing.assert_allclose(part, full[:, 6:], rtol=1e-5, atol=1e-6, err_msg=family)
+    w = jnp.asarray(np.random.default_rng(2).normal(size=part.shape), jnp.float32)
+
+    def loss(p, k):
+      h = gkd_jax.score(model, p, tokens, mask, return_hidden=True, output_from=k)
+      return jnp.sum(h[:, 6 - k:] * w)
+
+    g_full, g_part = jax.grad(loss)(params, 0), jax.grad(loss)(params, 6)
+    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_part)):
+      # float32 sums in another order: differences of ~1e-5 of the gradient's scale
+      np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-5 * float(np.abs(a).max()),
+                                 err_msg=family)

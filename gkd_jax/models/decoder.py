@@ -100,8 +100,10 @@ class Attention(nnx.Module):
       y = norm(y)
     return y
 
-  def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv_fn: Optional[KVFn]):
-    q = rope.apply(self._project(x_BxTxD, self.q, self.q_bias, self.q_norm), cos, sin)
+  def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv_fn: Optional[KVFn], query_from: int = 0):
+    """Attention output for the queries at positions >= `query_from` (keys: every position)."""
+    x_q, cos_q, sin_q = x_BxTxD[:, query_from:], cos[:, query_from:], sin[:, query_from:]
+    q = rope.apply(self._project(x_q, self.q, self.q_bias, self.q_norm), cos_q, sin_q)
     k = rope.apply(self._project(x_BxTxD, self.k, self.k_bias, self.k_norm), cos, sin)
     v = self._project(x_BxTxD, self.v, self.v_bias, None)
     extra = None
@@ -112,7 +114,7 @@ class Attention(nnx.Module):
     q = q.reshape(B, K, H // K, T, Dh)
     logits = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
     logits = softcap(logits * self.scale, self.logit_cap)
-    logits = jnp.where(mask_BxTxS[:, None, None], logits, MASK_VALUE)
+    logits = jnp.where(mask_BxTxS[:, None, None, query_from:], logits, MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bksd->bkgtd", probs, v).reshape(B, H, T, Dh)
     return jnp.einsum("bnth,nhd->btd", out, self.o[...]), extra
@@ -148,11 +150,12 @@ class Block(nnx.Module):
     self.mlp = MLP(cfg, dtype, rngs)
     self.post_mlp_norm = RMSNorm(D, "embed", **kw) if cfg.post_mlp_norm else None
 
-  def __call__(self, x, cos, sin, mask, kv_fn: Optional[KVFn] = None):
-    h, extra = self.attn(self.attn_norm(x), cos, sin, mask, kv_fn)
+  def __call__(self, x, cos, sin, mask, kv_fn: Optional[KVFn] = None, query_from: int = 0):
+    """Outputs at positions >= `query_from` [B, T - query_from, D] (keys and values: all of x)."""
+    h, extra = self.attn(self.attn_norm(x), cos, sin, mask, kv_fn, query_from)
     if self.post_attn_norm is not None:
       h = self.post_attn_norm(h)
-    x = x + h
+    x = x[:, query_from:] + h
     h = self.mlp(self.mlp_norm(x))
     if self.post_mlp_norm is not None:
       h = self.post_mlp_norm(h)
@@ -191,13 +194,17 @@ class Decoder(nnx.Module):
                           preferred_element_type=jnp.float32)
     return softcap(logits, self.cfg.final_logit_softcap)
 
-  def __call__(self, tokens_BxT, positions_BxT, masks: dict, kv_fns=None, remat: bool = False):
+  def __call__(self, tokens_BxT, positions_BxT, masks: dict, kv_fns=None, remat: bool = False,
+               output_from: int = 0):
     """Final-norm hidden states [B,T,D] and the per-layer `kv_fn` results.
 
     masks: {False: full-attention mask [B,T,S], True: sliding mask [B,T,S']} (bool, True = visible).
     kv_fns: None or one `KVFn` per layer.
     remat: recompute each layer in the backward pass instead of saving its activations (only
       without kv_fns): activation memory of one layer instead of all of them.
+    output_from: return only positions >= output_from, [B, T - output_from, D]: the last layer
+      computes its queries, MLP and final norm there only (earlier positions feed it keys and
+      values), e.g. the completion positions of a prompt + completion batch.
     """
     cfg = self.cfg
     x = self.embed_tokens(tokens_BxT)
@@ -205,13 +212,16 @@ class Decoder(nnx.Module):
     for sliding in sorted(set(cfg.is_sliding)):
       rot[sliding] = rope.cos_sin(rope.inv_freq(cfg, sliding), positions_BxT, x.dtype)
     extras = []
+    last = len(self.layers) - 1
     for i, layer in enumerate(self.layers):
       s = cfg.is_sliding[i]
       cos, sin = rot[s]
-      if remat and kv_fns is None:
+      query_from = output_from if i == last else 0
+      if remat and kv_fns is None and not query_from:
         x, extra = _remat_block(layer, x, cos, sin, masks[s]), None
       else:
-        x, extra = layer(x, cos, sin, masks[s], None if kv_fns is None else kv_fns[i])
+        x, extra = layer(x, cos, sin, masks[s], None if kv_fns is None else kv_fns[i],
+                         query_from)
       extras.append(extra)
     return self.final_norm(x), extras
 

@@ -74,33 +74,6 @@ class TrainState:
   nonfinite_steps: Any = 0  # steps whose update was rejected for a non-finite loss/grad/param
 
 
-def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
-  """optax optimizer from `config.optim`; gradient accumulation via optax.MultiSteps."""
-  accum = int(optim.grad_accum_steps)
-  num_updates = max(1, num_steps // accum)
-  warmup = min(int(optim.warmup_steps), num_updates - 1) if num_updates > 1 else 0
-  lr = float(optim.learning_rate)
-  decay_steps = max(1, num_updates - warmup)
-  if optim.schedule == "constant":
-    decay = optax.constant_schedule(lr)
-  elif optim.schedule == "cosine":
-    decay = optax.cosine_decay_schedule(lr, decay_steps)
-  else:  # linear
-    decay = optax.linear_schedule(lr, 0.0, decay_steps)
-  schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
-  if optim.name == "adamw":
-    tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
-  elif optim.name == "adafactor":
-    tx = optax.adafactor(schedule, weight_decay_rate=optim.weight_decay or None)
-  else:
-    tx = optax.sgd(schedule, momentum=optim.b1 or None)
-  if optim.grad_clip:
-    tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)
-  if accum > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=accum)
-  return tx
-
-
 def _fit_length(tokens_BxN, mask_BxN, length, pad_id):
   """Pads or cuts sampled completions to the batch's completion length."""
   n = tokens_BxN.shape[1]

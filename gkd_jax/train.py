@@ -23,6 +23,7 @@ import optax
 
 from gkd_jax import checkpoints, data, gkd, kernels, metrics, models, report, sharding, tasks
 from gkd_jax import tokenizers
+from gkd_jax import optim as optim_lib
 from gkd_jax import remat as remat_lib
 from gkd_jax import workdir as workdir_lib
 from gkd_jax.config_validation import validate
@@ -253,7 +254,7 @@ class Steps:
 
 def compile_steps(run: Run) -> Steps:
   c = run.config
-  optimizer = gkd.make_optimizer(c.optim, c.train.num_steps)
+  optimizer = optim_lib.OptimConfig.from_config(c.optim).build(c.train.num_steps)
 
   def init_state(params):
     return gkd.TrainState(step=jnp.zeros((), jnp.int32), params=params,

@@ -5,12 +5,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from gkd_jax import divergences, gkd, models, sampling
 from gkd_jax.divergences import DivergenceSpec
+from gkd_jax.optim import OptimConfig
 from gkd_jax.scoring import score
 
 V, P, C, B = 32, 5, 6, 8
@@ -41,11 +41,8 @@ def _batch(seed):
 
 
 def _optim(**kw):
-  c = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-3, schedule="constant",
-                                     warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.99,
-                                     grad_clip=1.0, grad_accum_steps=1))
-  c.update(kw)
-  return c
+  return dict(dict(name="adamw", learning_rate=1e-3, schedule="constant", warmup_steps=0,
+                   weight_decay=0.0, b1=0.9, b2=0.99, grad_clip=1.0, grad_accum_steps=1), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +67,7 @@ def _counting_sampler(monkeypatch):
 
 def _run(setup, settings, steps, batch_seed=0):
   student, params, teacher, tparams = setup
-  opt = gkd.make_optimizer(_optim(), steps)
+  opt = OptimConfig(**_optim()).build(steps)
   state = gkd.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.init(params))
   step = jax.jit(functools.partial(gkd.train_step, student=student, teacher=teacher,
                                    optimizer=opt, settings=settings))
@@ -166,7 +163,7 @@ def test_ce_term_is_dataset_cross_entropy_and_skips_on_policy_rows(setup):
 def test_grad_accumulation_is_one_update_with_the_mean_gradient(setup):
   student, params, _, _ = setup
   settings = gkd.GKDSettings(lmbda=0.0, divergence_weight=0.0, ce_weight=1.0)
-  accum = gkd.make_optimizer(_optim(grad_accum_steps=2), 4)
+  accum = OptimConfig(**_optim(grad_accum_steps=2)).build(4)
   step = jax.jit(functools.partial(gkd.train_step, student=student, teacher=None,
                                    optimizer=accum, settings=settings))
   state = gkd.TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -184,7 +181,7 @@ def test_grad_accumulation_is_one_update_with_the_mean_gradient(setup):
                                           settings)[0])(params)
 
   mean_grad = jax.tree.map(lambda a, b: (a + b) / 2, grad(batches[0]), grad(batches[1]))
-  plain = gkd.make_optimizer(_optim(), 2)
+  plain = OptimConfig(**_optim()).build(2)
   updates, _ = plain.update(mean_grad, plain.init(params), params)
   expected = jax.tree.map(lambda p, u: p + u, params, updates)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),

@@ -1,0 +1,64 @@
+"""The optimizer of a run: `OptimConfig` (typed, from `config.optim`) and its optax transformation.
+
+  tx = OptimConfig.from_config(config.optim).build(num_steps)
+
+Warmup is linear from 0 to the peak learning rate, then `schedule` decays over the remaining
+updates; gradient accumulation is `optax.MultiSteps` (the schedule counts updates, not micro-steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optax
+
+NAMES = ("adamw", "adafactor", "sgd")
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  name: str = "adamw"
+  learning_rate: float = 1e-5
+  schedule: str = "cosine"
+  warmup_steps: int = 0
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  grad_clip: float = 1.0  # 0 = off
+  grad_accum_steps: int = 1
+
+  def __post_init__(self):
+    if self.name not in NAMES:
+      raise ValueError(f"optim.name={self.name!r} is not one of {NAMES}")
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"optim.schedule={self.schedule!r} is not one of {SCHEDULES}")
+    if int(self.grad_accum_steps) < 1:
+      raise ValueError(f"optim.grad_accum_steps={self.grad_accum_steps!r} must be >= 1")
+
+  @classmethod
+  def from_config(cls, optim) -> "OptimConfig":
+    """From the `config.optim` group (a ConfigDict or any mapping with these fields)."""
+    return cls(**{f.name: optim[f.name] for f in dataclasses.fields(cls)})
+
+  def build(self, num_steps: int) -> optax.GradientTransformation:
+    accum = int(self.grad_accum_steps)
+    num_updates = max(1, num_steps // accum)
+    warmup = min(int(self.warmup_steps), num_updates - 1) if num_updates > 1 else 0
+    lr = float(self.learning_rate)
+    decay_steps = max(1, num_updates - warmup)
+    decay = {"constant": lambda: optax.constant_schedule(lr),
+             "cosine": lambda: optax.cosine_decay_schedule(lr, decay_steps),
+             "linear": lambda: optax.linear_schedule(lr, 0.0, decay_steps)}[self.schedule]()
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+    if self.name == "adamw":
+      tx = optax.adamw(schedule, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay)
+    elif self.name == "adafactor":
+      tx = optax.adafactor(schedule, weight_decay_rate=self.weight_decay or None)
+    else:
+      tx = optax.sgd(schedule, momentum=self.b1 or None)
+    if self.grad_clip:
+      tx = optax.chain(optax.clip_by_global_norm(self.grad_clip), tx)
+    if accum > 1:
+      tx = optax.MultiSteps(tx, every_k_schedule=accum)
+    return tx

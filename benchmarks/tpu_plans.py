@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import runpy
+import subprocess
 import sys
 import time
 
@@ -47,7 +48,26 @@ def plan_row(config_name, topology):
   _, summary = plan.plan(config, topology, replan=False, config_name=f"configs/{config_name}.py")
   summary["wall_s"] = time.perf_counter() - start
   summary["host"] = f"{platform.node()} ({os.cpu_count()} cores)"
+  summary["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                     capture_output=True, text=True, check=False).stdout.strip()
   return summary
+
+
+def _load():
+  if not os.path.exists(RESULTS_JSON):
+    return {}
+  with open(RESULTS_JSON) as f:
+    return json.load(f)
+
+
+def _save(key, row):
+  """Adds one row to the JSON as it is now (rows planned meanwhile by another process stay)."""
+  results = _load()
+  results[key] = row
+  with open(RESULTS_JSON + ".tmp", "w") as f:
+    json.dump(results, f, indent=1)
+  os.replace(RESULTS_JSON + ".tmp", RESULTS_JSON)
+  return results
 
 
 def _gib(x):
@@ -84,7 +104,8 @@ def render(results) -> str:
                    f"{_gib(p['peak_bytes'])} | {'yes' if fits else '**no**'} | "
                    f"{p['compile_s']:.0f} |")
   lines += ["", "Rows planned on: " + ", ".join(sorted({r.get("host", "?")
-                                                       for r in results.values()}) or ["-"])]
+                                                       for r in results.values()}) or ["-"]),
+            "at commits: " + ", ".join(f"{k} {r.get('commit', '?')}" for k, r in results.items())]
   return "\n".join(lines) + "\n"
 
 
@@ -93,7 +114,7 @@ def main():
   parser.add_argument("--only", action="append", default=[], help="CONFIG@SLICE (repeatable)")
   parser.add_argument("--render", action="store_true", help="only rewrite the markdown")
   args = parser.parse_args()
-  results = json.load(open(RESULTS_JSON)) if os.path.exists(RESULTS_JSON) else {}
+  results = _load()
   known = {_key(*row) for row in ROWS}
   for key in args.only:
     if key not in known:
@@ -101,9 +122,7 @@ def main():
   todo = [] if args.render else [row for row in ROWS if _key(*row) in args.only
                                  or (not args.only and _key(*row) not in results)]
   for config, topology in todo:
-    results[_key(config, topology)] = plan_row(config, topology)
-    with open(RESULTS_JSON, "w") as f:
-      json.dump(results, f, indent=1)
+    results = _save(_key(config, topology), plan_row(config, topology))
     with open(RESULTS_MD, "w") as f:
       f.write(render(results))
   with open(RESULTS_MD, "w") as f:

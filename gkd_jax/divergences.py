@@ -172,23 +172,32 @@ def _jsd_interior(s, t, beta):
   return beta * _kl_terms(t, m).sum(-1) + (1.0 - beta) * _kl_terms(s, m).sum(-1)
 
 
-def token_divergence(
-  student_logits,
-  teacher_logits,
-  *,
-  kind,
-  beta=0.5,
-  alpha=0.1,
-  temperature=1.0,
-  student_softcap=None,
-  teacher_softcap=None,
-  tokens=None,
-):
-  """Per-token divergence D(p_T, p_S) for logits [..., V] -> float32 [...]."""
+def as_spec(spec, hyperparameters, *, tokens=None, student_vocab=None,
+            teacher_vocab=None) -> DivergenceSpec:
+  """The one `DivergenceSpec` of a call that takes a spec or its fields by keyword (not both),
+  checked against the call's inputs (sampled tokens, vocabulary sizes)."""
+  if spec is None:
+    spec = DivergenceSpec(**hyperparameters)
+  elif hyperparameters:
+    raise ValueError(f"pass either spec or its fields, not both ({sorted(hyperparameters)})")
   validate_divergence_args(
-    kind, beta, alpha, temperature, student_softcap, teacher_softcap, tokens=tokens,
-    student_vocab=student_logits.shape[-1], teacher_vocab=teacher_logits.shape[-1],
-  )
+    spec.kind, spec.beta, spec.alpha, spec.temperature, spec.student_softcap,
+    spec.teacher_softcap, tokens=tokens, student_vocab=student_vocab, teacher_vocab=teacher_vocab)
+  return spec
+
+
+def token_divergence(student_logits, teacher_logits, spec: Optional[DivergenceSpec] = None, *,
+                     tokens=None, **hyperparameters):
+  """Per-token divergence D(p_T, p_S) for logits [..., V] -> float32 [...].
+
+  ``spec`` or its fields by keyword (``kind``, ``beta``, ``alpha``, ``temperature``,
+  ``student_softcap``, ``teacher_softcap``; `DivergenceSpec`), which may be traced values here.
+  ``tokens`` [...] int: the sampled ids, for kind="sampled_reverse_kl".
+  """
+  spec = as_spec(spec, hyperparameters, tokens=tokens, student_vocab=student_logits.shape[-1],
+                 teacher_vocab=teacher_logits.shape[-1])
+  kind, beta, alpha, temperature = spec.kind, spec.beta, spec.alpha, spec.temperature
+  student_softcap, teacher_softcap = spec.student_softcap, spec.teacher_softcap
   if student_logits.shape != teacher_logits.shape:
     raise ValueError(
       f"student_logits.shape={student_logits.shape} != teacher_logits.shape={teacher_logits.shape}"

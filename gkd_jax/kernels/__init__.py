@@ -72,15 +72,8 @@ def resolve_impl(impl, backend=None, *, tokens=None, vocab=None):
 
 
 def _spec(spec, hyperparameters, tokens, student_vocab, teacher_vocab) -> DivergenceSpec:
-  """The one spec of a call (given whole or by its fields), checked against the inputs."""
-  if spec is None:
-    spec = DivergenceSpec(**hyperparameters)
-  elif hyperparameters:
-    raise ValueError(f"pass either spec or its fields, not both ({sorted(hyperparameters)})")
-  divergences.validate_divergence_args(
-      spec.kind, spec.beta, spec.alpha, spec.temperature, spec.student_softcap,
-      spec.teacher_softcap, tokens=tokens, student_vocab=student_vocab,
-      teacher_vocab=teacher_vocab)
+  spec = divergences.as_spec(spec, hyperparameters, tokens=tokens, student_vocab=student_vocab,
+                             teacher_vocab=teacher_vocab)
   return common.require_numbers(spec)
 
 
@@ -119,9 +112,7 @@ def _dense(spec: DivergenceSpec, zs, zt, tokens):
   """impl="reference": the dense definitions on materialised logits (teacher without gradient)."""
   zt = jax.lax.stop_gradient(zt)
   d = divergences.token_divergence(
-      zs, zt, kind=spec.kind, beta=spec.beta, alpha=spec.alpha, temperature=spec.temperature,
-      student_softcap=spec.student_softcap, teacher_softcap=spec.teacher_softcap,
-      tokens=tokens if spec.kind == "sampled_reverse_kl" else None)
+      zs, zt, spec, tokens=tokens if spec.kind == "sampled_reverse_kl" else None)
 
   def ent(z, cap):
     logp = divergences.log_softmax(divergences.softcap_and_scale(z, cap, spec.temperature))

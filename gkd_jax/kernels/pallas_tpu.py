@@ -206,26 +206,22 @@ def backward(spec, V, hs, Ws, ht, Wt, tok_N1, ct_N1, stats, *, bn, bv, interpret
     return [pl.BlockSpec((bn, ds), row), pl.BlockSpec((ds, bv), col), pl.BlockSpec((bn, dt), row),
             pl.BlockSpec((dt, bv), col)] + [vec] * 7
 
-  dh = pl.pallas_call(
-      functools.partial(_dh_kernel, spec, V, bv),
-      grid=(n // bn, vp // bv),
-      in_specs=specs(lambda i, j: (i, 0), lambda i, j: (0, j)),
-      out_specs=pl.BlockSpec((bn, ds), lambda i, j: (i, 0)),
-      out_shape=jax.ShapeDtypeStruct(hs.shape, hs.dtype),
-      scratch_shapes=[pltpu.VMEM((bn, ds), jnp.float32)],
-      compiler_params=_params(("parallel", "arbitrary"), need),
-      interpret=interpret,
-      name="gkd_divergence_dhidden",
-  )(*args)
-  dw = pl.pallas_call(
-      functools.partial(_dw_kernel, spec, V, bv),
-      grid=(vp // bv, n // bn),
-      in_specs=specs(lambda j, i: (i, 0), lambda j, i: (0, j)),
-      out_specs=pl.BlockSpec((ds, bv), lambda j, i: (0, j)),
-      out_shape=jax.ShapeDtypeStruct(Ws.shape, Ws.dtype),
-      scratch_shapes=[pltpu.VMEM((ds, bv), jnp.float32)],
-      compiler_params=_params(("parallel", "arbitrary"), need),
-      interpret=interpret,
-      name="gkd_divergence_dunembed",
-  )(*args)
+  def call(kernel, grid, row, col, out_block, out_index, out, name):
+    return pl.pallas_call(
+        functools.partial(kernel, spec, V, bv),
+        grid=grid,
+        in_specs=specs(row, col),
+        out_specs=pl.BlockSpec(out_block, out_index),
+        out_shape=jax.ShapeDtypeStruct(out.shape, out.dtype),
+        scratch_shapes=[pltpu.VMEM(out_block, jnp.float32)],
+        compiler_params=_params(("parallel", "arbitrary"), need),
+        interpret=interpret,
+        name=name,
+    )(*args)
+
+  # d hidden: grid (token blocks, vocab blocks); d unembed: grid (vocab blocks, token blocks).
+  dh = call(_dh_kernel, (n // bn, vp // bv), lambda i, j: (i, 0), lambda i, j: (0, j), (bn, ds),
+            lambda i, j: (i, 0), hs, "gkd_divergence_dhidden")
+  dw = call(_dw_kernel, (vp // bv, n // bn), lambda j, i: (i, 0), lambda j, i: (0, j), (ds, bv),
+            lambda j, i: (0, j), Ws, "gkd_divergence_dunembed")
   return dh, dw

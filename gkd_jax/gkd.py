@@ -74,58 +74,61 @@ class TrainState:
   nonfinite_steps: Any = 0  # steps whose update was rejected for a non-finite loss/grad/param
 
 
-def _fit_length(tokens_BxN, mask_BxN, length, pad_id):
-  """Pads or cuts sampled completions to the batch's completion length."""
+def _fit_length(length, pad_id, tokens_BxN, *rest_BxN):
+  """Pads (pad_id; zeros for the rest) or cuts sampled completions to the completion length."""
   n = tokens_BxN.shape[1]
   if n >= length:
-    return tokens_BxN[:, :length], mask_BxN[:, :length]
+    return (tokens_BxN[:, :length],) + tuple(x[:, :length] for x in rest_BxN)
   pad = ((0, 0), (0, length - n))
-  return (jnp.pad(tokens_BxN, pad, constant_values=pad_id), jnp.pad(mask_BxN, pad))
+  return ((jnp.pad(tokens_BxN, pad, constant_values=pad_id),)
+          + tuple(jnp.pad(x, pad) for x in rest_BxN))
 
 
 def _samples(model, params, prompt_BxP, prompt_mask_BxP, rng, length, s: GKDSettings):
+  """(tokens, mask, log-prob the sampler recorded) [B, length] of `model`'s samples."""
   out = sample(model, jax.lax.stop_gradient(params), prompt_BxP, prompt_mask_BxP, rng,
                max_new_tokens=s.sample_max_new_tokens, temperature=s.sample_temperature,
                top_k=s.sample_top_k, top_p=s.sample_top_p, eos_id=s.eos_id)
-  tokens, mask = _fit_length(out.tokens, out.mask.astype(jnp.int32), length,
-                             model.config.pad_id)
-  return tokens.astype(jnp.int32), mask
+  tokens, mask, logprob = _fit_length(length, model.config.pad_id, out.tokens,
+                                      out.mask.astype(jnp.int32), out.logprobs)
+  return tokens.astype(jnp.int32), mask, logprob
 
 
 def choose_completions(student, params, teacher, teacher_params, batch, rng, s: GKDSettings):
-  """Returns (completion_tokens [B,C], completion_mask [B,C], on_policy [B] float32)."""
+  """Returns (completion_tokens [B,C], completion_mask [B,C], on_policy [B] float32,
+  sampler log-prob [B,C] of the student's own samples, 0 on other rows)."""
   prompt_BxP, pmask_BxP = batch["prompt_tokens"], batch["prompt_mask"]
   b, c = batch["completion_tokens"].shape
   coin_rng, student_rng, teacher_rng = jax.random.split(rng, 3)
 
   def off_policy(rows):
     if s.seq_kd:
-      return _samples(teacher, teacher_params, prompt_BxP[rows], pmask_BxP[rows], teacher_rng,
-                      c, s)
-    return batch["completion_tokens"][rows], batch["completion_mask"][rows]
+      tokens, mask, _ = _samples(teacher, teacher_params, prompt_BxP[rows], pmask_BxP[rows],
+                                 teacher_rng, c, s)
+    else:
+      tokens, mask = batch["completion_tokens"][rows], batch["completion_mask"][rows]
+    return tokens, mask, jnp.zeros(tokens.shape, jnp.float32)
 
   def on_policy(rows):
     return _samples(student, params, prompt_BxP[rows], pmask_BxP[rows], student_rng, c, s)
 
   everything = slice(None)
   if s.lmbda == 0.0:
-    tokens, mask = off_policy(everything)
-    return tokens, mask, jnp.zeros((b,), jnp.float32)
+    return (*off_policy(everything)[:2], jnp.zeros((b,), jnp.float32), jnp.zeros((b, c)))
   if s.lmbda == 1.0:
-    tokens, mask = on_policy(everything)
-    return tokens, mask, jnp.ones((b,), jnp.float32)
+    tokens, mask, logprob = on_policy(everything)
+    return tokens, mask, jnp.ones((b,), jnp.float32), logprob
   if s.mixing == "example":  # exactly round(λ·B) on-policy rows, chosen at random every batch
     k = int(round(s.lmbda * b))
     perm_B = jax.random.permutation(coin_rng, b)
     on_rows, off_rows = perm_B[:k], perm_B[k:]
-    on_tokens, on_mask = on_policy(on_rows)
-    off_tokens, off_mask = off_policy(off_rows)
-    tokens = jnp.zeros((b, c), jnp.int32).at[on_rows].set(on_tokens).at[off_rows].set(off_tokens)
-    mask = jnp.zeros((b, c), jnp.int32).at[on_rows].set(on_mask).at[off_rows].set(off_mask)
-    return tokens, mask, jnp.zeros((b,), jnp.float32).at[on_rows].set(1.0)
+    parts = [jnp.zeros((b, c), x.dtype).at[on_rows].set(x).at[off_rows].set(y)
+             for x, y in zip(on_policy(on_rows), off_policy(off_rows))]
+    return parts[0], parts[1], jnp.zeros((b,), jnp.float32).at[on_rows].set(1.0), parts[2]
   coin = jax.random.bernoulli(coin_rng, s.lmbda)  # one coin per batch (Algorithm 1, TRL)
-  tokens, mask = jax.lax.cond(coin, lambda: on_policy(everything), lambda: off_policy(everything))
-  return tokens, mask, jnp.full((b,), coin, jnp.float32)
+  tokens, mask, logprob = jax.lax.cond(coin, lambda: on_policy(everything),
+                                       lambda: off_policy(everything))
+  return tokens, mask, jnp.full((b,), coin, jnp.float32), logprob
 
 
 def _completion_hidden(model, params, tokens_BxT, mask_BxT, prompt_len, remat=False):
@@ -137,14 +140,14 @@ def _completion_hidden(model, params, tokens_BxT, mask_BxT, prompt_len, remat=Fa
 
 
 def _divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, tokens_N, spec, s: GKDSettings):
-  """(divergence, student entropy, teacher entropy) [N], laid out on the mesh by `s.layout`."""
+  """(divergence [N], kernels.TokenStats), laid out on the mesh by `s.layout`."""
   impl, kw = s.kernel_impl, {}
   if s.kernel_platform is not None:  # e.g. compiling for a TPU from a CPU host (`gkd-jax plan`)
     tokens = hs_NxD.shape[0] // (s.layout.token_shards if s.layout else 1)
     impl = kernels.resolve_impl(impl, s.kernel_platform, tokens=tokens, vocab=ws_DxV.shape[1])
     kw = dict(interpret=False)
   return kernels.fused_linear_divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, spec, tokens=tokens_N,
-                                         impl=impl, layout=s.layout, return_entropies=True, **kw)
+                                         impl=impl, layout=s.layout, return_stats=True, **kw)
 
 
 def _entropy(hidden_NxD, unembed_DxV, softcap, s: GKDSettings):
@@ -153,9 +156,33 @@ def _entropy(hidden_NxD, unembed_DxV, softcap, s: GKDSettings):
   return kernels.entropy(hidden_NxD, unembed_DxV, softcap=softcap, layout=s.layout)
 
 
+MISMATCH_TOLERANCE = 1e-3  # |log p| difference counted by `sampler_logprob_frac_above_1e-3`
+MISMATCH_WARN = 0.1  # `gkd-jax train` warns once when a step's largest difference exceeds this
+
+
+def sampler_matches_loss(s: GKDSettings) -> bool:
+  """Whether the sampler draws from the distribution the loss scores (same temperature, no top-k /
+  top-p truncation), so that their log-probabilities of a sampled token must agree."""
+  return (s.lmbda > 0 and s.sample_temperature > 0 and s.sample_top_k == 0
+          and s.sample_top_p >= 1.0 and s.sample_temperature == s.divergence.temperature)
+
+
+def _mismatch_metrics(loss_logprob_N, sample_logprob_N, on_policy_mask_N):
+  """Sampler vs scorer: |log p| of the same tokens, same student, same temperature."""
+  diff_N = jnp.where(on_policy_mask_N > 0, jnp.abs(loss_logprob_N - sample_logprob_N), 0.0)
+  return {"sampler_logprob_diff_mean": masked_mean(diff_N, on_policy_mask_N),
+          "sampler_logprob_diff_max": jnp.max(diff_N),
+          "sampler_logprob_frac_above_1e-3": masked_mean(
+              (diff_N > MISMATCH_TOLERANCE).astype(jnp.float32), on_policy_mask_N)}
+
+
 def loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prompt_len,
-            loss_mask_BxC, on_policy_B, s: GKDSettings):
-  """Scalar loss and metrics for one sequence batch (prompt + chosen completion)."""
+            loss_mask_BxC, on_policy_B, s: GKDSettings, sample_logprob_BxC=None):
+  """Scalar loss and metrics for one sequence batch (prompt + chosen completion).
+
+  `sample_logprob_BxC`: the log-probabilities the sampler recorded for on-policy rows; when given
+  and `sampler_matches_loss(s)`, the mismatch with the loss's own log-probabilities of the same
+  tokens is reported (from the divergence's value pass: no extra vocabulary pass)."""
   targets_BxC = tokens_BxT[:, prompt_len:]
   b, c = targets_BxC.shape
   hs_BxCxD = _completion_hidden(student, params, tokens_BxT, mask_BxT, prompt_len, s.remat)
@@ -175,8 +202,11 @@ def loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prom
                                teacher_softcap=teacher.config.final_logit_softcap)
     hs_in, ws_in = (hs_NxD, ws_DxV) if s.divergence_weight > 0 else jax.lax.stop_gradient(
         (hs_NxD, ws_DxV))  # a metric only: no backward pass through it
-    div_N, student_entropy_N, teacher_entropy_N = _divergence(
-        hs_in, ws_in, ht_NxD, wt_DxV, targets_BxC.reshape(-1), spec, s)
+    div_N, stats = _divergence(hs_in, ws_in, ht_NxD, wt_DxV, targets_BxC.reshape(-1), spec, s)
+    student_entropy_N, teacher_entropy_N = stats.student_entropy, stats.teacher_entropy
+    if sample_logprob_BxC is not None and sampler_matches_loss(s):
+      metrics.update(_mismatch_metrics(stats.student_logprob, sample_logprob_BxC.reshape(-1),
+                                       (loss_mask_BxC * on_policy_B[:, None]).reshape(-1)))
     if s.divergence_weight > 0:
       metrics["divergence"] = masked_mean(div_N, mask_N)
       loss = loss + s.divergence_weight * metrics["divergence"]
@@ -197,14 +227,15 @@ def train_step(state: TrainState, teacher_params, batch, rng, *, student, teache
                settings: GKDSettings):
   """One GKD update. Pure: jit it with `functools.partial` over the keyword-only statics."""
   rng = jax.random.fold_in(rng, state.step)
-  comp_BxC, cmask_BxC, on_policy_B = choose_completions(
+  comp_BxC, cmask_BxC, on_policy_B, sample_logprob_BxC = choose_completions(
       student, state.params, teacher, teacher_params, batch, rng, settings)
   prompt_len = batch["prompt_tokens"].shape[1]
   tokens_BxT = jnp.concatenate([batch["prompt_tokens"], comp_BxC], axis=1)
   mask_BxT = jnp.concatenate([batch["prompt_mask"], cmask_BxC], axis=1)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (_, metrics), grads = grad_fn(state.params, teacher_params, student, teacher, tokens_BxT,
-                                mask_BxT, prompt_len, cmask_BxC, on_policy_B, settings)
+                                mask_BxT, prompt_len, cmask_BxC, on_policy_B, settings,
+                                sample_logprob_BxC)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   # A step whose loss, gradient or new parameters are not all finite is never applied: the state

@@ -401,7 +401,7 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
   rng = jax.random.key(c.seed)
   progress = metrics.Progress(c.train.num_steps, step)
   tick, last_logged = time.perf_counter(), step
-  stopped = False
+  stopped = mismatch_warned = False
   finite = NonFiniteGuard(c.train.max_nonfinite_steps, int(state.nonfinite_steps))
   with checkpoints.PreemptionGuard(sync_every=c.train.preemption_check_every) as guard, \
        _finishing(manager, writer, progress):
@@ -425,6 +425,14 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
         tick, last_logged = now, step
         writer.write(step, m)
         progress.update(step, m)
+        if not mismatch_warned and m.get("sampler_logprob_diff_max", 0.0) > gkd.MISMATCH_WARN:
+          mismatch_warned = True
+          message = (f"step {step}: the sampler's and the loss's log-probabilities of the same "
+                     f"sampled tokens differ by up to {m['sampler_logprob_diff_max']:.3g} (more "
+                     f"than {gkd.MISMATCH_WARN}): numerics (e.g. bfloat16) make the samples "
+                     "slightly off-policy; see sampler_logprob_* in metrics.jsonl")
+          logging.warning(message)
+          progress.write("warning: " + message)
       else:
         progress.update(step)
       if c.train.eval_every and step % c.train.eval_every == 0 and step < c.train.num_steps:

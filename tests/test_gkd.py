@@ -186,3 +186,27 @@ def test_grad_accumulation_is_one_update_with_the_mean_gradient(setup):
   expected = jax.tree.map(lambda p, u: p + u, params, updates)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                state.params, expected)
+
+
+def test_sampler_and_scorer_log_probs_agree_in_float32(setup):
+  """The student's log p of its own sampled tokens, recorded by the sampler (KV-cache decode) and
+  recomputed by the loss's forward (the divergence's value pass), agree in float32 at a temperature
+  != 1; with top-k truncation the two distributions differ by design and nothing is reported."""
+  student, params, teacher, tparams = setup
+  opt = OptimConfig(**_optim()).build(1)
+  batch = jax.tree.map(jnp.asarray, _batch(0))
+  base = gkd.GKDSettings(lmbda=1.0, divergence=DivergenceSpec("jsd", temperature=1.3),
+                         sample_temperature=1.3, sample_max_new_tokens=C, eos_id=EOS)
+  for settings in (base, dataclasses.replace(base, sample_top_k=5)):
+    state = gkd.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=opt.init(params))
+    _, m = jax.jit(functools.partial(gkd.train_step, student=student, teacher=teacher,
+                                     optimizer=opt, settings=settings))(
+        state, tparams, batch, jax.random.key(3))
+    assert gkd.sampler_matches_loss(settings) == (settings is base)
+    if settings is base:
+      assert 0.0 <= float(m["sampler_logprob_diff_max"]) < 1e-4, m
+      assert float(m["sampler_logprob_frac_above_1e-3"]) == 0.0
+      assert float(m["sampler_logprob_diff_mean"]) <= float(m["sampler_logprob_diff_max"])
+    else:
+      assert "sampler_logprob_diff_max" not in m

@@ -69,18 +69,22 @@ def test_masked_vocabulary_columns_with_huge_logits_stay_finite():
 
 
 @pytest.mark.parametrize("impl", ["reference", "chunked", "pallas"])
-def test_divergence_kernels_return_both_entropies(impl):
-  """The entropies the divergence's value pass accumulates equal the dense float64 entropies of the
-  compared distributions (soft-capped, at the divergence's temperature), ragged vocabulary."""
+def test_divergence_kernels_return_entropies_and_token_logprob(impl):
+  """The entropies and the student's log p(token) that the divergence's value pass accumulates equal
+  dense float64 ones of the compared distributions (soft-capped, at the divergence's temperature),
+  ragged vocabulary."""
   rng = np.random.default_rng(3)
   n, ds, dt, v = 10, 8, 12, 45
   hs, ht = rng.normal(size=(n, ds)) * 2, rng.normal(size=(n, dt)) * 2
   ws, wt = rng.normal(size=(ds, v)), rng.normal(size=(dt, v))
   f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-  _, h_s, h_t = kernels.fused_linear_divergence(
+  y = rng.integers(0, v, size=n)
+  _, stats = kernels.fused_linear_divergence(
       f32(hs), f32(ws), f32(ht), f32(wt), kind="jsd", beta=0.3, temperature=1.7,
-      student_softcap=3.0, teacher_softcap=2.0, impl=impl, vocab_block=16, token_block=8,
-      return_entropies=True)
-  for got, h, w, cap in ((h_s, hs, ws, 3.0), (h_t, ht, wt, 2.0)):
+      student_softcap=3.0, teacher_softcap=2.0, tokens=jnp.asarray(y), impl=impl, vocab_block=16,
+      token_block=8, return_stats=True)
+  for got, h, w, cap in ((stats.student_entropy, hs, ws, 3.0), (stats.teacher_entropy, ht, wt, 2.0)):
     _, _, p = _dense_ref(h, w, cap, 1.7)
     np.testing.assert_allclose(got, -(p * np.log(p)).sum(-1), rtol=1e-5, atol=1e-5)
+  z, lse, _ = _dense_ref(hs, ws, 3.0, 1.7)
+  np.testing.assert_allclose(stats.student_logprob, z[np.arange(n), y] - lse, rtol=1e-5, atol=1e-5)

@@ -98,3 +98,17 @@ def test_vocab_parallel_bad_axis():
   with pytest.raises(ValueError, match="not divisible by the 2 shards"):
     kernels.fused_linear_divergence(hs, ws, ht, wt, kind="jsd",
                                     layout=Layout(_mesh((2, 4)), "tensor", ("data",)))
+
+
+def test_vocab_parallel_token_stats_match_one_device():
+  """Entropies and log p_S(token) psum-ed over vocabulary shards equal the unsharded pass (the
+  sampled token's column lives on one shard only)."""
+  hs, ws, ht, wt, _, tok = fused_inputs(4, n=8, v=V)
+  mesh = _mesh((2, 4))
+  kw = dict(kind="jsd", beta=0.3, temperature=1.3, tokens=jnp.asarray(tok), vocab_block=3,
+            return_stats=True)
+  _, one = kernels.fused_linear_divergence(*(jnp.asarray(x) for x in (hs, ws, ht, wt)), **kw)
+  _, sharded = jax.jit(lambda *a: kernels.fused_linear_divergence(
+      *a, layout=Layout(mesh, "tensor", ("data",)), **kw))(hs, ws, ht, wt)
+  for a, b in zip(one, sharded):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

@@ -2,7 +2,7 @@
 
   d_N = fused_linear_divergence(student_hidden_NxDs, student_unembed_DsxV,
                  teacher_hidden_NxDt, teacher_unembed_DtxV, kind="jsd", beta=0.5)
-  d_N, h_student_N, h_teacher_N = fused_linear_divergence(..., spec, return_entropies=True)
+  d_N, stats = fused_linear_divergence(..., spec, tokens=y_N, return_stats=True)  # TokenStats
   d_N = vocab_divergence(student_logits_NxV, teacher_logits_NxV, kind="forward_kl")
   ce_N = cross_entropy(hidden_NxD, unembed_DxV, targets_N);  h_N = entropy(hidden_NxD, unembed_DxV)
 
@@ -10,9 +10,10 @@ The hyperparameters are a `gkd_jax.divergences.DivergenceSpec` (kind, beta, alph
 soft-caps), passed whole as ``spec`` or as its fields by keyword. Every function returns float32
 per-token values (the math of `gkd_jax.divergences`) and never holds an [N, V] array (beyond the
 logits a `vocab_divergence` caller already has). Gradients flow to the student hidden states and
-student unembedding (or student logits) only; the teacher gets zero cotangents. The entropies of
-``return_entropies`` (of the two distributions the divergence compares, i.e. at its temperature and
-soft-caps) come out of the divergence's own value pass and carry no gradient.
+student unembedding (or student logits) only; the teacher gets zero cotangents. The `TokenStats` of
+``return_stats`` (both entropies and the student's log-prob of ``tokens``, of the two distributions
+the divergence compares, i.e. at its temperature and soft-caps) come out of the divergence's own
+value pass and carry no gradient.
 
 impl:
  "reference"  dense `divergences.token_divergence` on materialised logits (tests, small inputs);
@@ -39,6 +40,7 @@ compiled into the kernels); `gkd_jax.divergences.token_divergence` also accepts 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +71,14 @@ def resolve_impl(impl, backend=None, *, tokens=None, vocab=None):
     return "reference"
   backend = backend or jax.default_backend()
   return "pallas" if backend in ("tpu", "gpu", "cuda", "rocm") else "chunked"
+
+
+class TokenStats(NamedTuple):
+  """Per-token metrics from the divergence's value pass, [N] float32 each, without gradient."""
+
+  student_entropy: jax.Array
+  teacher_entropy: jax.Array
+  student_logprob: jax.Array  # log p_S(tokens[i]) (of token id 0 when no tokens are given)
 
 
 def _spec(spec, hyperparameters, tokens, student_vocab, teacher_vocab) -> DivergenceSpec:
@@ -114,15 +124,20 @@ def _dense(spec: DivergenceSpec, zs, zt, tokens):
   d = divergences.token_divergence(
       zs, zt, spec, tokens=tokens if spec.kind == "sampled_reverse_kl" else None)
 
-  def ent(z, cap):
-    logp = divergences.log_softmax(divergences.softcap_and_scale(z, cap, spec.temperature))
-    return -jnp.sum(jnp.where(logp > -jnp.inf, jnp.exp(logp) * logp, 0.0), axis=-1)
+  def logp(z, cap):
+    return divergences.log_softmax(divergences.softcap_and_scale(z, cap, spec.temperature))
 
-  return d, jax.lax.stop_gradient(ent(zs, spec.student_softcap)), ent(zt, spec.teacher_softcap)
+  def ent(lp):
+    return -jnp.sum(jnp.where(lp > -jnp.inf, jnp.exp(lp) * lp, 0.0), axis=-1)
+
+  s, t = jax.lax.stop_gradient(logp(zs, spec.student_softcap)), logp(zt, spec.teacher_softcap)
+  y = jnp.zeros(zs.shape[:-1], jnp.int32) if tokens is None else jnp.asarray(tokens, jnp.int32)
+  s_y = jnp.take_along_axis(s, y[..., None], axis=-1)[..., 0]
+  return d, ent(s), ent(t), s_y
 
 
 def _local(spec, impl, blocks, interpret, hs, Ws, ht, Wt, tok):
-  """(F, H_S, H_T) on one device's tokens and whole vocabulary."""
+  """(F, H_S, H_T, log p_S(tok)) on one device's tokens and whole vocabulary."""
   impl = resolve_impl(impl, tokens=hs.shape[0], vocab=Ws.shape[1])
   if impl == "reference":
     return _dense(spec, common.dot(hs, Ws), common.dot(ht, Wt), tok)
@@ -139,7 +154,7 @@ def fused_linear_divergence(student_hidden, student_unembed, teacher_hidden, tea
                             spec: DivergenceSpec | None = None, *, tokens=None, impl="auto",
                             vocab_block=None, token_block=None, hidden_block=None,
                             layout: Layout | None = None, interpret=None,
-                            return_entropies=False, **hyperparameters):
+                            return_stats=False, **hyperparameters):
   """Per-token divergence [N] float32 of softmax(hidden @ unembed) for student vs teacher.
 
   student_hidden [N, Ds], student_unembed [Ds, V], teacher_hidden [N, Dt], teacher_unembed [Dt, V].
@@ -147,7 +162,7 @@ def fused_linear_divergence(student_hidden, student_unembed, teacher_hidden, tea
   ``vocab_block`` / ``token_block`` / ``hidden_block``: tile sizes (defaults per implementation).
   ``tokens`` [N] int: the sampled token ids, for kind="sampled_reverse_kl" only.
   ``layout``: how tokens and vocabulary are sharded over a mesh (`Layout`).
-  ``return_entropies``: also return the student's and teacher's entropies [N] (no gradient).
+  ``return_stats``: return ``(divergence, TokenStats)`` (entropies, log p_S(tokens); no gradient).
   """
   hs, Ws, ht, Wt = student_hidden, student_unembed, teacher_hidden, teacher_unembed
   spec = _spec(spec, hyperparameters, tokens, Ws.shape[-1], Wt.shape[-1])
@@ -163,8 +178,10 @@ def fused_linear_divergence(student_hidden, student_unembed, teacher_hidden, tea
     outs = vocab_parallel.token_parallel(local, layout, hs, Ws, ht, Wt, tok)
   else:
     outs = local(hs, Ws, ht, Wt, tok)
-  d, h_s, h_t = outs
-  return (d, jax.lax.stop_gradient(h_s), jax.lax.stop_gradient(h_t)) if return_entropies else d
+  d, *stats = outs
+  if not return_stats:
+    return d
+  return d, TokenStats(*(jax.lax.stop_gradient(x) for x in stats))
 
 
 def vocab_divergence(student_logits, teacher_logits, spec: DivergenceSpec | None = None, *,
@@ -195,5 +212,5 @@ def vocab_divergence(student_logits, teacher_logits, spec: DivergenceSpec | None
   return out.reshape(lead)
 
 
-__all__ = ["IMPLS", "DivergenceSpec", "Layout", "cross_entropy", "entropy",
+__all__ = ["IMPLS", "DivergenceSpec", "Layout", "TokenStats", "cross_entropy", "entropy",
            "fused_linear_divergence", "resolve_impl", "vocab_divergence"]

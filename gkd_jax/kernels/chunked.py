@@ -1,7 +1,7 @@
 """Pure-XLA streaming over vocabulary blocks (the CPU default and the fallback everywhere).
 
 Forward: pass 1 computes the per-token normalisers of student and teacher with an online log-sum-exp;
-pass 2 sums the divergence terms, ``G = sum_v df/ds_v`` and both entropies (see `common`). Backward: one pass that
+pass 2 sums the divergence terms, ``G = sum_v df/ds_v`` and the `common.stat_terms`. Backward: one pass that
 recomputes each logit tile, forms ``dz = ct * (g - p_S G) * dscale`` and contracts it immediately:
 ``d student_hidden += dz @ W_blk^T`` and ``d W_blk = student_hidden^T @ dz`` written in place. Nothing of
 size [N, V] is ever live; the largest temporaries are [N, vocab_block] tiles and the [N, Ds] float32
@@ -48,26 +48,26 @@ def stats_pass(spec, get_tiles, N, V, bv):
 
 
 def value_pass(spec, get_tiles, N, V, bv, tokens, norms):
-  """Pass 2: (F, G, H_S, H_T) [N] given the final normalisers (shift_s, log l_s, shift_t, log l_t)."""
+  """Pass 2: (F, G, H_S, H_T, log p_S(token)) [N] given the final normalisers."""
   def body(j, carry):
-    F, G, Hs, Ht = carry
     start, cols, ok = block(j, bv, V)
     s, t, _ = _logprobs(spec, get_tiles(start), norms)
     onehot = cols[None, :] == tokens[:, None]
-    f, g = common.tile_terms(spec, s, t, ok[None, :], onehot)
-    hs, ht = common.entropy_terms(s, t, ok[None, :])
-    return F + f.sum(-1), G + g.sum(-1), Hs + hs.sum(-1), Ht + ht.sum(-1)
+    terms = common.tile_terms(spec, s, t, ok[None, :], onehot)
+    terms += common.stat_terms(s, t, ok[None, :], onehot)
+    return tuple(acc + x.sum(-1) for acc, x in zip(carry, terms))
 
   zeros = jnp.zeros((N,), jnp.float32)
-  return jax.lax.fori_loop(0, -(-V // bv), body, (zeros,) * 4)
+  return jax.lax.fori_loop(0, -(-V // bv), body, (zeros,) * 5)
 
 
 def forward(spec, get_tiles, N, V, bv, tokens):
-  """((F, H_S, H_T), (shift_s, log l_s, shift_t, log l_t, G)): values and backward residuals."""
+  """((F, H_S, H_T, log p_S(token)), (shift_s, log l_s, shift_t, log l_t, G)): values and
+  backward residuals."""
   ms, ls, mt, lt = stats_pass(spec, get_tiles, N, V, bv)
   norms = common.stats_finalize(ms, ls) + common.stats_finalize(mt, lt)
-  F, G, Hs, Ht = value_pass(spec, get_tiles, N, V, bv, tokens, norms)
-  return (F, Hs, Ht), norms + (G,)
+  F, G, *stats = value_pass(spec, get_tiles, N, V, bv, tokens, norms)
+  return (F, *stats), norms + (G,)
 
 
 def _logprobs(spec, tiles, norms):
@@ -102,8 +102,8 @@ def fused_tiles(hs, Ws, ht, Wt, bv):
 
 
 def fused(spec, bv, hs, Ws, ht, Wt, tokens):
-  """(divergence, student entropy, teacher entropy) [N] of hs @ Ws vs ht @ Wt; custom VJP to hs
-  and Ws through the divergence only (the entropies are metrics)."""
+  """(divergence, student entropy, teacher entropy, student log p(token)) [N] of hs @ Ws vs
+  ht @ Wt; custom VJP to hs and Ws through the divergence only (the rest are metrics)."""
   struct, values = common.split(spec)
   return fused_split(struct, bv, values, hs, Ws, ht, Wt, tokens)
 
@@ -122,7 +122,7 @@ def _fused_fwd(struct, bv, values, hs, Ws, ht, Wt, tokens):
 
 
 def _fused_bwd(struct, bv, residuals, cts):
-  ct = cts[0]  # the entropies get no gradient
+  ct = cts[0]  # the metrics get no gradient
   values, hs, Ws, ht, Wt, tokens, (sh_s, ll_s, sh_t, ll_t, G) = residuals
   spec = struct.bind(values)
   dhs, dWs = fused_backward(spec, bv, hs, Ws, ht, Wt, tokens, (sh_s, ll_s, sh_t, ll_t), G, ct)
@@ -177,7 +177,7 @@ def from_logits_split(struct, bv, values, zs, zt, tokens):
 def _logits_fwd(struct, bv, values, zs, zt, tokens):
   spec = struct.bind(values)
   N, V = zs.shape
-  (F, _, _), res = forward(spec, _logit_tiles(zs, zt, bv), N, V, bv, tokens)
+  (F, *_), res = forward(spec, _logit_tiles(zs, zt, bv), N, V, bv, tokens)
   return F, (values, zs, zt, tokens, res)
 
 

@@ -27,7 +27,8 @@ for the gradient of KL(p_S || p_T) when y ~ p_S (divergences.py). A non-finite d
 Online normalisers: ``(m, l)`` with ``lse = m + log l``; log-probs are formed as ``(z - m) - log l`` so
 logits of magnitude 1e4 keep their precision. The same statistics, merged over a mesh axis
 (`stats_allreduce`), serve the vocab-parallel pass, and the value pass also sums ``-p log p`` of both
-models (`entropy_terms`), so the entropy metrics cost no extra pass over the vocabulary.
+models and picks the student's log-prob of the sampled token (`stat_terms`), so those metrics cost
+no extra pass over the vocabulary.
 
 This module is the one streaming engine: every implementation (chunked XLA, Pallas TPU and GPU,
 vocab-parallel, the single-model cross-entropy/entropy of `single.py`) uses these helpers.
@@ -201,13 +202,14 @@ def tile_terms(spec: DivergenceSpec, s, t, ok, onehot=None):
   return jnp.where(ok, f, 0.0), jnp.where(ok, g, 0.0)
 
 
-def entropy_terms(s, t, ok):
-  """Elementwise (-p_S s, -p_T t) of log-prob tiles: summed over the vocabulary in the value pass,
-  they give both models' entropies (of the distributions the divergence compares) for free."""
+def stat_terms(s, t, ok, onehot):
+  """Elementwise (-p_S s, -p_T t, [v = y] s) of log-prob tiles: summed over the vocabulary in the
+  value pass they give both models' entropies (of the distributions the divergence compares) and
+  the student's log-probability of the token y, for free (`TokenStats`)."""
   def h(logp):
     alive = ok & (logp > NEG_INF)
     return jnp.where(alive, -jnp.exp(logp) * jnp.where(alive, logp, 0.0), 0.0)
-  return h(s), h(t)
+  return h(s), h(t), jnp.where(ok & onehot, s, 0.0)
 
 
 def student_logit_grad(spec: DivergenceSpec, s, g, G, ct, zs_raw, ok):

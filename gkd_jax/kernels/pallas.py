@@ -69,7 +69,8 @@ def _pad_inputs(bn, bv, hs, Ws, ht, Wt, tok):
 
 
 def _forward_all(spec, cfg, hs, Ws, ht, Wt, tok):
-  """((F, H_S, H_T) [N], stats (ms, ls, mt, lt, G) [N, 1]) on the platform being lowered for."""
+  """((F, H_S, H_T, log p_S(tok)) [N], stats (ms, ls, mt, lt, G) [N, 1]) on the platform being
+  lowered for."""
   bn, bv, hidden_block, interpret = cfg
   N, V = hs.shape[0], Ws.shape[1]
   padded = _pad_inputs(bn, bv, hs, Ws, ht, Wt, tok)
@@ -85,16 +86,16 @@ def _forward_all(spec, cfg, hs, Ws, ht, Wt, tok):
 
   def other():  # any other platform: the chunked XLA forward, in the same output format
     struct, values = common.split(spec)
-    (F, Hs, Ht), (sh_s, ll_s, sh_t, ll_t, G) = chunked.forward(
+    (F, *stats), (sh_s, ll_s, sh_t, ll_t, G) = chunked.forward(
         struct.bind(values), chunked.fused_tiles(hs, Ws, ht, Wt, min(bv, V)), N, V, min(bv, V), tok)
-    return tuple(x[:, None] for x in (sh_s, jnp.exp(ll_s), sh_t, jnp.exp(ll_t), F, G, Hs, Ht))
+    return tuple(x[:, None] for x in (sh_s, jnp.exp(ll_s), sh_t, jnp.exp(ll_t), F, G, *stats))
 
   if _use_interpret(interpret):
     outs = tpu(_interpret_params(interpret))()
   else:
     outs = jax.lax.platform_dependent(tpu=tpu(False), cuda=gpu, default=other)
-  ms, ls, mt, lt, F, G, Hs, Ht = outs
-  return (F[:, 0], Hs[:, 0], Ht[:, 0]), (ms, ls, mt, lt, G)
+  ms, ls, mt, lt, F, G, *stats = outs
+  return (F[:, 0], *(x[:, 0] for x in stats)), (ms, ls, mt, lt, G)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -108,7 +109,7 @@ def _fused_fwd(spec, cfg, hs, Ws, ht, Wt, tok):
 
 
 def _fused_bwd(spec, cfg, residuals, cts):
-  ct = cts[0]  # the entropies get no gradient
+  ct = cts[0]  # the metrics get no gradient
   hs, Ws, ht, Wt, tok, stats = residuals
   bn, bv, _, interpret = cfg
   N, V = hs.shape[0], Ws.shape[1]

@@ -1,7 +1,7 @@
 """Pallas GPU (Triton) forward kernel for the fused linear divergence.
 
 Grid over token blocks; each program walks the vocabulary twice (online log-sum-exp, then the
-divergence terms, G and both entropies), computing every logit tile [bn, bv] as a loop of [bn, bd] @ [bd, bv] products
+divergence terms, G and the `common.stat_terms`), computing every logit tile [bn, bv] as a loop of [bn, bd] @ [bd, bv] products
 over the hidden size, so no [N, V] array and no full hidden row lives in registers. The backward pass
 on GPU is the chunked XLA pass (`pallas.py`). Triton needs power-of-two tiles: N, V and both hidden
 sizes are zero-padded to the blocks when they do not divide (only ragged test shapes; Gemma-2's
@@ -26,7 +26,7 @@ _round_up, _pad = common.round_up, common.pad_to
 
 
 def _kernel(spec, V, bv, bd, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref,
-            ms_ref, ls_ref, mt_ref, lt_ref, f_ref, g_ref, hs_out_ref, ht_out_ref):
+            ms_ref, ls_ref, mt_ref, lt_ref, f_ref, g_ref, *stat_refs):
   bn = hs_ref.shape[0]
   nv = ws_ref.shape[1] // bv
   tok = tok_ref[...]
@@ -56,24 +56,22 @@ def _kernel(spec, V, bv, bd, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref,
   sh_t, ll_t = common.stats_finalize(mt, lt)
 
   def value_body(j, carry):
-    F, G, Hs, Ht = carry
     zs, zt, cols, ok = tile(j)
     s = common.log_probs(zs, sh_s[:, None], ll_s[:, None])
     t = common.log_probs(zt, sh_t[:, None], ll_t[:, None])
-    f, g = common.tile_terms(spec, s, t, ok, cols == tok[:, None])
-    h_s, h_t = common.entropy_terms(s, t, ok)
-    return (F + jnp.sum(f, axis=1), G + jnp.sum(g, axis=1), Hs + jnp.sum(h_s, axis=1),
-            Ht + jnp.sum(h_t, axis=1))
+    onehot = cols == tok[:, None]
+    terms = common.tile_terms(spec, s, t, ok, onehot) + common.stat_terms(s, t, ok, onehot)
+    return tuple(acc + jnp.sum(x, axis=1) for acc, x in zip(carry, terms))
 
-  sums = jax.lax.fori_loop(0, nv, value_body, (jnp.zeros((bn,), jnp.float32),) * 4)
-  outs = (ms_ref, ls_ref, mt_ref, lt_ref, f_ref, g_ref, hs_out_ref, ht_out_ref)
+  sums = jax.lax.fori_loop(0, nv, value_body, (jnp.zeros((bn,), jnp.float32),) * 5)
+  outs = (ms_ref, ls_ref, mt_ref, lt_ref, f_ref, g_ref, *stat_refs)
   for ref, x in zip(outs, (ms, ls, mt, lt) + sums):
     ref[...] = x
 
 
 def forward(spec, V, hs, Ws, ht, Wt, tok, *, token_block=None, vocab_block=None, hidden_block=None,
             interpret=False):
-  """Unpadded inputs -> (ms, ls, mt, lt, F, G, H_S, H_T), each [N, 1] float32."""
+  """Unpadded inputs -> (ms, ls, mt, lt, F, G, H_S, H_T, log p_S(tok)), each [N, 1] float32."""
   N = hs.shape[0]
   bn = token_block or TOKEN_BLOCK
   bv = vocab_block or VOCAB_BLOCK
@@ -92,8 +90,8 @@ def forward(spec, V, hs, Ws, ht, Wt, tok, *, token_block=None, vocab_block=None,
       in_specs=[pl.BlockSpec((bn, ds), lambda i: (i, 0)), pl.BlockSpec((ds, v), lambda i: (0, 0)),
                 pl.BlockSpec((bn, dt), lambda i: (i, 0)), pl.BlockSpec((dt, v), lambda i: (0, 0)),
                 vec],
-      out_specs=[vec] * 8,
-      out_shape=[jax.ShapeDtypeStruct((n,), jnp.float32)] * 8,
+      out_specs=[vec] * 9,
+      out_shape=[jax.ShapeDtypeStruct((n,), jnp.float32)] * 9,
       compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
       interpret=interpret,
       name="gkd_divergence_fwd_gpu",

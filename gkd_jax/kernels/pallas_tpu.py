@@ -3,8 +3,8 @@
 Three kernels, each recomputing logit tiles ``hidden[bn, D] @ unembed[D, bv]`` in VMEM:
 
   forward  grid (N/bn, 2, V/bv): phase 0 runs the online log-sum-exp of student and teacher, phase 1
-           (normalisers now final) sums the divergence terms F, G = sum_v df/ds_v and both models'
-           entropies. The per-token outputs stay resident in VMEM across the two "arbitrary" axes.
+           (normalisers now final) sums the divergence terms F, G = sum_v df/ds_v and the
+           `common.stat_terms` (entropies, student log-prob of the token). The per-token outputs stay resident in VMEM across the two "arbitrary" axes.
   d hidden grid (N/bn, V/bv): dz = ct (g - p_S G) dscale per tile, accumulated as dz @ W_blk^T in a
            float32 VMEM scratch [bn, Ds].
   d unembed grid (V/bv, N/bn): the same dz, accumulated as hidden_blk^T @ dz in a float32 scratch
@@ -48,7 +48,7 @@ def _logp(z, m, l):
 
 
 def _fwd_kernel(spec, V, bv, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref,
-                ms_ref, ls_ref, mt_ref, lt_ref, f_ref, g_ref, hs_out_ref, ht_out_ref):
+                ms_ref, ls_ref, mt_ref, lt_ref, f_ref, g_ref, *stat_refs):
   phase, j = pl.program_id(1), pl.program_id(2)
   _, zs, zt, cols, ok = _tiles(spec, hs_ref, ws_ref, ht_ref, wt_ref, j * bv, V)
 
@@ -56,7 +56,7 @@ def _fwd_kernel(spec, V, bv, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref,
   def _init():
     for ref in (ms_ref, mt_ref):
       ref[...] = jnp.full(ref.shape, NEG_INF, jnp.float32)
-    for ref in (ls_ref, lt_ref, f_ref, g_ref, hs_out_ref, ht_out_ref):
+    for ref in (ls_ref, lt_ref, f_ref, g_ref, *stat_refs):
       ref[...] = jnp.zeros(ref.shape, jnp.float32)
 
   @pl.when(phase == 0)
@@ -68,12 +68,10 @@ def _fwd_kernel(spec, V, bv, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref,
   def _values():
     s = _logp(zs, ms_ref[...], ls_ref[...])
     t = _logp(zt, mt_ref[...], lt_ref[...])
-    f, g = common.tile_terms(spec, s, t, ok, cols == tok_ref[...])
-    f_ref[...] += jnp.sum(f, axis=1, keepdims=True)
-    g_ref[...] += jnp.sum(g, axis=1, keepdims=True)
-    h_s, h_t = common.entropy_terms(s, t, ok)
-    hs_out_ref[...] += jnp.sum(h_s, axis=1, keepdims=True)
-    ht_out_ref[...] += jnp.sum(h_t, axis=1, keepdims=True)
+    onehot = cols == tok_ref[...]
+    terms = common.tile_terms(spec, s, t, ok, onehot) + common.stat_terms(s, t, ok, onehot)
+    for ref, x in zip((f_ref, g_ref, *stat_refs), terms):
+      ref[...] += jnp.sum(x, axis=1, keepdims=True)
 
 
 def _dz(spec, V, bv, col0, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref, ct_ref, ms_ref, ls_ref,
@@ -174,7 +172,7 @@ def _need(bn, bv, hs, ht):
 
 
 def forward(spec, V, hs, Ws, ht, Wt, tok_N1, *, bn, bv, interpret=False):
-  """Padded inputs -> (ms, ls, mt, lt, F, G, H_S, H_T), each [Npad, 1] float32."""
+  """Padded inputs -> (ms, ls, mt, lt, F, G, H_S, H_T, log p_S(tok)), each [Npad, 1] float32."""
   n, ds = hs.shape
   dt, vp = ht.shape[1], Ws.shape[1]
   grid = (n // bn, 2, vp // bv)
@@ -186,8 +184,8 @@ def forward(spec, V, hs, Ws, ht, Wt, tok_N1, *, bn, bv, interpret=False):
       grid=grid,
       in_specs=[pl.BlockSpec((bn, ds), row), pl.BlockSpec((ds, bv), lambda i, p, j: (0, j)),
                 pl.BlockSpec((bn, dt), row), pl.BlockSpec((dt, bv), lambda i, p, j: (0, j)), vec],
-      out_specs=[vec] * 8,
-      out_shape=[out] * 8,
+      out_specs=[vec] * 9,
+      out_shape=[out] * 9,
       compiler_params=_params(("parallel", "arbitrary", "arbitrary"), _need(bn, bv, hs, ht)),
       interpret=interpret,
       name="gkd_divergence_fwd",

@@ -8,7 +8,7 @@ Vocab-parallel: inside `shard_map`, every shard streams over its own [D, V / n] 
 unembeddings (chunked passes, `chunked.py`) and only per-token vectors cross devices:
 
   pass 1  local (max, sum-exp) of student and teacher  -> merged over the axis (`stats_allreduce`)
-  pass 2  local sums F, G, H_S, H_T with the global normalisers  -> psum of [N] vectors
+  pass 2  local sums F, G, H_S, H_T, log p_S(tok) with the global normalisers -> psum of [N] vectors
   backward  d unembed stays on its shard; the [N, Ds] hidden-state gradient is psum-ed
 
 No logits and no unembedding are ever gathered. The hidden states are replicated over the vocabulary
@@ -30,11 +30,11 @@ from gkd_jax.kernels.layout import Layout
 
 
 def token_parallel(local_fn, layout: Layout, hs, Ws, ht, Wt, tok):
-  """local_fn(hs, Ws, ht, Wt, tok) -> (F, H_S, H_T) [n], run on each device's tokens."""
+  """local_fn(hs, Ws, ht, Wt, tok) -> (F, H_S, H_T, log p_S(tok)) [n], on each device's tokens."""
   layout.check_tokens(hs.shape[0])
   rows, vec, rep = layout.rows, layout.vector, P()
   return jax.shard_map(local_fn, mesh=layout.mesh, in_specs=(rows, rep, rows, rep, vec),
-                       out_specs=(vec,) * 3, check_vma=False)(hs, Ws, ht, Wt, tok)
+                       out_specs=(vec,) * 4, check_vma=False)(hs, Ws, ht, Wt, tok)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,8 @@ class _Static:
 
 
 def fused(spec, layout: Layout, hs, Ws, ht, Wt, tok, *, vocab_block=None):
-  """(F, H_S, H_T) [N] with the vocabulary sharded over layout.vocab_axis; gradient to hs, Ws."""
+  """(F, H_S, H_T, log p_S(tok)) [N], vocabulary sharded over layout.vocab_axis; gradient to hs,
+  Ws."""
   layout.check_tokens(hs.shape[0])
   n_shards = layout.vocab_shards
   V = Ws.shape[1]
@@ -77,8 +78,8 @@ def _local_forward(st: _Static, values, hs, Ws, ht, Wt, tok):
   norms = (common.stats_finalize(*common.stats_allreduce(ms, ls, axis))
            + common.stats_finalize(*common.stats_allreduce(mt, lt, axis)))
   sums = chunked.value_pass(spec, get, N, st.local_vocab, bv, _local_tokens(st, tok), norms)
-  F, G, Hs, Ht = (jax.lax.psum(x, axis) for x in sums)
-  return (F, Hs, Ht), norms + (G,)
+  F, G, *stats = (jax.lax.psum(x, axis) for x in sums)
+  return (F, *stats), norms + (G,)
 
 
 def _local_backward(st: _Static, values, hs, Ws, ht, Wt, tok, sh_s, ll_s, sh_t, ll_t, G, ct):
@@ -93,7 +94,7 @@ def _local_backward(st: _Static, values, hs, Ws, ht, Wt, tok, sh_s, ll_s, sh_t, 
 def _forward_sharded(st: _Static, values, hs, Ws, ht, Wt, tok):
   vec = st.layout.vector
   f = jax.shard_map(functools.partial(_local_forward, st), mesh=st.layout.mesh,
-                    in_specs=_in_specs(st.layout), out_specs=((vec,) * 3, (vec,) * 5),
+                    in_specs=_in_specs(st.layout), out_specs=((vec,) * 4, (vec,) * 5),
                     check_vma=False)
   return f(values, hs, Ws, ht, Wt, tok)
 

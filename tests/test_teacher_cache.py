@@ -6,6 +6,8 @@ import os
 import pickle
 import runpy
 import shutil
+import subprocess
+import sys
 
 import grain
 import jax
@@ -170,3 +172,33 @@ def test_bad_cache_directories(files, tmp_path):
     teacher_cache.TeacherCache(str(tmp_path))
   with pytest.raises(ValueError, match="teacher.path='' "):
     teacher_cache.write_cache(_config(files, teacher__path=""), str(tmp_path / "x"))
+
+
+def test_cli_cache_teacher(files, written, tmp_path):
+  """`gkd-jax cache-teacher` writes the same cache (one shard here); no --out is a usage error."""
+  config = tmp_path / "config.py"
+  config.write_text(f'''
+import runpy
+def get_config():
+  c = runpy.run_path({os.path.join(ROOT, "configs", "arithmetic.py")!r})["get_config"]()
+  c.teacher.path, c.data.train_path = {files["teacher"]!r}, {files["train"]!r}
+  c.data.max_prompt_len, c.data.max_completion_len = {P}, {C}
+  c.gkd.temperature, c.gkd.teacher_cache_k = {TAU}, {K}
+  c.eval.batch_size = 4
+  c.sampling.max_new_tokens = c.eval.max_new_tokens = {C}
+  return c
+''')
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  cmd = [sys.executable, "-m", "gkd_jax.main", "cache-teacher", f"--config={config}"]
+  bad = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+  assert bad.returncode == 2 and "cache-teacher needs --out" in bad.stderr
+  out = tmp_path / "cache"
+  ok = subprocess.run(cmd + [f"--out={out}"], env=env, capture_output=True, text=True, cwd=ROOT)
+  assert ok.returncode == 0, ok.stderr
+  assert json.loads(ok.stdout.strip().splitlines()[-1])["written"] == [0]
+  a, b = teacher_cache.TeacherCache(str(out)), teacher_cache.TeacherCache(written)
+  assert a.metadata["data"] == b.metadata["data"] and a.metadata["teacher"] == b.metadata["teacher"]
+  for i in range(len(b)):
+    np.testing.assert_array_equal(a[i]["teacher_topk_ids"], b[i]["teacher_topk_ids"])
+    np.testing.assert_allclose(a[i]["teacher_topk_logprobs"], b[i]["teacher_topk_logprobs"],
+                               rtol=1e-6)

@@ -350,6 +350,26 @@ def test_fused_equals_dense(case):
   assert_close(dw_f, hs.astype(np.float64).T @ g_ref, 1e-5, "d unembed vs reference")
 
 
+def test_fused_token_parallel_layout_and_spec():
+  """Tokens sharded over 4 devices (Layout.token_axes) give the single-device values and gradients;
+  a DivergenceSpec passed whole equals its fields by keyword; a sharded vocabulary is refused."""
+  n = 8
+  hs, ws, ids, lp, ct, _ = _fused_inputs(40, 8, 0.7, None, n=n)
+  spec = divergences.DivergenceSpec(kind="jsd", beta=0.3, temperature=0.7, student_softcap=3.0)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]).reshape(4, 1), ("data", "tensor"))
+  one = _grads(lambda a, b: kernels.fused_linear_topk_divergence(
+      a, b, ids, lp, kind="jsd", beta=0.3, temperature=0.7, student_softcap=3.0, vocab_block=8),
+      hs, ws, ct)
+  sharded = _grads(lambda a, b: kernels.fused_linear_topk_divergence(
+      a, b, ids, lp, spec, vocab_block=8, layout=kernels.Layout(mesh, token_axes=("data",))),
+      hs, ws, ct)
+  for x, y, what in zip(one, sharded, ("value", "d hidden", "d unembed")):
+    assert_close(y, x, 1e-6, what)
+  with pytest.raises(ValueError, match="does not support a sharded vocabulary"):
+    kernels.fused_linear_topk_divergence(hs, ws, ids, lp, spec,
+                                         layout=kernels.Layout(mesh, vocab_axis="tensor"))
+
+
 def test_fused_default_block_and_bf16():
   """Default block (capped at V) and bfloat16 hidden/unembedding: close to the float32 dense form."""
   hs, ws, ids, lp, ct, _ = _fused_inputs(20, 8, 1.0, None, v=300)

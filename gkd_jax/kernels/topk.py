@@ -29,9 +29,12 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from gkd_jax import topk
+from gkd_jax.divergences import DivergenceSpec
 from gkd_jax.kernels import common
+from gkd_jax.kernels.layout import Layout
 
 DEFAULT_VOCAB_BLOCK = 512
 
@@ -134,25 +137,30 @@ def fused_linear_topk_divergence(
   student_unembed,
   teacher_topk_ids,
   teacher_topk_logprobs,
+  spec: DivergenceSpec | None = None,
   *,
-  kind,
-  beta=0.5,
-  alpha=0.1,
-  temperature=1.0,
-  student_softcap=None,
   tokens=None,
   vocab_block=None,
+  layout: Layout | None = None,
+  **hyperparameters,
 ):
   """Per-token top-k divergence [N] float32 of softmax(student_hidden @ student_unembed) against the
   teacher's top-k log-probabilities (`gkd_jax.divergences.topk_divergence` semantics).
 
   student_hidden [N, D], student_unembed [D, V], teacher_topk_ids [N, k] int, teacher_topk_logprobs
-  [N, k]; ``tokens`` [N] for kind="sampled_reverse_kl" only; ``vocab_block``: the streaming tile
-  (default 512, capped at V). Gradients reach student_hidden and student_unembed only. The
-  hyperparameters must be Python numbers (soft-cap and temperature are compiled in).
+  [N, k]; ``spec`` (a `DivergenceSpec`; its teacher_softcap is unused: the cached log-probabilities
+  are already the teacher's) or its fields by keyword (kind, beta, alpha, temperature,
+  student_softcap); ``tokens`` [N] for kind="sampled_reverse_kl" only; ``vocab_block``: the
+  streaming tile (default 512, capped at V); ``layout``: tokens sharded over ``layout.token_axes``
+  run on their own devices (a sharded vocabulary is not supported here). Gradients reach
+  student_hidden and student_unembed only. The hyperparameters must be Python numbers.
   """
   hs, W = student_hidden, student_unembed
   ids, lp = jnp.asarray(teacher_topk_ids), jnp.asarray(teacher_topk_logprobs)
+  if spec is None:
+    spec = DivergenceSpec(**hyperparameters)
+  elif hyperparameters:
+    raise ValueError(f"pass either spec or its fields, not both ({sorted(hyperparameters)})")
   for name, x in (("student_hidden", hs), ("student_unembed", W)):
     if x.ndim != 2:
       raise ValueError(f"{name}.shape={tuple(x.shape)} must have 2 dimensions")
@@ -162,18 +170,34 @@ def fused_linear_topk_divergence(
   if vocab_block is not None and (not isinstance(vocab_block, int) or vocab_block <= 0):
     raise ValueError(f"vocab_block={vocab_block!r} must be a positive int")
   V = W.shape[1]
-  topk.validate_topk_args(V, hs.shape[:1], ids, lp, kind=kind, beta=beta, alpha=alpha,
-                          temperature=temperature, student_softcap=student_softcap, tokens=tokens)
-  for name, value in (("beta", beta), ("alpha", alpha), ("temperature", temperature),
-                      ("student_softcap", student_softcap)):
+  topk.validate_topk_args(V, hs.shape[:1], ids, lp, kind=spec.kind, beta=spec.beta,
+                          alpha=spec.alpha, temperature=spec.temperature,
+                          student_softcap=spec.student_softcap, tokens=tokens)
+  for name in ("beta", "alpha", "temperature", "student_softcap"):
+    value = getattr(spec, name)
     if value is not None and not isinstance(value, numbers.Real):
       raise ValueError(f"{name}={value!r} must be a Python number for the fused kernel")
-  cap = None if student_softcap is None else float(student_softcap)
   bv = min(vocab_block or DEFAULT_VOCAB_BLOCK, V)
-  ids = ids.astype(jnp.int32)
-  zk, shift, log_l, shift_o, log_lo = student_stats(cap, float(temperature), bv, hs, W, ids)
+  tok = jnp.zeros(hs.shape[:1], jnp.int32) if tokens is None else jnp.asarray(tokens, jnp.int32)
+  local = functools.partial(_one_device, spec, bv, tokens is not None)
+  args = (hs, W, ids.astype(jnp.int32), lp, tok)
+  if layout is None or layout.token_shards == 1 and layout.vocab_axis is None:
+    return local(*args)
+  if layout.vocab_axis is not None:
+    raise ValueError(f"layout.vocab_axis={layout.vocab_axis!r}: the top-k divergence does not "
+                     "support a sharded vocabulary (use a layout with token_axes only)")
+  layout.check_tokens(hs.shape[0])
+  rows, vec = layout.rows, layout.vector
+  return jax.shard_map(local, mesh=layout.mesh, in_specs=(rows, P(), rows, rows, vec),
+                       out_specs=vec, check_vma=False)(*args)
+
+
+def _one_device(spec, bv, has_tokens, hs, W, ids, lp, tok):
+  """The divergence [n] of one device's tokens (whole vocabulary)."""
+  cap = None if spec.student_softcap is None else float(spec.student_softcap)
+  zk, shift, log_l, shift_o, log_lo = student_stats(cap, float(spec.temperature), bv, hs, W, ids)
   s_k1 = topk.student_kplus1(zk, shift, log_l, shift_o, log_lo)
-  t_k1 = topk.teacher_kplus1(lp, V)
-  bucket = None if tokens is None else topk.bucket_of(tokens, ids)
-  return topk.kplus1_divergence(s_k1, t_k1, kind=kind, beta=float(beta), alpha=float(alpha),
-                                bucket=bucket)
+  t_k1 = topk.teacher_kplus1(lp, W.shape[1])
+  bucket = topk.bucket_of(tok, ids) if has_tokens else None
+  return topk.kplus1_divergence(s_k1, t_k1, kind=spec.kind, beta=float(spec.beta),
+                                alpha=float(spec.alpha), bucket=bucket)

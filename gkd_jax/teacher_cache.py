@@ -6,7 +6,7 @@ token, written once, read back aligned with the training records.
   check_compatible(cache.metadata, run_metadata(config))   # refuses a cache of another run
   cache[i]  # record i of data.train_path (file order, blank lines skipped, as data.read_jsonl_records):
             # {"teacher_topk_ids": int32 [C, k], "teacher_topk_logprobs": float32 [C, k],
-            #  "completion_tokens": int32 [C]}   C = data.max_completion_len
+            #  "cached_completion_tokens": int32 [C]}   C = data.max_completion_len
 
 Position j of record i is the teacher's distribution over the token at completion position j (predicted
 from the prompt and completion tokens before it), exactly the rows `data.TokenizeAndPad` lays out:
@@ -335,7 +335,8 @@ class TeacherCache:
     ids[:n] = shard["ids"][start:end]
     lps[:n] = shard["logprobs"][start:end]
     toks[:n] = shard["tokens"][start:end]
-    return {"teacher_topk_ids": ids, "teacher_topk_logprobs": lps, "completion_tokens": toks}
+    return {"teacher_topk_ids": ids, "teacher_topk_logprobs": lps,
+            "cached_completion_tokens": toks}
 
 
 def stack_rows(cache: TeacherCache, rows) -> dict:

@@ -94,7 +94,7 @@ def test_round_trip_equals_a_direct_top_k(files, written):
     assert entry["teacher_topk_logprobs"].dtype == np.float32
     np.testing.assert_array_equal(entry["teacher_topk_ids"][:n], ids, err_msg=f"record {i}")
     np.testing.assert_allclose(entry["teacher_topk_logprobs"][:n], lp, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(entry["completion_tokens"][:n], toks)
+    np.testing.assert_array_equal(entry["cached_completion_tokens"][:n], toks)
     # past the completion: a valid all-tail teacher distribution
     np.testing.assert_array_equal(entry["teacher_topk_ids"][n:], np.tile(np.arange(K), (C - n, 1)))
     assert np.all(entry["teacher_topk_logprobs"][n:] == -np.inf)
@@ -104,7 +104,8 @@ def test_round_trip_equals_a_direct_top_k(files, written):
   ds = grain.MapDataset.source(pickle.loads(pickle.dumps(cache)))
   np.testing.assert_array_equal(ds[7]["teacher_topk_ids"], cache[7]["teacher_topk_ids"])
   rows = teacher_cache.stack_rows(cache, np.array([5, 0, 10]))
-  assert rows["teacher_topk_ids"].shape == (3, C, K) and rows["completion_tokens"].shape == (3, C)
+  assert rows["teacher_topk_ids"].shape == (3, C, K)
+  assert rows["cached_completion_tokens"].shape == (3, C)
 
 
 def test_resume_after_interruption(files, written):
@@ -123,7 +124,7 @@ def test_resume_after_interruption(files, written):
   assert not os.path.exists(os.path.join(out, "shard-00001.tmp"))
   a, b = teacher_cache.TeacherCache(out), teacher_cache.TeacherCache(written)
   for i in range(len(b)):
-    for key in ("teacher_topk_ids", "teacher_topk_logprobs", "completion_tokens"):
+    for key in ("teacher_topk_ids", "teacher_topk_logprobs", "cached_completion_tokens"):
       np.testing.assert_array_equal(a[i][key], b[i][key])
   assert teacher_cache.write_cache(config, out, records_per_shard=4)["written"] == []  # done
 

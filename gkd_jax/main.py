@@ -5,6 +5,7 @@
   gkd-jax sample --config=configs/demo.py [--checkpoint=DIR] [--prompts=FILE|-]
   gkd-jax compare WORKDIR [WORKDIR ...]                            # finished runs side by side
   gkd-jax plan   --config=configs/gemma2_9b_to_2b.py --topology=v5p-64 [--json]  # fits? (libtpu)
+  gkd-jax cache-teacher --config=CFG --out=DIR    # teacher top-k over the training data (resumable)
 
 Bad input (config values, paths, data lines, vocabularies, flags, a workdir in use or holding
 another experiment) ends with one line on stderr and exit code 2; a training run that produces a
@@ -38,7 +39,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "--multihost: this proces
 _TOPOLOGY = flags.DEFINE_string("topology", "", "plan: TPU accelerator type (v5p-64, v6e-8, "
                                 "v5litepod-16, v4-32) or topology (v5p:4x4x2); see gkd_jax/plan.py.")
 _JSON = flags.DEFINE_bool("json", False, "plan: end the output with one JSON object.")
-COMMANDS = ("train", "eval", "sample", "compare", "plan")
+_OUT = flags.DEFINE_string("out", None, "cache-teacher: directory of the teacher cache (an "
+                           "interrupted one is continued).")
+COMMANDS = ("train", "eval", "sample", "compare", "plan", "cache-teacher")
 
 
 def _student_override(config):
@@ -145,6 +148,12 @@ def main(argv):
       train.train(config, _WORKDIR.value, restart=_RESTART.value)
     elif command == "eval":
       print(json.dumps(train.evaluate_checkpoint(_student_override(config)), indent=1))
+    elif command == "cache-teacher":
+      if not _OUT.value:
+        raise app.UsageError("cache-teacher needs --out", exitcode=2)
+      from gkd_jax import config_validation, teacher_cache  # pylint: disable=g-import-not-at-top
+      config_validation.validate(config, mode="train")
+      print(json.dumps(teacher_cache.write_cache(config, _OUT.value)))
     else:
       _sample(_student_override(config))
   except (ValueError, OSError) as e:

@@ -50,6 +50,7 @@ from gkd_jax.divergences import DivergenceSpec
 from gkd_jax.kernels import chunked, common, vocab_parallel
 from gkd_jax.kernels.layout import Layout
 from gkd_jax.kernels.single import cross_entropy, entropy
+from gkd_jax.kernels.topk import fused_linear_topk_divergence
 
 IMPLS = ("auto", "reference", "chunked", "pallas")
 # impl="auto" takes the dense path while one [N, V] float32 logits array is at most 64 MiB: on a
@@ -213,4 +214,5 @@ def vocab_divergence(student_logits, teacher_logits, spec: DivergenceSpec | None
 
 
 __all__ = ["IMPLS", "DivergenceSpec", "Layout", "TokenStats", "cross_entropy", "entropy",
-           "fused_linear_divergence", "resolve_impl", "vocab_divergence"]
+           "fused_linear_divergence", "fused_linear_topk_divergence", "resolve_impl",
+           "vocab_divergence"]

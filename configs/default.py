@@ -59,6 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.gkd.temperature = 1.0  # > 0: logits are divided by it before the divergence.
   c.gkd.divergence_weight = 1.0  # >= 0: weight of the divergence term (0 = plain SFT).
   c.gkd.ce_weight = 0.0  # >= 0: weight of cross-entropy on dataset completions (SFT term).
+  c.gkd.teacher_cache = ""  # dir of `gkd-jax cache-teacher` (λ=0 only): no teacher in memory.
+  c.gkd.teacher_cache_k = 64  # >= 1: teacher top-k tokens the cache holds (checked against it).
   c.gkd.kernel_impl = "auto"  # "auto" | "pallas" | "chunked" | "reference" divergence kernel.
 
   # Sampling of on-policy (student) and SeqKD (teacher) completions during training.

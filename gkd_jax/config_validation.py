@@ -73,7 +73,7 @@ FIELDS = (
     ("data.shuffle", _bool), ("data.worker_count", _int(0)),
     ("data.chat_family", _choice(*CHAT_FAMILIES)),
     ("gkd.lmbda", _num(0, 1)), ("gkd.mixing", _choice("batch", "example")),
-    ("gkd.seq_kd", _bool), ("gkd.loss", _choice(*LOSSES)),
+    ("gkd.seq_kd", _bool), ("gkd.teacher_cache", _str), ("gkd.teacher_cache_k", _int(1)), ("gkd.loss", _choice(*LOSSES)),
     ("gkd.beta", _num(0, 1)), ("gkd.alpha", _num(0, 1)),
     ("gkd.temperature", _num(0, lo_open=True)),
     ("gkd.divergence_weight", _num(0)), ("gkd.ce_weight", _num(0)),
@@ -179,6 +179,11 @@ def _refuse_wrong_experiments(config) -> None:
     if wrong:
       raise ValueError("gkd.loss='sampled_reverse_kl' is unbiased only on the student's own "
                        "unfiltered samples at the loss temperature: " + ", ".join(wrong))
+  if _get(config, "gkd.teacher_cache") and (lmbda != 0 or _get(config, "gkd.seq_kd")):
+    raise ValueError(f"gkd.teacher_cache={_get(config, 'gkd.teacher_cache')!r} with gkd.lmbda="
+                     f"{lmbda}, gkd.seq_kd={_get(config, 'gkd.seq_kd')}: the cache holds the "
+                     "teacher on dataset completions only; use it with gkd.lmbda=0 (supervised "
+                     "KD without the teacher in memory), gkd.seq_kd=False")
   batch = _get(config, "train.batch_size")
   if _get(config, "gkd.mixing") == "example" and 0 < lmbda < 1:
     k = int(round(lmbda * batch))

@@ -173,8 +173,14 @@ def make_dataset(records: Sequence[dict], tokenizer, *, batch_size: int, max_pro
                  num_epochs: Optional[int] = None, shard_index: Optional[int] = None,
                  shard_count: Optional[int] = None, worker_count: int = 0,
                  chat_family: Optional[str] = None, drop_remainder: bool = True,
-                 even_shards: bool = True, split_global_batches: bool = False) -> grain.IterDataset:
-  """The pipeline over in-memory records; `iter()` of the result yields batches (see make_loader)."""
+                 even_shards: bool = True, split_global_batches: bool = False,
+                 row_extras=None) -> grain.IterDataset:
+  """The pipeline over in-memory records; `iter()` of the result yields batches (see make_loader).
+
+  `row_extras(record indices [b]) -> {name: [b, ...] array}` adds per-record arrays to each batch
+  (with split_global_batches only), e.g. `functools.partial(teacher_cache.stack_rows, cache)`."""
+  if row_extras is not None and not split_global_batches:
+    raise ValueError("row_extras needs split_global_batches=True (batches of record indices)")
   shard_index = jax.process_index() if shard_index is None else shard_index
   shard_count = jax.process_count() if shard_count is None else shard_count
   if not 0 <= shard_index < shard_count:
@@ -196,7 +202,8 @@ def make_dataset(records: Sequence[dict], tokenizer, *, batch_size: int, max_pro
     ds = _global_batch_rows(records, batch_size, seed, shuffle, num_epochs, shard_index,
                             shard_count, drop_remainder)
     ds = ds.map(TokenizeRows(records, TokenizeAndPad(tokenizer, max_prompt_len,
-                                                     max_completion_len, chat_family)))
+                                                     max_completion_len, chat_family),
+                             row_extras))
     return _to_iter(ds, worker_count)
   if even_shards and shard_count > 1:
     records = records[:len(records) - len(records) % shard_count]
@@ -234,12 +241,15 @@ def _global_batch_rows(records, batch_size, seed, shuffle, num_epochs, shard_ind
 class TokenizeRows(grain.transforms.Map):
   """Record indices [b] -> the stacked `TokenizeAndPad` arrays of those records."""
 
-  def __init__(self, records, tokenize: "TokenizeAndPad"):
-    self.records, self.tokenize = records, tokenize
+  def __init__(self, records, tokenize: "TokenizeAndPad", row_extras=None):
+    self.records, self.tokenize, self.row_extras = records, tokenize, row_extras
 
   def map(self, rows):
     examples = [self.tokenize.map(self.records[int(i)]) for i in np.asarray(rows)]
-    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    out = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    if self.row_extras is not None:  # e.g. the teacher cache's entries of these records
+      out.update(self.row_extras(rows))
+    return out
 
 
 def _to_iter(ds, worker_count):
@@ -259,7 +269,8 @@ def make_loader(path: str, tokenizer, *, batch_size: int, max_prompt_len: int,
                 num_epochs: Optional[int] = None, shard_index: Optional[int] = None,
                 shard_count: Optional[int] = None, worker_count: int = 0,
                 chat_family: Optional[str] = None, drop_remainder: bool = True,
-                even_shards: bool = True, split_global_batches: bool = False) -> grain.IterDataset:
+                even_shards: bool = True, split_global_batches: bool = False,
+                row_extras=None) -> grain.IterDataset:
   """A Grain pipeline over a JSONL file; `iter(make_loader(...))` yields per-process batches.
 
   `batch_size` is per process (global batch / process count). `num_epochs` None or -1 repeats forever.
@@ -271,4 +282,4 @@ def make_loader(path: str, tokenizer, *, batch_size: int, max_prompt_len: int,
                       seed=seed, shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index,
                       shard_count=shard_count, worker_count=worker_count, chat_family=chat_family,
                       drop_remainder=drop_remainder, even_shards=even_shards,
-                      split_global_batches=split_global_batches)
+                      split_global_batches=split_global_batches, row_extras=row_extras)

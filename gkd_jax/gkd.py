@@ -176,13 +176,28 @@ def _mismatch_metrics(loss_logprob_N, sample_logprob_N, on_policy_mask_N):
               (diff_N > MISMATCH_TOLERANCE).astype(jnp.float32), on_policy_mask_N)}
 
 
+def _cached_divergence(hs_NxD, ws_DxV, tokens_N, mask_N, topk, spec, s: GKDSettings):
+  """The top-k divergence against the teacher cache's (ids, log-probs) [B, C, k] (dataset rows).
+  Positions past a completion (mask 0) get a uniform teacher over its k ids, so that no NaN of an
+  empty distribution reaches the (masked) gradient."""
+  ids_BxCxK, logprobs_BxCxK = topk
+  k = ids_BxCxK.shape[-1]
+  logprobs_NxK = jnp.where(mask_N[:, None] > 0, logprobs_BxCxK.reshape(-1, k), -jnp.log(k))
+  layout = None if s.layout is None else Layout(s.layout.mesh, token_axes=s.layout.token_axes)
+  return kernels.fused_linear_topk_divergence(
+      hs_NxD, ws_DxV, ids_BxCxK.reshape(-1, k), logprobs_NxK, spec,
+      tokens=tokens_N if spec.kind == "sampled_reverse_kl" else None, layout=layout)
+
+
 def loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prompt_len,
-            loss_mask_BxC, on_policy_B, s: GKDSettings, sample_logprob_BxC=None):
+            loss_mask_BxC, on_policy_B, s: GKDSettings, sample_logprob_BxC=None,
+            teacher_topk=None):
   """Scalar loss and metrics for one sequence batch (prompt + chosen completion).
 
   `sample_logprob_BxC`: the log-probabilities the sampler recorded for on-policy rows; when given
   and `sampler_matches_loss(s)`, the mismatch with the loss's own log-probabilities of the same
-  tokens is reported (from the divergence's value pass: no extra vocabulary pass)."""
+  tokens is reported (from the divergence's value pass: no extra vocabulary pass).
+  `teacher_topk`: (ids, log-probs) [B, C, k] from a teacher cache, used when `teacher` is None."""
   targets_BxC = tokens_BxT[:, prompt_len:]
   b, c = targets_BxC.shape
   hs_BxCxD = _completion_hidden(student, params, tokens_BxT, mask_BxT, prompt_len, s.remat)
@@ -211,6 +226,12 @@ def loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prom
       metrics["divergence"] = masked_mean(div_N, mask_N)
       loss = loss + s.divergence_weight * metrics["divergence"]
     metrics["teacher_entropy"] = masked_mean(teacher_entropy_N, mask_N)
+  elif teacher_topk is not None and s.divergence_weight > 0:  # λ=0 from the teacher cache
+    spec = dataclasses.replace(s.divergence, student_softcap=student.config.final_logit_softcap)
+    div_N = _cached_divergence(hs_NxD, ws_DxV, targets_BxC.reshape(-1), mask_N, teacher_topk,
+                               spec, s)
+    metrics["divergence"] = masked_mean(div_N, mask_N)
+    loss = loss + s.divergence_weight * metrics["divergence"]
   if s.ce_weight > 0:  # SFT term on dataset completions only (never on the student's own samples)
     ce_mask_N = (loss_mask_BxC * (1.0 - on_policy_B[:, None])).reshape(-1)
     ce_N = kernels.cross_entropy(hs_NxD, ws_DxV, targets_BxC.reshape(-1), softcap=s_cap)
@@ -235,7 +256,7 @@ def train_step(state: TrainState, teacher_params, batch, rng, *, student, teache
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (_, metrics), grads = grad_fn(state.params, teacher_params, student, teacher, tokens_BxT,
                                 mask_BxT, prompt_len, cmask_BxC, on_policy_B, settings,
-                                sample_logprob_BxC)
+                                sample_logprob_BxC, _teacher_topk(batch))
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   # A step whose loss, gradient or new parameters are not all finite is never applied: the state
@@ -253,6 +274,12 @@ def train_step(state: TrainState, teacher_params, batch, rng, *, student, teache
       num_tokens=jnp.sum(cmask_BxC).astype(jnp.float32))
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                     nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32)), metrics
+
+
+def _teacher_topk(batch):
+  if "teacher_topk_ids" not in batch:
+    return None
+  return batch["teacher_topk_ids"], batch["teacher_topk_logprobs"]
 
 
 def _all_finite(tree) -> jax.Array:

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from gkd_jax import checkpoints, data, gkd, kernels, metrics, models, report, sharding, tasks
-from gkd_jax import tokenizers
+from gkd_jax import teacher_cache, tokenizers
 from gkd_jax import optim as optim_lib
 from gkd_jax import remat as remat_lib
 from gkd_jax import workdir as workdir_lib
@@ -50,6 +50,7 @@ class Run:
   teacher: Optional[Any]
   teacher_params: Optional[Any]
   settings: gkd.GKDSettings
+  teacher_cache: Optional[Any] = None  # teacher_cache.TeacherCache: the teacher of λ=0 runs
 
 
 def _load(section, name, mesh, rules):
@@ -88,7 +89,10 @@ def build(config, mode: str = "train", devices=None) -> Run:
   """
   devices = jax.devices() if devices is None else devices
   validate(config, num_devices=len(devices), mode=mode)
-  load_teacher = mode != "sample"
+  cache = None
+  if config.gkd.teacher_cache and mode == "train":
+    cache = teacher_cache.TeacherCache(config.gkd.teacher_cache)
+  load_teacher = mode != "sample" and cache is None
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = tuple(config.sharding_rules)
   tokenizer = load_tokenizer(config.tokenizer.path or config.student.path)
@@ -110,6 +114,9 @@ def build(config, mode: str = "train", devices=None) -> Run:
       if diff:
         raise ValueError(f"teacher tokenizer ({config.teacher.path}) differs from the student's "
                          f"({tokenizer.path}): {diff}; distillation needs one shared vocabulary")
+  if cache is not None:  # made for this data, tokenizer, teacher, k and temperature?
+    teacher_cache.check_compatible(cache.metadata, teacher_cache.run_metadata(config, tokenizer),
+                                   where=f"gkd.teacher_cache={config.gkd.teacher_cache}")
   if tokenizer.vocab_size > student.config.vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the student's vocabulary "
                      f"is {student.config.vocab_size}")
@@ -122,7 +129,7 @@ def build(config, mode: str = "train", devices=None) -> Run:
       config, eos_id=stop_ids(tokenizer, config.data.chat_family),
       layout=divergence_layout(mesh, rules, student.config.vocab_size))
   return Run(config, mesh, tokenizer, student, params, param_shardings, teacher, teacher_params,
-             settings)
+             settings, cache)
 
 
 def stop_ids(tokenizer, chat_family="") -> tuple:
@@ -132,14 +139,15 @@ def stop_ids(tokenizer, chat_family="") -> tuple:
   return tuple(dict.fromkeys((first, *tokenizer.stop_ids)))
 
 
-def _loader(run: Run, path, *, batch_size, shuffle, num_epochs):
+def _loader(run: Run, path, *, batch_size, shuffle, num_epochs, row_extras=None):
   c = run.config.data
   return data.make_loader(
       path, run.tokenizer, batch_size=sharding.per_process_batch_size(batch_size),
       max_prompt_len=c.max_prompt_len, max_completion_len=c.max_completion_len,
       seed=run.config.seed, shuffle=shuffle, num_epochs=num_epochs, worker_count=c.worker_count,
       chat_family=c.chat_family or None,
-      split_global_batches=True)  # the same global batches whatever the number of processes
+      split_global_batches=True,  # the same global batches whatever the number of processes
+      row_extras=row_extras)
 
 
 def _global_batch(run: Run, local_batch):
@@ -305,8 +313,14 @@ def abstract_batch(run: Run, batch_size: int) -> dict:
   sh = sharding.batch_sharding(run.mesh, tuple(run.config.sharding_rules), 2)
   shapes = {"prompt": (batch_size, c.max_prompt_len),
             "completion": (batch_size, c.max_completion_len)}
-  return {f"{part}_{kind}": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sh)
-          for part, shape in shapes.items() for kind in ("tokens", "mask")}
+  out = {f"{part}_{kind}": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sh)
+         for part, shape in shapes.items() for kind in ("tokens", "mask")}
+  if run.teacher_cache is not None:
+    bck = (batch_size, c.max_completion_len, run.teacher_cache.metadata["k"])
+    out.update(teacher_topk_ids=jax.ShapeDtypeStruct(bck, jnp.int32, sharding=sh),
+               teacher_topk_logprobs=jax.ShapeDtypeStruct(bck, jnp.float32, sharding=sh),
+               cached_completion_tokens=out["completion_tokens"])
+  return out
 
 
 def train(config, workdir: str, restart: bool = False) -> dict:
@@ -317,8 +331,11 @@ def train(config, workdir: str, restart: bool = False) -> dict:
   """
   run = build(config)
   c = config
+  extras = (None if run.teacher_cache is None
+            else functools.partial(teacher_cache.stack_rows, run.teacher_cache))
   data_iter = iter(_loader(run, c.data.train_path, batch_size=c.train.batch_size,
-                           shuffle=c.data.shuffle, num_epochs=c.data.num_epochs))
+                           shuffle=c.data.shuffle, num_epochs=c.data.num_epochs,
+                           row_extras=extras))
   lock = _claim_workdir(config, workdir, restart)
   try:
     return _train(run, data_iter, workdir)

@@ -1,0 +1,79 @@
+"""Training from the teacher cache (gkd.teacher_cache, λ=0): the teacher is never loaded, and with
+k = V the run's losses equal those of the same run with the live teacher in memory."""
+
+import json
+import os
+import runpy
+
+import jax
+import pytest
+
+from gkd_jax import models, teacher_cache, train
+from gkd_jax.models.hf import save_pretrained
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+V = 32  # the arithmetic tokenizer's vocabulary
+
+
+def _save_tiny(path, layers, seed):
+  cfg = models.ModelConfig(model_type="llama", vocab_size=V, num_layers=layers, embed_dim=32,
+                           mlp_dim=64, num_heads=4, num_kv_heads=2, head_dim=8,
+                           tie_embeddings=False, bos_id=2, eos_id=3, pad_id=0)
+  model = models.build(cfg)
+  save_pretrained(path, model, models.init(model, jax.random.key(seed)))
+  return str(path)
+
+
+def _config(d, **gkd):
+  c = runpy.run_path(os.path.join(ROOT, "configs", "arithmetic.py"))["get_config"]()
+  c.student.path, c.teacher.path = _save_tiny(d / "student", 1, 1), str(d / "teacher")
+  c.gkd.lmbda, c.gkd.loss, c.gkd.temperature = 0.0, "jsd", 1.3
+  c.gkd.teacher_cache_k = V
+  c.train.batch_size, c.train.num_steps, c.train.log_every = 8, 4, 1
+  c.train.eval_every, c.train.checkpoint_every, c.train.async_checkpoints = 0, 4, False
+  c.eval.batch_size, c.data.eval_path, c.task.name = 8, "", ""
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
+  for field, value in gkd.items():
+    c.gkd[field] = value
+  return c
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+  d = tmp_path_factory.mktemp("cache_train")
+  _save_tiny(d / "teacher", 2, 2)
+  teacher_cache.write_cache(_config(d), str(d / "cache"), records_per_shard=4096)
+  return d
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [(r["step"], r["loss"], r["divergence"]) for r in rows if "loss" in r]
+
+
+def test_cache_run_never_loads_the_teacher_and_matches_the_live_teacher(cached, monkeypatch):
+  live = _config(cached)
+  train.train(live, str(cached / "live"))
+  loads = []
+  original = train._load  # pylint: disable=protected-access
+  monkeypatch.setattr(train, "_load", lambda section, name, *a: (loads.append(name),
+                                                                 original(section, name, *a))[1])
+  train.train(_config(cached, teacher_cache=str(cached / "cache")), str(cached / "cached"))
+  assert loads == ["student"]  # the teacher is never read
+  want, got = _losses(cached / "live"), _losses(cached / "cached")
+  assert len(got) == len(want) == 4
+  for (s1, l1, d1), (s2, l2, d2) in zip(want, got):
+    assert s1 == s2 and l2 == pytest.approx(l1, rel=2e-5) and d2 == pytest.approx(d1, rel=2e-5)
+
+
+def test_a_cache_of_another_run_is_refused_at_start_up(cached):
+  config = _config(cached, teacher_cache=str(cached / "cache"), temperature=1.0)
+  with pytest.raises(ValueError, match="temperature"):
+    train.build(config)
+
+
+def test_the_cache_is_for_supervised_kd_only(cached):
+  config = _config(cached, teacher_cache=str(cached / "cache"), lmbda=0.5)
+  with pytest.raises(ValueError, match="gkd.lmbda=0"):
+    train.build(config)

@@ -6,11 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from gkd_jax import data
+from gkd_jax import data, testing
 from gkd_jax.tasks import arithmetic, asset_dir
 from gkd_jax.tokenizers import apply_chat_template, load_tokenizer
-
-import tokenizer_helpers
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +208,7 @@ def test_empty_file_is_an_error(tmp_path):
 
 
 def test_chat_records_use_template_and_end_of_turn(tmp_path):
-  tok = load_tokenizer(os.path.dirname(tokenizer_helpers.build_tokenizer_json(
+  tok = load_tokenizer(os.path.dirname(testing.build_tokenizer_json(
       str(tmp_path / "tok"), "chatml")))
   msgs = [{"role": "system", "content": "Be brief."},
           {"role": "user", "content": "Hello teacher"},

@@ -10,7 +10,7 @@ import pytest
 
 import gkd_jax
 from gkd_jax.models import SLIDING, build, init, logical_axes, param_shapes, unembedding
-from tests.model_helpers import FAMILIES, tiny, tiny_config
+from gkd_jax.testing import FAMILIES, tiny, tiny_config
 
 # --------------------------------------------------------------------------- float64 reference
 

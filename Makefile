@@ -34,7 +34,7 @@ fixtures:
 	test -x $(REFVENV)/bin/python || ($(PYTHON) -m venv $(REFVENV) && \
 	  $(REFVENV)/bin/pip install -q torch==2.13.0 && \
 	  $(REFVENV)/bin/pip install -q transformers trl safetensors sentencepiece tokenizers numpy)
-	for s in experiments/make_*_fixtures.py; do $(REFVENV)/bin/python $$s || exit 1; done
+	for s in tests/fixtures/make_*_fixtures.py; do $(REFVENV)/bin/python $$s || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -46,6 +46,8 @@ from gkd_jax.models.config import ModelConfig
 from gkd_jax.models.decoder import Decoder
 
 Params = Any  # nested dict of arrays
+# The parameter/activation dtypes a config may name (`student.dtype`, `teacher.dtype`).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -424,8 +424,9 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
       try:
         batch = _global_batch(run, next(data_iter))
       except StopIteration:
-        raise ValueError(f"data.num_epochs={c.data.num_epochs} ran out at step {step} of "
-                         f"train.num_steps={c.train.num_steps}; use -1 (repeat) or fewer steps")
+        ran_out = (f"data.num_epochs={c.data.num_epochs} ran out at step {step} of "
+                   f"train.num_steps={c.train.num_steps}; use -1 (repeat) or fewer steps")
+        raise ValueError(ran_out) from None
       state, m = step_fn(state, run.teacher_params, batch, rng)
       step += 1
       finite.add(step, m)

@@ -68,7 +68,8 @@ def _error(c, **kw):
 def test_default_config_is_valid_and_every_field_commented(config):
   cv.validate(config, num_devices=8)
   cv.validate(config, num_devices=1)
-  source = open(os.path.join(ROOT, "configs", "default.py")).read()
+  with open(os.path.join(ROOT, "configs", "default.py")) as f:
+    source = f.read()
   assigned = re.findall(r"^  c\.([a-z0-9_.]+) = .*$", source, flags=re.M)
   for line in source.splitlines():
     m = re.match(r"^  c\.([a-z_]+\.[a-z0-9_]+) = ", line)

@@ -114,7 +114,7 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run(run_files, tmp_pat
   metrics_file = killed_dir / "metrics.jsonl"
   deadline = time.time() + 600
   while time.time() < deadline and killed.poll() is None:
-    if metrics_file.exists() and any('"loss"' in line for line in open(metrics_file)):
+    if metrics_file.exists() and '"loss"' in metrics_file.read_text():
       killed.send_signal(signal.SIGTERM)
       break
     time.sleep(0.02)

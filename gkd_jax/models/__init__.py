@@ -13,3 +13,7 @@ from gkd_jax.models.api import (DTYPES, Model, build, init, logical_axes, num_pa
                                 param_shapes, unembedding)
 from gkd_jax.models.hf import load_pretrained, save_pretrained
 from gkd_jax.models.presets import PRESETS, get_preset
+
+__all__ = ["DTYPES", "FULL", "PRESETS", "SLIDING", "Model", "ModelConfig", "RopeScaling", "build",
+           "get_preset", "init", "load_pretrained", "logical_axes", "num_params", "param_shapes",
+           "save_pretrained", "unembedding"]

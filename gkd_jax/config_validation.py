@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import jax
 
-from gkd_jax import divergences, kernels, models, optim, sharding, tasks, tokenizers
+from gkd_jax import divergences, kernels, models, optim, remat, sharding, tasks, tokenizers
 from gkd_jax.models.presets import PRESETS
 
 # Every list of allowed values lives beside the code that implements it; read from there.
@@ -91,7 +91,7 @@ FIELDS = (
     ("train.eval_every", _int(0)), ("train.checkpoint_every", _int(1)),
     ("train.keep_checkpoints", _int(1)), ("train.async_checkpoints", _bool),
     ("train.preemption_check_every", _int(1)),
-    ("train.export_final", _bool), ("train.remat", _choice(True, False, "auto")),
+    ("train.export_final", _bool), ("train.remat", _choice(*remat.CHOICES)),
     ("train.max_nonfinite_steps", _int(0)),
     ("eval.batch_size", _int(1)), ("eval.num_examples", _int(1)),
     ("eval.max_new_tokens", _int(1)), ("eval.num_samples", _int(0)),

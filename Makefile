@@ -22,8 +22,8 @@ test: $(STAMP)
 # Formatting (pyink) and lint (ruff) in check mode: nothing is rewritten; `pyink .` and
 # `ruff check --fix .` apply them.
 lint: $(STAMP)
-	$(VENV)/bin/pyink --check .
-	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pyink --check .; fmt=$$?; $(VENV)/bin/ruff check .; lint=$$?; \
+	  test $$fmt -eq 0 && test $$lint -eq 0
 
 # The embedded default: supervised KD vs on-policy GKD from one student init on the bundled
 # slip-addition task, then one table (each run resumes if interrupted, or is reported if finished).

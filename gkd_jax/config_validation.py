@@ -81,7 +81,7 @@ FIELDS = (
     ("gkd.kernel_impl", _choice(*kernels.IMPLS)),
     ("sampling.temperature", _num(0)), ("sampling.top_k", _int(0)),
     ("sampling.top_p", _num(0, 1, lo_open=True)), ("sampling.max_new_tokens", _int(1)),
-    ("optim.name", _choice(*optim.OPTIMIZERS)),
+    ("optim.name", _choice(*optim.NAMES)),
     ("optim.learning_rate", _num(0, lo_open=True)),
     ("optim.schedule", _choice(*optim.SCHEDULES)),
     ("optim.warmup_steps", _int(0)), ("optim.weight_decay", _num(0)),

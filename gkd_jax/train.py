@@ -33,6 +33,7 @@ from gkd_jax.models.presets import get_preset
 from gkd_jax.sampling import sample
 from gkd_jax.tokenizers import load_tokenizer
 
+
 @dataclasses.dataclass
 class Run:
   """What a config builds before the loop starts."""

@@ -5,12 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 WORKDIR ?= workdirs/demo
 
-.PHONY: install test demo fixtures clean
+.PHONY: install test lint demo fixtures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,lint]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,6 +18,12 @@ install: $(STAMP)
 # The whole suite, slow tests included; -n 2 uses both cores of the CI machine.
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q --durations=15 tests
+
+# Formatting (pyink) and lint (ruff) in check mode: nothing is rewritten; `pyink .` and
+# `ruff check --fix .` apply them.
+lint: $(STAMP)
+	$(VENV)/bin/pyink --check .; fmt=$$?; $(VENV)/bin/ruff check .; lint=$$?; \
+	  test $$fmt -eq 0 && test $$lint -eq 0
 
 # The embedded default: supervised KD vs on-policy GKD from one student init on the bundled
 # slip-addition task, then one table (each run resumes if interrupted, or is reported if finished).
@@ -34,7 +40,7 @@ fixtures:
 	test -x $(REFVENV)/bin/python || ($(PYTHON) -m venv $(REFVENV) && \
 	  $(REFVENV)/bin/pip install -q torch==2.13.0 && \
 	  $(REFVENV)/bin/pip install -q transformers trl safetensors sentencepiece tokenizers numpy)
-	for s in experiments/make_*_fixtures.py; do $(REFVENV)/bin/python $$s || exit 1; done
+	for s in tests/fixtures/make_*_fixtures.py; do $(REFVENV)/bin/python $$s || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -31,15 +31,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config():
-  from gkd_jax.models import ModelConfig
-  # ~100M parameters: 12 layers, d=768, GQA 12/4 heads, SwiGLU 2048, 32k vocab, tied.
-  return ModelConfig(model_type="llama", vocab_size=32000, num_layers=12, embed_dim=768,
-                     mlp_dim=2048, num_heads=12, num_kv_heads=4, head_dim=64,
-                     rope_theta=500000.0, norm_eps=1e-5, tie_embeddings=True,
-                     max_position_embeddings=2048, bos_id=1, eos_id=2, pad_id=0)
-
-
 def _prompts(args):
   rng = np.random.default_rng(0)
   return rng.integers(3, 32000, (args.batch, args.prompt_len)).astype(np.int32)
@@ -108,7 +99,8 @@ def main():
   import jax
   import gkd_jax
   from gkd_jax.models import build, init, num_params
-  model = build(_config())
+  from gkd_jax.testing import llama_100m_config
+  model = build(llama_100m_config())
   params = init(model, jax.random.key(0))
   n_params = num_params(model)
   with tempfile.TemporaryDirectory() as tmp:

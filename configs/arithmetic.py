@@ -15,16 +15,14 @@ the final sum, greedy decoding, held-out problems). Fits in a few minutes on 2 C
 """
 
 import os
-import runpy
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "gkd_jax", "tasks",
-                      "assets", "arithmetic")
+from configs import default
+from gkd_jax import tasks
 
 
 def get_config():
-  c = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                  "default.py"))["get_config"]()
-  assets = os.path.normpath(ASSETS)
+  c = default.get_config()
+  assets = tasks.asset_dir("arithmetic")
   c.student.path = os.path.join(assets, "student_init")
   c.student.dtype = "float32"
   c.teacher.path = os.path.join(assets, "teacher")

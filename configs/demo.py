@@ -14,13 +14,11 @@ match of the (correction-resolved) final sum on 1000 held-out problems, greedy a
 configs/paper_table.py is the full comparison (more methods, seeds, equal-time columns).
 """
 
-import os
-import runpy
+from configs import paper_table
 
 
 def get_config():
-  c = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                  "paper_table.py"))["get_config"]()
+  c = paper_table.get_config()
   c.train.num_steps = 300
   c.train.eval_every = 0  # before and after only
   c.train.checkpoint_every = 100

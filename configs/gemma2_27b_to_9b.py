@@ -10,13 +10,11 @@ configs/gemma2_9b_to_2b.py; see it for the launch on a TPU pod. A 9B student in 
 moments is ~150 GB of state before activations.
 """
 
-import os
-import runpy
+from configs import gemma2_9b_to_2b
 
 
 def get_config():
-  c = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                  "gemma2_9b_to_2b.py"))["get_config"]()
+  c = gemma2_9b_to_2b.get_config()
   c.student.path, c.student.preset = "/path/to/gemma-2-9b-it", "gemma2_9b"  # placeholder path
   c.student.dtype = "float32"
   c.teacher.path, c.teacher.preset = "/path/to/gemma-2-27b-it", "gemma2_27b"  # placeholder path

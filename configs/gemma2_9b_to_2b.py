@@ -15,13 +15,11 @@ f32 master weights and optimizer state, the 9B teacher in bf16 on the same mesh.
 through the vocabulary-streaming kernel (Gemma's 256k vocabulary never materialises as [N, V] logits).
 """
 
-import os
-import runpy
+from configs import default
 
 
 def get_config():
-  c = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                  "default.py"))["get_config"]()
+  c = default.get_config()
   c.student.path = "/path/to/gemma-2-2b-it"  # placeholder: set --config.student.path
   c.student.preset = "gemma2_2b"  # the architecture `gkd-jax plan` compiles (no weights needed)
   c.student.dtype = "float32"

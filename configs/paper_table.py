@@ -18,16 +18,14 @@ long it goes on (equal-steps and equal-time comparisons read the same runs).
 """
 
 import os
-import runpy
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "gkd_jax", "tasks",
-                      "assets", "slip_addition")
+from configs import default
+from gkd_jax import tasks
 
 
 def get_config():
-  c = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                  "default.py"))["get_config"]()
-  assets = os.path.normpath(ASSETS)
+  c = default.get_config()
+  assets = tasks.asset_dir("slip_addition")
   c.student.path = os.path.join(assets, "student_init")
   c.student.dtype = "float32"
   c.teacher.path = os.path.join(assets, "teacher")

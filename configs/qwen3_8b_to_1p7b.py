@@ -10,13 +10,11 @@ configs/gemma2_9b_to_2b.py; see it for the launch on a TPU pod. Qwen's vocabular
 multiple of the kernels' vocabulary block: the last block is masked.
 """
 
-import os
-import runpy
+from configs import gemma2_9b_to_2b
 
 
 def get_config():
-  c = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                  "gemma2_9b_to_2b.py"))["get_config"]()
+  c = gemma2_9b_to_2b.get_config()
   c.student.path, c.student.preset = "/path/to/Qwen3-1.7B", "qwen3_1.7b"  # placeholder path
   c.student.dtype = "float32"
   c.teacher.path, c.teacher.preset = "/path/to/Qwen3-8B", "qwen3_8b"  # placeholder path

@@ -5,7 +5,7 @@
 Loads every parity fixture (tests/fixtures/hf/<family>) with gkd_jax.load_pretrained, writes it
 back with gkd_jax.save_pretrained (our config.json dialect, tensor names and layouts), once as a
 single model.safetensors and once in shards with model.safetensors.index.json, then runs
-`experiments/make_hf_fixtures.py --check OUT_DIR` in the torch venv (.refvenv): transformers'
+`tests/fixtures/make_hf_fixtures.py --check OUT_DIR` in the torch venv (.refvenv): transformers'
 AutoModelForCausalLM.from_pretrained loads each folder and must reproduce the fixture's logits
 (max |dlogit| <= 1e-5) and greedy continuation. Exit status 0 when every family passes.
 """
@@ -34,8 +34,8 @@ def main() -> int:
       hf.save_pretrained(folder, model, params, max_shard_bytes=shard_bytes)
       files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
       print(f"{family}: saved by gkd_jax to {folder} ({len(files)} safetensors file(s))")
-    status |= subprocess.call([refpy, os.path.join(ROOT, "experiments", "make_hf_fixtures.py"),
-                               "--check", os.path.join(out, layout)])
+    maker = os.path.join(ROOT, "tests", "fixtures", "make_hf_fixtures.py")
+    status |= subprocess.call([refpy, maker, "--check", os.path.join(out, layout)])
   return status
 
 

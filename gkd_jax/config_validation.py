@@ -13,14 +13,14 @@ import math
 import os
 from typing import Any, Optional
 
-LOSSES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd",
-          "sampled_reverse_kl")
-MESH_AXES = ("data", "fsdp", "tensor")
-LOGICAL_AXES = ("batch", "embed", "mlp", "heads", "kv_heads", "head_dim", "vocab")
-DTYPES = ("float32", "bfloat16")
-TASKS = ("", "arithmetic", "slip_addition")
-CHAT_FAMILIES = ("", "gemma", "llama3", "chatml", "qwen2.5")
+import jax
+
+from gkd_jax import divergences, kernels, models, optim, remat, sharding, tasks, tokenizers
+from gkd_jax.models.presets import PRESETS
+
+# Every list of allowed values lives beside the code that implements it; read from there.
 MODES = ("train", "eval", "sample")
+MIXINGS = ("batch", "example")  # gkd.choose_completions: one coin per batch, or λ·B rows
 
 
 def _num(lo=None, hi=None, lo_open=False, hi_open=False, integer=False):
@@ -65,24 +65,25 @@ def _str(v):
 # (dotted field, check) in the order of configs/default.py.
 FIELDS = (
     ("seed", _int(0)),
-    ("student.path", _str), ("student.preset", _str), ("student.dtype", _choice(*DTYPES)),
-    ("teacher.path", _str), ("teacher.dtype", _choice(*DTYPES)), ("teacher.preset", _str),
+    ("student.path", _str), ("student.preset", _str), ("student.dtype", _choice(*models.DTYPES)),
+    ("teacher.path", _str), ("teacher.dtype", _choice(*models.DTYPES)), ("teacher.preset", _str),
     ("tokenizer.path", _str),
     ("data.train_path", _str), ("data.eval_path", _str),
     ("data.max_prompt_len", _int(2)), ("data.max_completion_len", _int(1)),
     ("data.shuffle", _bool), ("data.worker_count", _int(0)),
-    ("data.chat_family", _choice(*CHAT_FAMILIES)),
-    ("gkd.lmbda", _num(0, 1)), ("gkd.mixing", _choice("batch", "example")),
-    ("gkd.seq_kd", _bool), ("gkd.teacher_cache", _str), ("gkd.teacher_cache_k", _int(1)), ("gkd.loss", _choice(*LOSSES)),
+    ("data.chat_family", _choice("", *tokenizers.CHAT_FAMILIES)),
+    ("gkd.lmbda", _num(0, 1)), ("gkd.mixing", _choice(*MIXINGS)),
+    ("gkd.seq_kd", _bool), ("gkd.teacher_cache", _str), ("gkd.teacher_cache_k", _int(1)),
+    ("gkd.loss", _choice(*divergences.KINDS)),
     ("gkd.beta", _num(0, 1)), ("gkd.alpha", _num(0, 1)),
     ("gkd.temperature", _num(0, lo_open=True)),
     ("gkd.divergence_weight", _num(0)), ("gkd.ce_weight", _num(0)),
-    ("gkd.kernel_impl", _choice("auto", "pallas", "chunked", "reference")),
+    ("gkd.kernel_impl", _choice(*kernels.IMPLS)),
     ("sampling.temperature", _num(0)), ("sampling.top_k", _int(0)),
     ("sampling.top_p", _num(0, 1, lo_open=True)), ("sampling.max_new_tokens", _int(1)),
-    ("optim.name", _choice("adamw", "adafactor", "sgd")),
+    ("optim.name", _choice(*optim.NAMES)),
     ("optim.learning_rate", _num(0, lo_open=True)),
-    ("optim.schedule", _choice("constant", "cosine", "linear")),
+    ("optim.schedule", _choice(*optim.SCHEDULES)),
     ("optim.warmup_steps", _int(0)), ("optim.weight_decay", _num(0)),
     ("optim.b1", _num(0, 1, hi_open=True)), ("optim.b2", _num(0, 1, hi_open=True)),
     ("optim.grad_clip", _num(0)), ("optim.grad_accum_steps", _int(1)),
@@ -90,12 +91,12 @@ FIELDS = (
     ("train.eval_every", _int(0)), ("train.checkpoint_every", _int(1)),
     ("train.keep_checkpoints", _int(1)), ("train.async_checkpoints", _bool),
     ("train.preemption_check_every", _int(1)),
-    ("train.export_final", _bool), ("train.remat", _choice(True, False, "auto")),
+    ("train.export_final", _bool), ("train.remat", _choice(*remat.CHOICES)),
     ("train.max_nonfinite_steps", _int(0)),
     ("eval.batch_size", _int(1)), ("eval.num_examples", _int(1)),
     ("eval.max_new_tokens", _int(1)), ("eval.num_samples", _int(0)),
     ("eval.temperature", _num(0, lo_open=True)), ("eval.teacher", _bool),
-    ("task.name", _choice(*TASKS)),
+    ("task.name", _choice("", *tasks.TASKS)),
 )
 
 
@@ -113,31 +114,6 @@ def _fail(field: str, value: Any, message: str):
   raise ValueError(f"{field}={value!r} {message}")
 
 
-def resolve_mesh_shape(mesh, num_devices: int) -> tuple[int, int, int]:
-  """(data, fsdp, tensor) with the one -1 replaced by the remaining devices; ValueError if no fit."""
-  sizes = []
-  for axis in MESH_AXES:
-    v = _get(mesh, axis)
-    if isinstance(v, bool) or not isinstance(v, int) or (v < 1 and v != -1):
-      _fail(f"mesh.{axis}", v, "must be a positive integer or -1 (fill with remaining devices)")
-    sizes.append(v)
-  fills = [a for a, v in zip(MESH_AXES, sizes) if v == -1]
-  if len(fills) > 1:
-    _fail(f"mesh.{fills[1]}", -1, f"is a second -1 (also mesh.{fills[0]}); at most one axis "
-          "may fill the remaining devices")
-  fixed = math.prod(v for v in sizes if v != -1)
-  shape_str = "x".join(str(v) for v in sizes)
-  if fills:
-    if num_devices % fixed:
-      raise ValueError(f"mesh={shape_str} does not fit {num_devices} devices: {num_devices} is not "
-                       f"divisible by {fixed}")
-    sizes = [num_devices // fixed if v == -1 else v for v in sizes]
-  elif fixed != num_devices:
-    raise ValueError(f"mesh={shape_str} needs {fixed} devices but {num_devices} are available "
-                     "(set one axis to -1 to fill)")
-  return tuple(sizes)
-
-
 def _validate_rules(rules) -> None:
   try:
     pairs = [tuple(p) for p in rules]
@@ -147,12 +123,14 @@ def _validate_rules(rules) -> None:
     if len(pair) != 2 or not isinstance(pair[0], str):
       _fail("sharding_rules", pair, "entries must be (logical_axis, mesh_axes) pairs")
     name, axes = pair
-    if name not in LOGICAL_AXES:
-      _fail("sharding_rules", name, "is not a logical axis; choose from " + ", ".join(LOGICAL_AXES))
+    if name not in sharding.LOGICAL_AXES:
+      _fail("sharding_rules", name,
+            "is not a logical axis; choose from " + ", ".join(sharding.LOGICAL_AXES))
     axes_t = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     for a in axes_t:
-      if a not in MESH_AXES:
-        _fail(f"sharding_rules[{name}]", axes, "names a mesh axis not in " + ", ".join(MESH_AXES))
+      if a not in sharding.MESH_AXES:
+        _fail(f"sharding_rules[{name}]", axes,
+              "names a mesh axis not in " + ", ".join(sharding.MESH_AXES))
 
 
 def _require_path(field: str, value: str, why: str) -> None:
@@ -215,9 +193,9 @@ def validate(config, num_devices: Optional[int] = None, mode: str = "train",
   _validate_rules(_get(config, "sharding_rules"))
 
   if num_devices is None:
-    import jax  # pylint: disable=import-outside-toplevel
     num_devices = jax.device_count()
-  data, fsdp, _ = resolve_mesh_shape(_get(config, "mesh"), num_devices)
+  mesh = {a: _get(config, f"mesh.{a}") for a in sharding.MESH_AXES}
+  data, fsdp, _ = sharding.resolve_mesh_shape(mesh, num_devices)
   batch_shards = data * fsdp
   for field in ("train.batch_size", "eval.batch_size"):
     b = _get(config, field)
@@ -239,13 +217,8 @@ def validate(config, num_devices: Optional[int] = None, mode: str = "train",
   student_path, preset = _get(config, "student.path"), _get(config, "student.preset")
   if not student_path and not preset:
     raise ValueError("student.path='' and student.preset='': set a checkpoint path or a preset")
-  if not student_path and preset:
-    try:
-      from gkd_jax.models.presets import PRESETS  # pylint: disable=import-outside-toplevel
-    except ImportError:
-      PRESETS = None
-    if PRESETS is not None and preset not in PRESETS:
-      _fail("student.preset", preset, "is not a preset; choose one of " + ", ".join(PRESETS))
+  if not student_path and preset not in PRESETS:
+    _fail("student.preset", preset, "is not a preset; choose one of " + ", ".join(PRESETS))
   tokenizer_path = _get(config, "tokenizer.path") or student_path
   if not tokenizer_path:
     raise ValueError("tokenizer.path='' must be set when the student is built from a preset")

@@ -105,6 +105,9 @@ def read_jsonl_records(path: str) -> list[dict]:
   return records
 
 
+_FAMILIES = ", ".join(tok_lib.CHAT_FAMILIES)
+
+
 def completion_end_id(tokenizer, chat_family: Optional[str] = None) -> int:
   """The id that ends a completion: the family's end-of-turn token for chat data, else EOS."""
   if chat_family:
@@ -119,7 +122,7 @@ def record_text(record: dict, chat_family: Optional[str]) -> tuple[str, Optional
   if "messages" not in record:
     return record["prompt"], record["completion"]
   if not chat_family:
-    raise ValueError("chat 'messages' records need a chat_family (gemma, llama3 or chatml)")
+    raise ValueError(f"chat 'messages' records need a chat_family ({_FAMILIES})")
   messages = record["messages"]
   completion = None
   if messages[-1]["role"] == "assistant":
@@ -195,8 +198,7 @@ def make_dataset(records: Sequence[dict], tokenizer, *, batch_size: int, max_pro
   if chat_family:
     chat_family = tok_lib.chat_family(chat_family)
   elif any("messages" in r for r in records):
-    raise ValueError("the data has chat 'messages' records: set data.chat_family "
-                     "(gemma, llama3 or chatml)")
+    raise ValueError(f"the data has chat 'messages' records: set data.chat_family ({_FAMILIES})")
   records = list(records)
   if split_global_batches:
     ds = _global_batch_rows(records, batch_size, seed, shuffle, num_epochs, shard_index,

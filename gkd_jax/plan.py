@@ -91,13 +91,13 @@ def abstract_run(config, devices) -> train.Run:
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = tuple(config.sharding_rules)
   student = models.build(model_config(config.student, "student"),
-                         train.DTYPES[config.student.dtype])
+                         models.DTYPES[config.student.dtype])
   params, param_shardings = _abstract_params(student, mesh, rules)
   teacher = teacher_params = None
   g = config.gkd
   if g.divergence_weight > 0 or g.seq_kd:
     teacher = models.build(model_config(config.teacher, "teacher"),
-                           train.DTYPES[config.teacher.dtype])
+                           models.DTYPES[config.teacher.dtype])
     teacher_params, _ = _abstract_params(teacher, mesh, rules)
     sv, tv = student.config.vocab_size, teacher.config.vocab_size
     if sv != tv:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 FRACTION = 0.9
+# The values `train.remat` may take: always, never, or `choose` decides.
+CHOICES = (True, False, "auto")
 
 
 def memory_limit(device) -> Optional[int]:

@@ -16,18 +16,52 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import math
+
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gkd_jax.config_validation import MESH_AXES, resolve_mesh_shape
-
+MESH_AXES = ("data", "fsdp", "tensor")
+# The names `sharding_rules` may map: the batch dim of batches and the parameters' logical axes.
+LOGICAL_AXES = ("batch", "embed", "mlp", "heads", "kv_heads", "head_dim", "vocab")
 DEFAULT_BATCH_AXES = ("data", "fsdp")
 
 
 def _get(cfg, name):
   return cfg[name] if isinstance(cfg, dict) else getattr(cfg, name)
+
+
+def _fail(field: str, value: Any, message: str):
+  raise ValueError(f"{field}={value!r} {message}")
+
+
+def resolve_mesh_shape(mesh, num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) with the one -1 replaced by the remaining devices; ValueError if no fit.
+
+  `mesh` maps each of MESH_AXES to a positive size or -1 (a dict or the config's `mesh` group)."""
+  sizes = []
+  for axis in MESH_AXES:
+    v = _get(mesh, axis)
+    if isinstance(v, bool) or not isinstance(v, int) or (v < 1 and v != -1):
+      _fail(f"mesh.{axis}", v, "must be a positive integer or -1 (fill with remaining devices)")
+    sizes.append(v)
+  fills = [a for a, v in zip(MESH_AXES, sizes) if v == -1]
+  if len(fills) > 1:
+    _fail(f"mesh.{fills[1]}", -1, f"is a second -1 (also mesh.{fills[0]}); at most one axis "
+          "may fill the remaining devices")
+  fixed = math.prod(v for v in sizes if v != -1)
+  shape_str = "x".join(str(v) for v in sizes)
+  if fills:
+    if num_devices % fixed:
+      raise ValueError(f"mesh={shape_str} does not fit {num_devices} devices: {num_devices} is not "
+                       f"divisible by {fixed}")
+    sizes = [num_devices // fixed if v == -1 else v for v in sizes]
+  elif fixed != num_devices:
+    raise ValueError(f"mesh={shape_str} needs {fixed} devices but {num_devices} are available "
+                     "(set one axis to -1 to fill)")
+  return tuple(sizes)
 
 
 def make_mesh(mesh_config, devices: Optional[Sequence[Any]] = None) -> Mesh:
@@ -38,7 +72,7 @@ def make_mesh(mesh_config, devices: Optional[Sequence[Any]] = None) -> Mesh:
   puts the last axis ("tensor") on the fastest interconnect of a TPU slice.
   """
   devices = list(jax.devices() if devices is None else devices)
-  shape = resolve_mesh_shape({a: _get(mesh_config, a) for a in MESH_AXES}, len(devices))
+  shape = resolve_mesh_shape(mesh_config, len(devices))
   try:
     grid = mesh_utils.create_device_mesh(shape, devices)
   except (ValueError, AssertionError, NotImplementedError):

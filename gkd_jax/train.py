@@ -28,13 +28,10 @@ from gkd_jax import remat as remat_lib
 from gkd_jax import workdir as workdir_lib
 from gkd_jax.config_validation import validate
 from gkd_jax.finite import NonFiniteGuard
-from gkd_jax.models.hf import load_pretrained, read_hf_config, save_pretrained
-from gkd_jax.models.hf_config import config_from_hf
+from gkd_jax.models.hf import read_model, read_params, save_pretrained
 from gkd_jax.models.presets import get_preset
 from gkd_jax.sampling import sample
 from gkd_jax.tokenizers import load_tokenizer
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass
@@ -58,15 +55,19 @@ def _load(section, name, mesh, rules):
   path = section.path
   if not os.path.isfile(os.path.join(path, "config.json")):
     raise ValueError(f"{name}.path={path!r} is not a checkpoint directory (no config.json)")
-  dtype = DTYPES[section.dtype]
+  dtype = models.DTYPES[section.dtype]
   try:
-    model = models.build(config_from_hf(read_hf_config(path)), dtype)
+    model, multimodal = read_model(path, dtype)
   except (KeyError, TypeError, ValueError) as e:
     raise ValueError(f"{os.path.join(path, 'config.json')} ({name}.path): not a model config "
                      f"this code reads ({type(e).__name__}: {e})") from None
-  shardings = sharding.tree_shardings(mesh, models.logical_axes(model), rules,
-                                      shapes=models.param_shapes(model))
-  return load_pretrained(path, dtype=dtype, shardings=shardings)
+  shardings = _param_shardings(model, mesh, rules)
+  return model, read_params(path, model, dtype, shardings, multimodal=multimodal)
+
+
+def _param_shardings(model, mesh, rules):
+  return sharding.tree_shardings(mesh, models.logical_axes(model), rules,
+                                 shapes=models.param_shapes(model))
 
 
 def divergence_layout(mesh, rules, vocab_size) -> Optional[kernels.Layout]:
@@ -99,9 +100,9 @@ def build(config, mode: str = "train", devices=None) -> Run:
   if config.student.path:
     student, params = _load(config.student, "student", mesh, rules)
   else:
-    student = models.build(get_preset(config.student.preset),
-                           DTYPES[config.student.dtype])
-    params = models.init(student, jax.random.key(config.seed))
+    student = models.build(get_preset(config.student.preset), models.DTYPES[config.student.dtype])
+    params = models.init(student, jax.random.key(config.seed),
+                         shardings=_param_shardings(student, mesh, rules))
   teacher = teacher_params = None
   if config.teacher.path and load_teacher:
     teacher, teacher_params = _load(config.teacher, "teacher", mesh, rules)
@@ -120,9 +121,7 @@ def build(config, mode: str = "train", devices=None) -> Run:
   if tokenizer.vocab_size > student.config.vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the student's vocabulary "
                      f"is {student.config.vocab_size}")
-  param_shardings = sharding.tree_shardings(mesh, models.logical_axes(student), rules,
-                                            shapes=models.param_shapes(student))
-  params = jax.device_put(params, param_shardings)
+  param_shardings = _param_shardings(student, mesh, rules)
   if config.data.eval_path and mode != "sample":
     data.read_jsonl_records(config.data.eval_path)  # a malformed line fails before any write
   settings = gkd.GKDSettings.from_config(
@@ -426,8 +425,9 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
       try:
         batch = _global_batch(run, next(data_iter))
       except StopIteration:
-        raise ValueError(f"data.num_epochs={c.data.num_epochs} ran out at step {step} of "
-                         f"train.num_steps={c.train.num_steps}; use -1 (repeat) or fewer steps")
+        ran_out = (f"data.num_epochs={c.data.num_epochs} ran out at step {step} of "
+                   f"train.num_steps={c.train.num_steps}; use -1 (repeat) or fewer steps")
+        raise ValueError(ran_out) from None
       state, m = step_fn(state, run.teacher_params, batch, rng)
       step += 1
       finite.add(step, m)

@@ -6,11 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from gkd_jax import data
+from gkd_jax import config_validation, data, testing, tokenizers
 from gkd_jax.tasks import arithmetic, asset_dir
 from gkd_jax.tokenizers import apply_chat_template, load_tokenizer
-
-import tokenizer_helpers
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +208,7 @@ def test_empty_file_is_an_error(tmp_path):
 
 
 def test_chat_records_use_template_and_end_of_turn(tmp_path):
-  tok = load_tokenizer(os.path.dirname(tokenizer_helpers.build_tokenizer_json(
+  tok = load_tokenizer(os.path.dirname(testing.build_tokenizer_json(
       str(tmp_path / "tok"), "chatml")))
   msgs = [{"role": "system", "content": "Be brief."},
           {"role": "user", "content": "Hello teacher"},
@@ -229,6 +227,26 @@ def test_chat_records_use_template_and_end_of_turn(tmp_path):
   n = b["completion_mask"][0].sum()
   assert b["completion_tokens"][0][:n].tolist() == tok.encode("Hello student.", add_bos=False) + [end]
   assert b["completion_mask"][1].sum() == 0  # last message is the user's: prompt only
+
+
+def test_chat_errors_name_every_family_and_every_family_renders(tmp_path):
+  """The families data.chat_family accepts are the ones the data pipeline renders and names."""
+  accepted = dict(config_validation.FIELDS)["data.chat_family"]
+  msgs = [{"role": "user", "content": "Hello teacher"},
+          {"role": "assistant", "content": "Hello student."}]
+  for family in tokenizers.CHAT_FAMILIES:
+    assert accepted(family) is None
+    assert data.record_text({"messages": msgs}, family) == (
+        apply_chat_template(msgs[:1], family), "Hello student.")
+  path = _write(tmp_path / "chat.jsonl", [{"messages": msgs}])
+  tok = load_tokenizer(os.path.dirname(testing.build_tokenizer_json(str(tmp_path / "t"))))
+  with pytest.raises(ValueError) as loader_error:
+    data.make_loader(path, tok, batch_size=1, max_prompt_len=64, max_completion_len=16,
+                     shard_index=0, shard_count=1)
+  with pytest.raises(ValueError) as record_error:
+    data.record_text({"messages": msgs}, None)
+  for error in (loader_error, record_error):
+    assert all(family in str(error.value) for family in tokenizers.CHAT_FAMILIES), error.value
 
 
 def test_worker_processes_give_the_same_batches(tmp_path, tok):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import gkd_jax
+from gkd_jax import sharding
 from gkd_jax.models import SLIDING, build, init, logical_axes, param_shapes, unembedding
-from tests.model_helpers import FAMILIES, tiny, tiny_config
+from gkd_jax.testing import FAMILIES, TP_FSDP_RULES, sharded_2x2x2, tiny, tiny_config
 
 # --------------------------------------------------------------------------- float64 reference
 
@@ -179,3 +180,34 @@ def test_params_contract():
   np.testing.assert_array_equal(unembedding(llama, lp), lp["embed"].T)
   with pytest.raises(TypeError, match="ModelConfig"):
     build({"model_type": "llama"})
+
+
+def test_init_draws_every_matrix_and_places_it_where_asked():
+  """init = the Decoder's own initialisers: an independent normal(0, 0.02) draw per matrix,
+  zero biases, identity norms; with shardings each array is created in place, same values."""
+  cfg = tiny_config("qwen2", embed_dim=64, mlp_dim=128, qk_norm=True)
+  model = build(cfg)
+  params = init(model, jax.random.key(3))
+  named = {jax.tree_util.keystr(p): np.asarray(x)
+           for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  drawn = [x for n, x in named.items() if "norm" not in n and "bias" not in n]
+  assert len(drawn) == 2 + 7 * cfg.num_layers  # embed, lm_head, q/k/v/o, gate/up/down
+  values = np.concatenate([x.ravel() for x in drawn])
+  assert abs(values.std() - 0.02) < 0.0005 and abs(values.mean()) < 0.0005
+  flat = [x.ravel()[:64] for x in drawn]
+  for i in range(len(flat)):  # no two matrices share a draw
+    for j in range(i):
+      assert not np.allclose(flat[i], flat[j])
+  for n, x in named.items():
+    if "bias" in n:
+      assert np.all(x == 0.0), n
+    elif "norm" in n:
+      assert np.all(x == 1.0), n
+  assert not np.array_equal(named["['embed']"], np.asarray(init(model, jax.random.key(4))["embed"]))
+  mesh, _ = sharded_2x2x2(model, params)
+  shardings = sharding.tree_shardings(mesh, logical_axes(model), TP_FSDP_RULES,
+                                      shapes=param_shapes(model))
+  placed = init(model, jax.random.key(3), shardings=shardings)
+  for x, y, sh in zip(jax.tree.leaves(params), jax.tree.leaves(placed), jax.tree.leaves(shardings)):
+    assert y.sharding == sh
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -1,4 +1,4 @@
-"""Our `jsd` against TRL's GKDTrainer.generalized_jsd_loss (fixture from experiments/make_trl_fixtures.py).
+"""Our `jsd` against TRL's GKDTrainer.generalized_jsd_loss (tests/fixtures/make_trl_fixtures.py).
 
 TRL special-cases beta=0 (KL(p_T||p_S)) and beta=1 (KL(p_S||p_T)): the same ends as ours, so the whole
 beta grid, ends included, must agree; and its "batchmean" over labels != -100 is our masked_mean.

@@ -3,13 +3,13 @@ land (metrics.jsonl, summary.json, the compare table), on the bundled slip-addit
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from configs import paper_table
 from gkd_jax import report, train
 from gkd_jax.tasks import slip_addition
 
@@ -17,7 +17,7 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), os.pardir))
 
 
 def _config(**eval_fields):
-  c = runpy.run_path(os.path.join(ROOT, "configs", "paper_table.py"))["get_config"]()
+  c = paper_table.get_config()
   c.teacher.path = ""  # decoding only
   c.gkd.divergence_weight, c.gkd.ce_weight = 0.0, 1.0
   c.eval.num_examples, c.eval.batch_size, c.eval.max_new_tokens = 48, 24, 88

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gkd_jax import divergences, gkd, models, sampling
+from gkd_jax import divergences, gkd, sampling, testing
 from gkd_jax.divergences import DivergenceSpec
 from gkd_jax.optim import OptimConfig
 from gkd_jax.scoring import score
@@ -18,11 +18,8 @@ EOS, PAD = 2, 0
 
 
 def _tiny(seed, layers=1, dim=16):
-  cfg = models.ModelConfig(model_type="llama", vocab_size=V, num_layers=layers, embed_dim=dim,
-                           mlp_dim=2 * dim, num_heads=2, num_kv_heads=1, head_dim=8,
-                           tie_embeddings=False, eos_id=EOS, pad_id=PAD)
-  model = models.build(cfg)
-  return model, models.init(model, jax.random.key(seed))
+  return testing.tiny_llama(seed, vocab_size=V, num_layers=layers, embed_dim=dim, eos_id=EOS,
+                            pad_id=PAD)
 
 
 def _batch(seed):

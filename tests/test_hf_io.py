@@ -17,19 +17,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from safetensors.numpy import load_file, save_file
 
 import gkd_jax
-from gkd_jax import models
+from gkd_jax import models, testing
 from gkd_jax.models import hf
 from gkd_jax.models.hf_config import config_from_hf
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
 TINY = ("tiny_llama", "tiny_gemma2", "tiny_gemma3", "tiny_qwen2", "tiny_qwen3")
-
-
-def _random_params(model, seed):
-  """Fresh random values for every leaf (norm scales and biases too, never zeros)."""
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape, np.float32), s.dtype),
-                      models.param_shapes(model))
 
 
 def _assert_same_tree(a, b):
@@ -43,7 +36,7 @@ def _assert_same_tree(a, b):
 def test_round_trip_is_exact(name, tmp_path):
   cfg = models.get_preset(name)
   model = models.build(cfg)
-  params = _random_params(model, seed=len(name))
+  params = testing.normal_params(model, seed=len(name))
   gkd_jax.save_pretrained(tmp_path, model, params)
   assert sorted(os.listdir(tmp_path)) == ["config.json", "generation_config.json",
                                           "model.safetensors"]
@@ -57,7 +50,7 @@ def test_round_trip_is_exact(name, tmp_path):
 
 def test_bf16_and_sharded_round_trip(tmp_path):
   model = models.build(models.get_preset("tiny_qwen3"), jnp.bfloat16)
-  params = _random_params(model, seed=3)
+  params = testing.normal_params(model, seed=3)
   hf.save_pretrained(tmp_path, model, params, max_shard_bytes=20_000)
   files = sorted(os.listdir(tmp_path))
   shards = [f for f in files if f.endswith(".safetensors")]
@@ -127,7 +120,7 @@ def test_load_streams_one_tensor_at_a_time(tmp_path):
       vocab_size=2048, embed_dim=128, mlp_dim=512, num_layers=4, num_heads=4, num_kv_heads=2,
       head_dim=64, tie_embeddings=False, layer_types=())
   model = models.build(cfg)
-  hf.save_pretrained(tmp_path, model, _random_params(model, 5))
+  hf.save_pretrained(tmp_path, model, testing.normal_params(model, 5))
   total = os.path.getsize(tmp_path / "model.safetensors")
   largest = cfg.vocab_size * cfg.embed_dim * 4
   tracemalloc.start()
@@ -257,5 +250,5 @@ def test_save_refuses_what_transformers_cannot_represent(tmp_path):
   cfg = models.get_preset("tiny_llama").replace(attn_logit_softcap=10.0)
   model = models.build(cfg)
   with pytest.raises(ValueError, match="soft-caps"):
-    gkd_jax.save_pretrained(tmp_path, model, _random_params(model, 0))
+    gkd_jax.save_pretrained(tmp_path, model, testing.normal_params(model, 0))
   assert not os.listdir(tmp_path)  # nothing half-written

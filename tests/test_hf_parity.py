@@ -1,7 +1,7 @@
 """Parity with transformers (the reference implementation) on committed fixtures.
 
 tests/fixtures/hf/<family>/ holds a tiny random checkpoint saved by transformers together with
-logits and a greedy continuation computed by transformers (experiments/make_hf_fixtures.py; no
+logits and a greedy continuation computed by transformers (tests/fixtures/make_hf_fixtures.py; no
 torch here). Each family is loaded from its own config.json (transformers 5.x dialect) and from
 the same config rewritten in the 4.x dialect; both must reproduce transformers' outputs:
 float32 logits (and final-norm hidden states) within 1e-4 at every unpadded position (full,

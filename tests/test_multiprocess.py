@@ -20,9 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from gkd_jax import distributed, tasks
+from gkd_jax import distributed, tasks, testing
 from gkd_jax.models.hf import load_pretrained
-from test_train import _save_tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = tasks.asset_dir("arithmetic")
@@ -35,13 +34,13 @@ COMPARED = ("loss", "divergence", "on_policy_fraction", "completion_length", "gr
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
   d = tmp_path_factory.mktemp("mp")
-  student = _save_tiny(d / "student", 1, 32, seed=1)
-  teacher = _save_tiny(d / "teacher", 2, 32, seed=2)
+  student = testing.save_tiny_llama(d / "student", seed=1, num_layers=1)
+  teacher = testing.save_tiny_llama(d / "teacher", seed=2, num_layers=2)
   path = d / "config.py"
   path.write_text(f'''
-import runpy
+from configs import arithmetic
 def get_config():
-  c = runpy.run_path({os.path.join(ROOT, "configs", "arithmetic.py")!r})["get_config"]()
+  c = arithmetic.get_config()
   c.student.path, c.teacher.path = {student!r}, {teacher!r}
   c.data.max_completion_len = c.sampling.max_new_tokens = c.eval.max_new_tokens = 12
   c.gkd.lmbda, c.gkd.mixing = 0.5, "example"  # sampled and dataset rows in every batch

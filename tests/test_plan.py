@@ -34,9 +34,9 @@ def config_file(tmp_path_factory):
                      intermediate_size=256, num_hidden_layers=1)
   path = d / "config.py"
   path.write_text(f'''
-import runpy
+from configs import default
 def get_config():
-  c = runpy.run_path({os.path.join(ROOT, "configs", "default.py")!r})["get_config"]()
+  c = default.get_config()
   c.student.path, c.teacher.path = {student!r}, {teacher!r}
   c.data.train_path = "/not/needed/by/a/plan.jsonl"
   c.data.max_prompt_len = c.data.max_completion_len = 16

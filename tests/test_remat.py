@@ -1,21 +1,17 @@
 """train.remat="auto": the choice follows the device's memory limit, and the compiled step it keeps
 (no second compile) computes exactly what the jitted step without remat computes."""
 
-import runpy
-import os
-
 import jax
 import numpy as np
 import pytest
 
+from configs import demo
 from gkd_jax import remat, train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def demo_run():
-  config = runpy.run_path(os.path.join(ROOT, "configs", "demo.py"))["get_config"]()
+  config = demo.get_config()
   config.train.batch_size = 4
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
   run = train.build(config, devices=jax.devices()[:1])

@@ -9,7 +9,7 @@ from scipy import stats
 
 import gkd_jax
 from gkd_jax.models import build
-from tests.model_helpers import sharded_2x2x2, tiny
+from gkd_jax.testing import sharded_2x2x2, tiny
 
 
 def _prompts(vocab, lengths, P, seed=0, side="left"):

@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import gkd_jax
 from gkd_jax.models import build, unembedding
-from tests.model_helpers import sharded_2x2x2, tiny
+from gkd_jax.testing import sharded_2x2x2, tiny
 
 
 def _batch(cfg, T=11, seed=1):

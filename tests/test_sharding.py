@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gkd_jax import sharding
+from gkd_jax import models, sharding, testing
 
 RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
          ("kv_heads", "tensor"), ("head_dim", None), ("vocab", "tensor"))
@@ -108,3 +108,15 @@ def test_batch_sharding(shape):
   _check_placement(x, jax.device_put(x, s), mesh, s.spec)
   assert sharding.batch_sharding(mesh, (("batch", "data"),), 3).spec == P("data", None, None)
   assert sharding.batch_sharding(mesh, (), 1).spec == P(("data", "fsdp"))
+
+
+def test_rules_can_name_every_logical_axis_a_model_uses():
+  """sharding.LOGICAL_AXES (what config validation accepts in sharding_rules) covers the names on
+  the parameters of every family flavour, and the batch dim."""
+  used = {"batch"}
+  for family in testing.FAMILIES:
+    cfg = testing.tiny_config(family, tie_embeddings=False, qkv_bias=True, qk_norm=True)
+    specs = jax.tree.leaves(models.logical_axes(models.build(cfg)),
+                            is_leaf=lambda x: isinstance(x, P))
+    used |= {name for spec in specs for name in spec}
+  assert used == set(sharding.LOGICAL_AXES)

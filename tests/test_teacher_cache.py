@@ -4,7 +4,6 @@ after an interruption, and every kind of mismatch refused."""
 import json
 import os
 import pickle
-import runpy
 import shutil
 import subprocess
 import sys
@@ -14,23 +13,15 @@ import jax
 import numpy as np
 import pytest
 
-from gkd_jax import data, models, tasks, teacher_cache
-from gkd_jax.models.hf import load_pretrained, save_pretrained
+from configs import arithmetic
+from gkd_jax import data, tasks, teacher_cache, testing
+from gkd_jax.models.hf import load_pretrained
 from gkd_jax.scoring import score
 from gkd_jax.tokenizers import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = tasks.asset_dir("arithmetic")
 K, TAU, C, P = 4, 0.7, 12, 16
-
-
-def _save_tiny(path, seed):
-  cfg = models.ModelConfig(model_type="llama", vocab_size=32, num_layers=1, embed_dim=32, mlp_dim=64,
-                           num_heads=4, num_kv_heads=2, head_dim=8, tie_embeddings=False, bos_id=2,
-                           eos_id=3, pad_id=0)
-  model = models.build(cfg)
-  save_pretrained(path, model, models.init(model, jax.random.key(seed)))
-  return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +32,12 @@ def files(tmp_path_factory):
   prompt_only = json.dumps({"prompt": json.loads(lines[0])["prompt"]}) + "\n"
   train = d / "train.jsonl"
   train.write_text("".join(lines[:4]) + "\n" + prompt_only + "".join(lines[4:]))  # a blank line too
-  return dict(dir=d, train=str(train), teacher=_save_tiny(d / "teacher", 2),
-              other_teacher=_save_tiny(d / "other_teacher", 3))
+  return dict(dir=d, train=str(train), teacher=testing.save_tiny_llama(d / "teacher", seed=2),
+              other_teacher=testing.save_tiny_llama(d / "other_teacher", seed=3))
 
 
 def _config(files, **changes):
-  c = runpy.run_path(os.path.join(ROOT, "configs", "arithmetic.py"))["get_config"]()
+  c = arithmetic.get_config()
   c.teacher.path, c.data.train_path = files["teacher"], files["train"]
   c.data.max_prompt_len, c.data.max_completion_len = P, C
   c.gkd.temperature = TAU
@@ -131,10 +122,9 @@ def test_resume_after_interruption(files, written):
 
 def _other_tokenizer(files):
   """Another sentencepiece tokenizer (other pieces for the same ids)."""
-  from tokenizer_helpers import build_sentencepiece  # pylint: disable=import-outside-toplevel
   d = os.path.join(files["dir"], "other_tok")
   if not os.path.exists(d):
-    build_sentencepiece(d)
+    testing.build_sentencepiece(d)
   return os.path.join(d, "tokenizer.model")
 
 
@@ -179,9 +169,9 @@ def test_cli_cache_teacher(files, written, tmp_path):
   """`gkd-jax cache-teacher` writes the same cache (one shard here); no --out is a usage error."""
   config = tmp_path / "config.py"
   config.write_text(f'''
-import runpy
+from configs import arithmetic
 def get_config():
-  c = runpy.run_path({os.path.join(ROOT, "configs", "arithmetic.py")!r})["get_config"]()
+  c = arithmetic.get_config()
   c.teacher.path, c.data.train_path = {files["teacher"]!r}, {files["train"]!r}
   c.data.max_prompt_len, c.data.max_completion_len = {P}, {C}
   c.gkd.temperature, c.gkd.teacher_cache_k = {TAU}, {K}

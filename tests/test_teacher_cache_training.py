@@ -3,30 +3,18 @@ k = V the run's losses equal those of the same run with the live teacher in memo
 
 import json
 import os
-import runpy
 
-import jax
 import pytest
 
-from gkd_jax import models, teacher_cache, train
-from gkd_jax.models.hf import save_pretrained
+from configs import arithmetic
+from gkd_jax import teacher_cache, testing, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 32  # the arithmetic tokenizer's vocabulary
 
 
-def _save_tiny(path, layers, seed):
-  cfg = models.ModelConfig(model_type="llama", vocab_size=V, num_layers=layers, embed_dim=32,
-                           mlp_dim=64, num_heads=4, num_kv_heads=2, head_dim=8,
-                           tie_embeddings=False, bos_id=2, eos_id=3, pad_id=0)
-  model = models.build(cfg)
-  save_pretrained(path, model, models.init(model, jax.random.key(seed)))
-  return str(path)
-
-
 def _config(d, **gkd):
-  c = runpy.run_path(os.path.join(ROOT, "configs", "arithmetic.py"))["get_config"]()
-  c.student.path, c.teacher.path = _save_tiny(d / "student", 1, 1), str(d / "teacher")
+  c = arithmetic.get_config()
+  c.student.path, c.teacher.path = testing.save_tiny_llama(d / "student", seed=1, num_layers=1), str(d / "teacher")
   c.gkd.lmbda, c.gkd.loss, c.gkd.temperature = 0.0, "jsd", 1.3
   c.gkd.teacher_cache_k = V
   c.train.batch_size, c.train.num_steps, c.train.log_every = 8, 4, 1
@@ -41,7 +29,7 @@ def _config(d, **gkd):
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory):
   d = tmp_path_factory.mktemp("cache_train")
-  _save_tiny(d / "teacher", 2, 2)
+  testing.save_tiny_llama(d / "teacher", seed=2, num_layers=2)
   teacher_cache.write_cache(_config(d), str(d / "cache"), records_per_shard=4096)
   return d
 

@@ -6,9 +6,8 @@ import pickle
 
 import pytest
 
+from gkd_jax import testing
 from gkd_jax import tokenizers as tk
-
-import tokenizer_helpers
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "chat_templates", "rendered.json")
 SAMPLES = ["Hello world, the student learns.", "12345 + 678 = ?", "  two  spaces\nnew line",
@@ -23,7 +22,7 @@ def _write_json(directory, name, obj):
 @pytest.fixture(scope="module")
 def sp_dir(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("sp"))
-  tokenizer_helpers.build_sentencepiece(d, chat=True)
+  testing.build_sentencepiece(d, chat=True)
   return d
 
 
@@ -73,12 +72,12 @@ def test_special_ids_preference_order(tmp_path, sp_dir):
 @pytest.mark.parametrize("family", ["chatml", "llama3", "gemma"])
 def test_tokenizer_json(tmp_path, family):
   from tokenizers import Tokenizer
-  path = tokenizer_helpers.build_tokenizer_json(str(tmp_path / family), family)
+  path = testing.build_tokenizer_json(str(tmp_path / family), family)
   ref = Tokenizer.from_file(path)
   tok = tk.load_tokenizer(os.path.dirname(path))
   assert tok.backend == "tokenizers"
   assert tok.vocab_size == ref.get_vocab_size(with_added_tokens=True)
-  specials = tokenizer_helpers.CHAT_SPECIALS[family]
+  specials = testing.CHAT_SPECIALS[family]
   want_eos = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "gemma": "<eos>"}[family]
   assert tok.eos_id == ref.token_to_id(want_eos)
   if family == "chatml":
@@ -98,7 +97,7 @@ def test_tokenizer_json(tmp_path, family):
 
 def test_pickle_round_trip(tmp_path, sp_dir):
   for tok in (tk.load_tokenizer(sp_dir), tk.load_tokenizer(os.path.dirname(
-      tokenizer_helpers.build_tokenizer_json(str(tmp_path / "j"), "chatml")))):
+      testing.build_tokenizer_json(str(tmp_path / "j"), "chatml")))):
     copy = pickle.loads(pickle.dumps(tok))
     assert (copy.bos_id, copy.eos_id, copy.pad_id, copy.vocab_size) == (
         tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size)
@@ -135,7 +134,7 @@ def test_chat_fixture_covers_every_family():
 @pytest.mark.parametrize("family", ["chatml", "llama3", "gemma"])
 def test_chat_round_trip_through_tokenizer(tmp_path, family):
   tok = tk.load_tokenizer(os.path.dirname(
-      tokenizer_helpers.build_tokenizer_json(str(tmp_path / family), family)))
+      testing.build_tokenizer_json(str(tmp_path / family), family)))
   messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"},
               {"role": "assistant", "content": "Hello student."},
               {"role": "user", "content": "Numbers 12345?"}]

@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from gkd_jax import models, tasks, train
-from gkd_jax.models.hf import load_pretrained, save_pretrained
+from gkd_jax import tasks, testing, train
+from gkd_jax.models.hf import load_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = tasks.asset_dir("arithmetic")
@@ -20,27 +20,18 @@ DETERMINISTIC = ("loss", "divergence", "on_policy_fraction", "completion_length"
                  "student_entropy", "teacher_entropy")
 
 
-def _save_tiny(path, layers, dim, vocab=32, seed=0):
-  cfg = models.ModelConfig(model_type="llama", vocab_size=vocab, num_layers=layers, embed_dim=dim,
-                           mlp_dim=2 * dim, num_heads=4, num_kv_heads=2, head_dim=8,
-                           tie_embeddings=False, bos_id=2, eos_id=3, pad_id=0)
-  model = models.build(cfg)
-  save_pretrained(path, model, models.init(model, jax.random.key(seed)))
-  return str(path)
-
-
 @pytest.fixture(scope="module")
 def run_files(tmp_path_factory):
   """Tiny student/teacher checkpoints and a config file on the bundled task's data."""
   d = tmp_path_factory.mktemp("run")
-  student = _save_tiny(d / "student", 1, 32, seed=1)
-  teacher = _save_tiny(d / "teacher", 2, 32, seed=2)
-  other_vocab = _save_tiny(d / "teacher_v40", 1, 32, vocab=40, seed=3)
+  student = testing.save_tiny_llama(d / "student", seed=1, num_layers=1)
+  teacher = testing.save_tiny_llama(d / "teacher", seed=2, num_layers=2)
+  other_vocab = testing.save_tiny_llama(d / "teacher_v40", seed=3, num_layers=1, vocab_size=40)
   config = d / "config.py"
   config.write_text(f'''
-import runpy
+from configs import arithmetic
 def get_config():
-  c = runpy.run_path({os.path.join(ROOT, "configs", "arithmetic.py")!r})["get_config"]()
+  c = arithmetic.get_config()
   c.student.path, c.teacher.path = {student!r}, {teacher!r}
   c.data.max_completion_len = c.sampling.max_new_tokens = c.eval.max_new_tokens = 12
   c.gkd.lmbda, c.gkd.mixing = 0.5, "batch"
@@ -123,7 +114,7 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run(run_files, tmp_pat
   metrics_file = killed_dir / "metrics.jsonl"
   deadline = time.time() + 600
   while time.time() < deadline and killed.poll() is None:
-    if metrics_file.exists() and any('"loss"' in line for line in open(metrics_file)):
+    if metrics_file.exists() and '"loss"' in metrics_file.read_text():
       killed.send_signal(signal.SIGTERM)
       break
     time.sleep(0.02)

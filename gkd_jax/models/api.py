@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,8 @@ from gkd_jax.models.config import ModelConfig
 from gkd_jax.models.decoder import Decoder
 
 Params = Any  # nested dict of arrays
+# The parameter/activation dtypes a config may name (`student.dtype`, `teacher.dtype`).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +69,15 @@ class Model:
     return nnx.merge(self.graphdef, params)
 
 
+def _params(model: Model, rng: jax.Array) -> Params:
+  """The `Decoder`'s parameters as its own initialisers draw them from `rng`."""
+  module = Decoder(model.config, model.dtype, nnx.Rngs(params=rng))
+  return nnx.state(module, nnx.Param).to_pure_dict()
+
+
 @functools.lru_cache(maxsize=64)
 def _abstract(model: Model):
-  module = nnx.eval_shape(lambda: Decoder(model.config, model.dtype, nnx.Rngs(0)))
+  module = nnx.eval_shape(lambda: Decoder(model.config, model.dtype, nnx.Rngs(params=0)))
   graphdef, state = nnx.split(module, nnx.Param)
   return graphdef, state
 
@@ -81,32 +89,20 @@ def build(config: ModelConfig, dtype=jnp.float32) -> Model:
   return Model(config, dtype)
 
 
-def init(model: Model, rng: jax.Array) -> Params:
-  """Random parameters, a nested dict of arrays: normal(0, 0.02) matrices and embeddings, zero
-  biases, identity norms (ones; zeros for Gemma's (1+w) norms, as HF initialises them)."""
-  return _init(model, rng)
+def init(model: Model, rng: jax.Array, shardings: Optional[Any] = None) -> Params:
+  """Random parameters, a nested dict of arrays, from the `Decoder`'s own initialisers:
+  normal(0, 0.02) matrices and embeddings, zero biases, identity norms (ones; zeros for Gemma's
+  (1+w) norms, as HF initialises them).
+
+  shardings: an optional matching tree of `jax.sharding.Sharding`s; each array is then created in
+  place with its sharding (one jitted program, no host copy). The values do not depend on it.
+  """
+  if shardings is None:
+    return _init(model, rng)
+  return jax.jit(_params, static_argnums=0, out_shardings=shardings)(model, rng)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init(model: Model, rng: jax.Array) -> Params:
-  # One flat normal draw split into leaves: one RNG op to compile instead of one per tensor.
-  shapes = param_shapes(model)
-  paths, leaves = zip(*jax.tree_util.tree_flatten_with_path(shapes)[0])
-  names = [jax.tree_util.keystr(p) for p in paths]
-  random = [not ("norm" in n or "bias" in n) for n in names]
-  total = sum(int(np.prod(l.shape)) for l, r in zip(leaves, random) if r)
-  flat = 0.02 * jax.random.normal(rng, (total,), jnp.float32)
-  out, start = [], 0
-  fill = 0.0 if model.config.norm_scale_plus_one else 1.0
-  for name, leaf, r in zip(names, leaves, random):
-    size = int(np.prod(leaf.shape))
-    if r:
-      value = flat[start:start + size].reshape(leaf.shape)
-      start += size
-    else:
-      value = jnp.full(leaf.shape, fill if "norm" in name else 0.0, jnp.float32)
-    out.append(value.astype(leaf.dtype))
-  return jax.tree.unflatten(jax.tree.structure(shapes), out)
+_init = jax.jit(_params, static_argnums=0)
 
 
 def param_shapes(model: Model) -> Params:

@@ -305,13 +305,17 @@ def _get(tree, path: tuple):
   return tree
 
 
+def read_model(path, dtype=jnp.float32) -> tuple[Any, bool]:
+  """The `Model` the folder's config.json describes (the file is read once), and whether the
+  checkpoint is a multimodal Gemma 3 whose text weights `read_params(multimodal=True)` picks."""
+  hf = read_hf_config(path)
+  return _model_api().build(config_from_hf(hf), dtype), hf.get("model_type") == "gemma3"
+
+
 def load_pretrained(path, dtype=jnp.float32, shardings: ShardingsArg = None):
   """(model, params) from a HuggingFace checkpoint folder; see the module docstring."""
-  hf = read_hf_config(path)
-  config = config_from_hf(hf)
-  model = _model_api().build(config, dtype)
-  params = read_params(path, model, dtype, shardings, multimodal=hf.get("model_type") == "gemma3")
-  return model, params
+  model, multimodal = read_model(path, dtype)
+  return model, read_params(path, model, dtype, shardings, multimodal=multimodal)
 
 
 # ------------------------------------------------------------------------------------------ save

@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The whole suite, slow tests included; -n 2 uses both cores of the CI machine.
-test: $(STAMP)
+# Lint first (formatting and ruff, check mode), then the whole suite, slow tests included; -n 2
+# uses both cores of the CI machine.
+test: lint
 	$(PY) -m pytest -n 2 -q --durations=15 tests
 
 # Formatting (pyink) and lint (ruff) in check mode: nothing is rewritten; `pyink .` and

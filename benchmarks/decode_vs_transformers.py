@@ -41,15 +41,30 @@ def serve_transformers(args) -> None:
   'run' line on stdin (a JSON line back each time); 'quit' ends it."""
   import torch
   from transformers import AutoModelForCausalLM
+
   torch.manual_seed(0)
   model = AutoModelForCausalLM.from_pretrained(args.ckpt, dtype=torch.float32).eval()
   ids = torch.tensor(_prompts(args), dtype=torch.long)
-  kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
-            min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+  kw = dict(
+      attention_mask=torch.ones_like(ids),
+      max_new_tokens=args.new_tokens,
+      min_new_tokens=args.new_tokens,
+      do_sample=False,
+      pad_token_id=0,
+  )
   with torch.inference_mode():
     out = model.generate(ids, **kw)  # warm-up
-    print(json.dumps(dict(ready=True, threads=torch.get_num_threads(), torch=torch.__version__,
-                          tokens=out[:, ids.shape[1]:].tolist())), flush=True)
+    print(
+        json.dumps(
+            dict(
+                ready=True,
+                threads=torch.get_num_threads(),
+                torch=torch.__version__,
+                tokens=out[:, ids.shape[1] :].tolist(),
+            )
+        ),
+        flush=True,
+    )
     for line in sys.stdin:
       if line.strip() != "run":
         break
@@ -70,14 +85,24 @@ def gkd_jax_runner(args, model, params):
   import jax
   import jax.numpy as jnp
   import gkd_jax
+
   prompts = jnp.asarray(_prompts(args))
   mask = jnp.ones_like(prompts)
   rng = jax.random.key(0)
 
   def go():
-    out = gkd_jax.sample(model, params, prompts, mask, rng, max_new_tokens=args.new_tokens,
-                         temperature=0.0, eos_id=None)
+    out = gkd_jax.sample(
+        model,
+        params,
+        prompts,
+        mask,
+        rng,
+        max_new_tokens=args.new_tokens,
+        temperature=0.0,
+        eos_id=None,
+    )
     return jax.block_until_ready(out)
+
   return go
 
 
@@ -87,8 +112,11 @@ def main():
   ap.add_argument("--prompt-len", type=int, default=32)
   ap.add_argument("--new-tokens", type=int, default=128)
   ap.add_argument("--repeats", type=int, default=3)
-  ap.add_argument("--ref-python", default=str(ROOT / ".refvenv/bin/python"),
-                  help="python of a venv with torch + transformers")
+  ap.add_argument(
+      "--ref-python",
+      default=str(ROOT / ".refvenv/bin/python"),
+      help="python of a venv with torch + transformers",
+  )
   ap.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)  # set for the child run
   ap.add_argument("--transformers-child", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args()
@@ -100,18 +128,30 @@ def main():
   import gkd_jax
   from gkd_jax.models import build, init, num_params
   from gkd_jax.testing import llama_100m_config
+
   model = build(llama_100m_config())
   params = init(model, jax.random.key(0))
   n_params = num_params(model)
   with tempfile.TemporaryDirectory() as tmp:
     gkd_jax.save_pretrained(tmp, model, params)
-    cmd = [args.ref_python, __file__, "--transformers-child", "--ckpt", tmp,
-           "--batch", str(args.batch), "--prompt-len", str(args.prompt_len),
-           "--new-tokens", str(args.new_tokens)]
+    cmd = [
+        args.ref_python,
+        __file__,
+        "--transformers-child",
+        "--ckpt",
+        tmp,
+        "--batch",
+        str(args.batch),
+        "--prompt-len",
+        str(args.prompt_len),
+        "--new-tokens",
+        str(args.new_tokens),
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")  # no network at run time
     with open(Path(tmp) / "child.log", "w") as log:
-      proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                              text=True, env=env)
+      proc = subprocess.Popen(
+          cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env
+      )
       go = gkd_jax_runner(args, model, params)
       t = time.perf_counter()
       out = go()  # compile + warm-up (the child loads and warms up meanwhile)
@@ -139,17 +179,25 @@ def main():
   a, b = np.asarray(out.tokens), np.array(ready["tokens"])
   mine_s, ref_s = statistics.median(mine), statistics.median(ref)
   report = dict(
-      params_millions=round(n_params / 1e6, 1), batch=args.batch, prompt_len=args.prompt_len,
-      new_tokens=args.new_tokens, repeats=args.repeats,
+      params_millions=round(n_params / 1e6, 1),
+      batch=args.batch,
+      prompt_len=args.prompt_len,
+      new_tokens=args.new_tokens,
+      repeats=args.repeats,
       gkd_jax_tokens_per_s=round(n_tokens / mine_s, 1),
       transformers_tokens_per_s=round(n_tokens / ref_s, 1),
       speedup=round(ref_s / mine_s, 2),
       speedup_per_pair=[round(r / m, 2) for m, r in zip(mine, ref)],
       # Greedy paths agree until a near-tie flips an argmax (random weights have many).
       agreeing_prefix_mean=float(np.mean([np.argmax(np.r_[x != y, True]) for x, y in zip(a, b)])),
-      gkd_jax=dict(seconds=mine, compile_seconds=round(compile_s, 1), jax=jax.__version__,
-                   devices=str(jax.devices())),
-      transformers=dict(seconds=ref, threads=ready["threads"], torch=ready["torch"]))
+      gkd_jax=dict(
+          seconds=mine,
+          compile_seconds=round(compile_s, 1),
+          jax=jax.__version__,
+          devices=str(jax.devices()),
+      ),
+      transformers=dict(seconds=ref, threads=ready["threads"], torch=ready["torch"]),
+  )
   print(json.dumps(report, indent=1))
 
 

@@ -32,11 +32,16 @@ RESULTS_MD = os.path.join(HERE, "results", "tpu_plans.md")
 # so v5p-8 replaced v5p-128; Llama 8B->1B fitted on v5p-8 (the smallest v5p slice), so v5e-4
 # (16 GiB chips) replaced v5p-32; Gemma 2 27B->9B's v5p-128 became v5p-16 (a smaller candidate).
 ROWS = (
-    ("gemma2_9b_to_2b", "v5p-64"), ("gemma2_9b_to_2b", "v5p-8"),
-    ("gemma2_27b_to_2b", "v5p-16"), ("gemma2_27b_to_2b", "v5p-8"),
-    ("gemma2_27b_to_9b", "v5p-32"), ("gemma2_27b_to_9b", "v5p-16"),
-    ("qwen3_8b_to_1p7b", "v5p-32"), ("qwen3_8b_to_1p7b", "v5p-8"),
-    ("llama3_8b_to_1b", "v5p-8"), ("llama3_8b_to_1b", "v5litepod-4"),
+    ("gemma2_9b_to_2b", "v5p-64"),
+    ("gemma2_9b_to_2b", "v5p-8"),
+    ("gemma2_27b_to_2b", "v5p-16"),
+    ("gemma2_27b_to_2b", "v5p-8"),
+    ("gemma2_27b_to_9b", "v5p-32"),
+    ("gemma2_27b_to_9b", "v5p-16"),
+    ("qwen3_8b_to_1p7b", "v5p-32"),
+    ("qwen3_8b_to_1p7b", "v5p-8"),
+    ("llama3_8b_to_1b", "v5p-8"),
+    ("llama3_8b_to_1b", "v5litepod-4"),
 )
 
 
@@ -46,13 +51,15 @@ def _key(config, topology):
 
 def plan_row(config_name, topology):
   from gkd_jax import plan  # pylint: disable=import-outside-toplevel
+
   config = runpy.run_path(os.path.join(ROOT, "configs", f"{config_name}.py"))["get_config"]()
   start = time.perf_counter()
   _, summary = plan.plan(config, topology, replan=False, config_name=f"configs/{config_name}.py")
   summary["wall_s"] = time.perf_counter() - start
   summary["host"] = f"{platform.node()} ({os.cpu_count()} cores)"
-  summary["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                     capture_output=True, text=True, check=False).stdout.strip()
+  summary["commit"] = subprocess.run(
+      ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+  ).stdout.strip()
   return summary
 
 
@@ -101,14 +108,22 @@ def render(results) -> str:
       continue
     for i, (step, p) in enumerate(r["steps"].items()):
       fits = p["error"] is None and p["peak_bytes"] <= r["hbm_bytes"]
-      head = (f"| {config} | {topology} | {r['num_devices']} | {_gib(r['hbm_bytes'])} " if i == 0
-              else "| | | | ")
-      lines.append(f"{head}| {step} | {_gib(p['argument_bytes'])} | {_gib(p['temp_bytes'])} | "
-                   f"{_gib(p['peak_bytes'])} | {'yes' if fits else '**no**'} | "
-                   f"{p['compile_s']:.0f} |")
-  lines += ["", "Rows planned on: " + ", ".join(sorted({r.get("host", "?")
-                                                       for r in results.values()}) or ["-"]),
-            "at commits: " + ", ".join(f"{k} {r.get('commit', '?')}" for k, r in results.items())]
+      head = (
+          f"| {config} | {topology} | {r['num_devices']} | {_gib(r['hbm_bytes'])} "
+          if i == 0
+          else "| | | | "
+      )
+      lines.append(
+          f"{head}| {step} | {_gib(p['argument_bytes'])} | {_gib(p['temp_bytes'])} | "
+          f"{_gib(p['peak_bytes'])} | {'yes' if fits else '**no**'} | "
+          f"{p['compile_s']:.0f} |"
+      )
+  lines += [
+      "",
+      "Rows planned on: "
+      + ", ".join(sorted({r.get("host", "?") for r in results.values()}) or ["-"]),
+      "at commits: " + ", ".join(f"{k} {r.get('commit', '?')}" for k, r in results.items()),
+  ]
   return "\n".join(lines) + "\n"
 
 
@@ -122,8 +137,15 @@ def main():
   for key in args.only:
     if key not in known:
       sys.exit(f"--only={key!r} is not one of: {', '.join(sorted(known))}")
-  todo = [] if args.render else [row for row in ROWS if _key(*row) in args.only
-                                 or (not args.only and _key(*row) not in results)]
+  todo = (
+      []
+      if args.render
+      else [
+          row
+          for row in ROWS
+          if _key(*row) in args.only or (not args.only and _key(*row) not in results)
+      ]
+  )
   for config, topology in todo:
     results = _save(_key(config, topology), plan_row(config, topology))
     with open(RESULTS_MD, "w") as f:

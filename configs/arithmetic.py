@@ -34,7 +34,9 @@ def get_config():
   c.data.max_completion_len = 44
 
   c.gkd.lmbda = 1.0  # fully on-policy: the student learns on its own (mistaken) step-by-step sums
-  c.gkd.loss = "forward_kl"  # the paper's best on arithmetic reasoning (GSM8K); JSD(0.5) is slower here
+  c.gkd.loss = (
+      "forward_kl"  # the paper's best on arithmetic reasoning (GSM8K); JSD(0.5) is slower here
+  )
   c.sampling.temperature = 1.0
   c.sampling.max_new_tokens = 44
 

@@ -15,8 +15,14 @@ from configs import gemma2_9b_to_2b
 
 def get_config():
   c = gemma2_9b_to_2b.get_config()
-  c.student.path, c.student.preset = "/path/to/Llama-3.2-1B-Instruct", "llama3.2_1b"  # placeholder path
+  c.student.path, c.student.preset = (
+      "/path/to/Llama-3.2-1B-Instruct",
+      "llama3.2_1b",
+  )  # placeholder path
   c.student.dtype = "float32"
-  c.teacher.path, c.teacher.preset = "/path/to/Llama-3.1-8B-Instruct", "llama3.1_8b"  # placeholder path
+  c.teacher.path, c.teacher.preset = (
+      "/path/to/Llama-3.1-8B-Instruct",
+      "llama3.1_8b",
+  )  # placeholder path
   c.data.chat_family = "llama3"
   return c

@@ -24,17 +24,24 @@ def main():
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   # Eval first so that it never depends on the train size; train excludes every eval problem.
-  eval_examples = arithmetic.generate_examples(args.num_eval, args.seed + 1, args.min_digits,
-                                               args.max_digits)
+  eval_examples = arithmetic.generate_examples(
+      args.num_eval, args.seed + 1, args.min_digits, args.max_digits
+  )
   train_examples = arithmetic.generate_examples(
-      args.num_train, args.seed, args.min_digits, args.max_digits,
-      exclude=[ex["prompt"] for ex in eval_examples])
+      args.num_train,
+      args.seed,
+      args.min_digits,
+      args.max_digits,
+      exclude=[ex["prompt"] for ex in eval_examples],
+  )
   arithmetic.write_jsonl(os.path.join(args.out, "train.jsonl"), train_examples)
   arithmetic.write_jsonl(os.path.join(args.out, "eval.jsonl"), eval_examples)
   with open(os.path.join(args.out, "tokenizer.model"), "wb") as f:
     f.write(arithmetic.build_tokenizer_model())
-  print(f"wrote {len(train_examples)} train, {len(eval_examples)} eval examples and "
-        f"tokenizer.model to {args.out}")
+  print(
+      f"wrote {len(train_examples)} train, {len(eval_examples)} eval examples and "
+      f"tokenizer.model to {args.out}"
+  )
 
 
 if __name__ == "__main__":

@@ -60,12 +60,24 @@ def main(_):
   with tempfile.TemporaryDirectory() as tmp:
     scratch = _WORKDIR.value or tmp
     if _ONLY.value in ("", "teacher"):
-      sft("teacher", model_config(tokenizer, 4, 128, 4, 2), _TEACHER_STEPS.value, 3e-3, "cosine",
-          scratch)
+      sft(
+          "teacher",
+          model_config(tokenizer, 4, 128, 4, 2),
+          _TEACHER_STEPS.value,
+          3e-3,
+          "cosine",
+          scratch,
+      )
     if _ONLY.value in ("", "student_init"):
       # Stopped mid-way (constant LR, no decay): the student has learnt the format and some sums.
-      sft("student_init", model_config(tokenizer, 2, 64, 4, 2), _STUDENT_STEPS.value, 3e-3,
-          "constant", scratch)
+      sft(
+          "student_init",
+          model_config(tokenizer, 2, 64, 4, 2),
+          _STUDENT_STEPS.value,
+          3e-3,
+          "constant",
+          scratch,
+      )
 
 
 if __name__ == "__main__":

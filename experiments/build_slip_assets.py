@@ -58,21 +58,29 @@ ASSETS = asset_dir("slip_addition")
 def write_data(scratch):
   d_min, d_max = _MIN_DIGITS.value, _MAX_DIGITS.value
   eval_pairs = slip_addition.generate_problems(_NUM_EVAL.value, _SEED.value + 1, d_min, d_max)
-  train_pairs = slip_addition.generate_problems(_NUM_TRAIN.value, _SEED.value, d_min, d_max,
-                                                exclude=eval_pairs)
-  teacher_pairs = slip_addition.generate_problems(_NUM_TEACHER.value, _SEED.value + 2, d_min,
-                                                  d_max, exclude=eval_pairs + train_pairs)
-  clean = lambda pairs: [{"prompt": slip_addition.make_prompt(a, b),
-                          "completion": slip_addition.make_completion(a, b)} for a, b in pairs]
+  train_pairs = slip_addition.generate_problems(
+      _NUM_TRAIN.value, _SEED.value, d_min, d_max, exclude=eval_pairs
+  )
+  teacher_pairs = slip_addition.generate_problems(
+      _NUM_TEACHER.value, _SEED.value + 2, d_min, d_max, exclude=eval_pairs + train_pairs
+  )
+  clean = lambda pairs: [
+      {"prompt": slip_addition.make_prompt(a, b), "completion": slip_addition.make_completion(a, b)}
+      for a, b in pairs
+  ]
   os.makedirs(ASSETS, exist_ok=True)
   slip_addition.write_jsonl(os.path.join(ASSETS, "eval.jsonl"), clean(eval_pairs))
   slip_addition.write_jsonl(os.path.join(ASSETS, "train.jsonl"), clean(train_pairs))
   with open(os.path.join(ASSETS, "tokenizer.model"), "wb") as f:
     f.write(slip_addition.build_tokenizer_model())
   rng = random.Random(_SEED.value + 3)
-  corpus = [{"prompt": slip_addition.make_prompt(a, b),
-             "completion": slip_addition.slipped_completion(a, b, rng, _SLIP_RATE.value)}
-            for a, b in teacher_pairs]
+  corpus = [
+      {
+          "prompt": slip_addition.make_prompt(a, b),
+          "completion": slip_addition.slipped_completion(a, b, rng, _SLIP_RATE.value),
+      }
+      for a, b in teacher_pairs
+  ]
   slip_addition.write_jsonl(os.path.join(scratch, "teacher_corpus.jsonl"), corpus)
 
 
@@ -103,14 +111,24 @@ def sft(name, cfg, steps, train_path, scratch, learning_rate=3e-3):
   shutil.rmtree(target, ignore_errors=True)
   shutil.copytree(os.path.join(workdir, "student"), target)
   log_path = os.path.join(ASSETS, "build_log.json")
-  log = json.load(open(log_path)) if os.path.exists(log_path) else {}
-  log[name] = {"parameters": models.num_params(model), "layers": cfg.num_layers,
-               "dim": cfg.embed_dim, "sft_steps": steps, "train_path": os.path.basename(train_path),
-               "eval_after": summary.get("eval_after")}
+  log = {}
+  if os.path.exists(log_path):
+    with open(log_path) as f:
+      log = json.load(f)
+  log[name] = {
+      "parameters": models.num_params(model),
+      "layers": cfg.num_layers,
+      "dim": cfg.embed_dim,
+      "sft_steps": steps,
+      "train_path": os.path.basename(train_path),
+      "eval_after": summary.get("eval_after"),
+  }
   with open(log_path, "w") as f:
     json.dump(log, f, indent=1, sort_keys=True)
-  print(f"{name}: {models.num_params(model)} parameters, greedy accuracy "
-        f"{summary['student_after']}")
+  print(
+      f"{name}: {models.num_params(model)} parameters, greedy accuracy "
+      f"{summary['student_after']}"
+  )
 
 
 def main(_):
@@ -118,16 +136,26 @@ def main(_):
     scratch = _WORKDIR.value or tmp
     os.makedirs(scratch, exist_ok=True)
     if _ONLY.value in ("", "data") or not os.path.exists(
-        os.path.join(scratch, "teacher_corpus.jsonl")):
+        os.path.join(scratch, "teacher_corpus.jsonl")
+    ):
       write_data(scratch)
     tokenizer = load_tokenizer(os.path.join(ASSETS, "tokenizer.model"))
     if _ONLY.value in ("", "teacher"):
-      sft("teacher", model_config(tokenizer, 4, 128, 4, 2), _TEACHER_STEPS.value,
-          os.path.join(scratch, "teacher_corpus.jsonl"), scratch)
+      sft(
+          "teacher",
+          model_config(tokenizer, 4, 128, 4, 2),
+          _TEACHER_STEPS.value,
+          os.path.join(scratch, "teacher_corpus.jsonl"),
+          scratch,
+      )
     if _ONLY.value in ("", "student_init"):
-      sft(_STUDENT_NAME.value,
+      sft(
+          _STUDENT_NAME.value,
           model_config(tokenizer, _STUDENT_LAYERS.value, _STUDENT_DIM.value, 4, 2),
-          _STUDENT_STEPS.value, os.path.join(ASSETS, "train.jsonl"), scratch)
+          _STUDENT_STEPS.value,
+          os.path.join(ASSETS, "train.jsonl"),
+          scratch,
+      )
 
 
 if __name__ == "__main__":

@@ -23,13 +23,13 @@ def main() -> int:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import gkd_jax
   from gkd_jax.models import hf
+
   out = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="gkd_saved_")
   refpy = os.path.join(ROOT, ".refvenv", "bin", "python")
   status = 0
   for layout, shard_bytes in (("single", 5 * 2**30), ("sharded", 60_000)):
     for family in FAMILIES:
-      model, params = gkd_jax.load_pretrained(
-          os.path.join(ROOT, "tests", "fixtures", "hf", family))
+      model, params = gkd_jax.load_pretrained(os.path.join(ROOT, "tests", "fixtures", "hf", family))
       folder = os.path.join(out, layout, family)
       hf.save_pretrained(folder, model, params, max_shard_bytes=shard_bytes)
       files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))

@@ -31,8 +31,10 @@ from gkd_jax import metrics
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 # name -> (label, overrides). Every method starts from the same student_init.
 METHODS = {
-    "sft": ("SFT (clean data)", {"gkd.lmbda": 0.0, "gkd.divergence_weight": 0.0,
-                                 "gkd.ce_weight": 1.0, "teacher.path": ""}),
+    "sft": (
+        "SFT (clean data)",
+        {"gkd.lmbda": 0.0, "gkd.divergence_weight": 0.0, "gkd.ce_weight": 1.0, "teacher.path": ""},
+    ),
     "kd": ("supervised KD (λ=0)", {"gkd.lmbda": 0.0}),
     "seqkd": ("SeqKD", {"gkd.lmbda": 0.0, "gkd.seq_kd": True}),
     "onpolicy_0.5": ("GKD λ=0.5, FKL", {"gkd.lmbda": 0.5}),
@@ -43,27 +45,41 @@ METHODS = {
     "onpolicy_jsd0.9": ("on-policy λ=1, JSD(0.9)", {"gkd.loss": "jsd", "gkd.beta": 0.9}),
 }
 OFF_POLICY = ("sft", "kd")  # no sampling: these get --offpolicy_steps for the equal-time column
-CONTROL = {"control_kd": ("control: supervised KD", {"gkd.lmbda": 0.0}),
-           "control_onpolicy": ("control: on-policy FKL", {"gkd.lmbda": 1.0})}
+CONTROL = {
+    "control_kd": ("control: supervised KD", {"gkd.lmbda": 0.0}),
+    "control_onpolicy": ("control: on-policy FKL", {"gkd.lmbda": 1.0}),
+}
 TIME_REFERENCE = "onpolicy_fkl"
 
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each method runs once per seed).")
 _METHODS = flags.DEFINE_list("methods", list(METHODS), f"Subset of {list(METHODS)}.")
 _WORKDIR = flags.DEFINE_string("workdir", os.path.join(ROOT, "workdirs", "paper_table"), "Runs.")
-_OUT = flags.DEFINE_string("out", os.path.join(ROOT, "experiments", "results", "paper_table"),
-                           "Where the tables and plots go.")
+_OUT = flags.DEFINE_string(
+    "out",
+    os.path.join(ROOT, "experiments", "results", "paper_table"),
+    "Where the tables and plots go.",
+)
 _STEPS = flags.DEFINE_integer("steps", 300, "train.num_steps of every method (equal steps).")
 _OFF_STEPS = flags.DEFINE_integer("offpolicy_steps", 900, "Steps of SFT and supervised KD.")
 _PARALLEL = flags.DEFINE_integer("parallel", 2, "Runs at a time (each its own process).")
 _CONTROL = flags.DEFINE_bool("control", False, "Also run the negative control (configs/demo.py).")
 _CONTROL_STEPS = flags.DEFINE_integer("control_steps", 300, "Steps of the negative control.")
-_OVERRIDE = flags.DEFINE_multi_string("override", [], "FIELD=VALUE for every run (e.g. "
-                                      "eval.num_examples=200), after the method's own.")
+_OVERRIDE = flags.DEFINE_multi_string(
+    "override",
+    [],
+    "FIELD=VALUE for every run (e.g. " "eval.num_examples=200), after the method's own.",
+)
 
 
 def _command(config, workdir, overrides):
-  args = [sys.executable, "-m", "gkd_jax.main", "train", f"--config={config}",
-          f"--workdir={workdir}"]
+  args = [
+      sys.executable,
+      "-m",
+      "gkd_jax.main",
+      "train",
+      f"--config={config}",
+      f"--workdir={workdir}",
+  ]
   return args + [f"--config.{k}={v}" for k, v in overrides.items()]
 
 
@@ -91,11 +107,18 @@ def _run(job):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "log.txt"), "a") as log:
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(_WORKDIR.value, ".jax_cache"))
-    proc = subprocess.run(_command(config, workdir, dict(overrides, seed=seed)), cwd=ROOT, env=env,
-                          stdout=log, stderr=subprocess.STDOUT, check=False)
+    proc = subprocess.run(
+        _command(config, workdir, dict(overrides, seed=seed)),
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
   if proc.returncode:
-    raise RuntimeError(f"{name} seed {seed} failed (exit {proc.returncode}); see "
-                       f"{workdir}/log.txt")
+    raise RuntimeError(
+        f"{name} seed {seed} failed (exit {proc.returncode}); see " f"{workdir}/log.txt"
+    )
   return name, seed, "trained"
 
 
@@ -105,18 +128,39 @@ def jobs():
   for name in _METHODS.value:
     steps = _OFF_STEPS.value if name in OFF_POLICY else _STEPS.value
     for seed in map(int, _SEEDS.value):
-      out.append((name, seed, paper,
-                  dict(METHODS[name][1], **{"train.num_steps": steps}, **_overrides()),
-                  os.path.join(_WORKDIR.value, name, f"seed{seed}")))
+      out.append(
+          (
+              name,
+              seed,
+              paper,
+              dict(METHODS[name][1], **{"train.num_steps": steps}, **_overrides()),
+              os.path.join(_WORKDIR.value, name, f"seed{seed}"),
+          )
+      )
   if _CONTROL.value:
     control = os.path.join(ROOT, "configs", "arithmetic.py")
     for name, (_, overrides) in CONTROL.items():
       for seed in map(int, _SEEDS.value):
-        out.append((name, seed, control, dict(overrides, **{
-            "train.num_steps": _CONTROL_STEPS.value, "optim.schedule": "constant",
-            "optim.learning_rate": 1e-3, "train.eval_every": 100, "eval.num_examples": 480,
-            "eval.num_samples": 2, "eval.teacher": False}),
-                    os.path.join(_WORKDIR.value, name, f"seed{seed}")))
+        out.append(
+            (
+                name,
+                seed,
+                control,
+                dict(
+                    overrides,
+                    **{
+                        "train.num_steps": _CONTROL_STEPS.value,
+                        "optim.schedule": "constant",
+                        "optim.learning_rate": 1e-3,
+                        "train.eval_every": 100,
+                        "eval.num_examples": 480,
+                        "eval.num_samples": 2,
+                        "eval.teacher": False,
+                    },
+                ),
+                os.path.join(_WORKDIR.value, name, f"seed{seed}"),
+            )
+        )
   return out
 
 
@@ -131,8 +175,9 @@ def curve(workdir):
     elapsed += (median if i == 0 else r["step_time_s"]) * (r["step"] - last_step)
     last_step = r["step"]
     at[r["step"]] = elapsed
-  return [(r["step"], at.get(r["step"]), r) for r in records
-          if "eval/accuracy" in r and r["step"] in at], median
+  return [
+      (r["step"], at.get(r["step"]), r) for r in records if "eval/accuracy" in r and r["step"] in at
+  ], median
 
 
 def main(argv):
@@ -142,8 +187,8 @@ def main(argv):
     for i, (name, seed, status) in enumerate(pool.map(_run, todo)):
       print(f"[{i + 1}/{len(todo)}] {name} seed {seed}: {status}", flush=True)
   import paper_table_report  # pylint: disable=import-outside-toplevel  (beside this script)
-  paper_table_report.write(todo, _STEPS.value, _OUT.value, METHODS | CONTROL, TIME_REFERENCE,
-                           curve)
+
+  paper_table_report.write(todo, _STEPS.value, _OUT.value, METHODS | CONTROL, TIME_REFERENCE, curve)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,13 @@ import os
 
 import numpy as np
 
-KEYS = (("accuracy", "greedy"), ("sampled/accuracy", "T=1"), ("sampled/pass_at_k", "pass@k"),
-        ("sampled/repair_rate", "repair rate (T=1)"),
-        ("sampled/first_error_frac", "first error (T=1)"))
+KEYS = (
+    ("accuracy", "greedy"),
+    ("sampled/accuracy", "T=1"),
+    ("sampled/pass_at_k", "pass@k"),
+    ("sampled/repair_rate", "repair rate (T=1)"),
+    ("sampled/first_error_frac", "first error (T=1)"),
+)
 
 
 def flops_per_step(config_path, overrides):
@@ -24,6 +28,7 @@ def flops_per_step(config_path, overrides):
   import runpy  # pylint: disable=import-outside-toplevel
   from gkd_jax import models  # pylint: disable=import-outside-toplevel
   from gkd_jax.models.hf_config import config_from_hf  # pylint: disable=import-outside-toplevel
+
   cfg = runpy.run_path(config_path)["get_config"]()
   cfg.update_from_flattened_dict(dict(overrides))
 
@@ -68,22 +73,30 @@ def write(jobs, steps, out_dir, methods, time_reference, curve_fn):
     with open(os.path.join(workdir, "summary.json")) as f:
       summary = json.load(f)
     runs.setdefault(name, {})[seed] = dict(
-        curve=[(s, t, r.get("eval/accuracy"), r.get("eval/sampled/accuracy"))
-               for s, t, r in curve],
+        curve=[(s, t, r.get("eval/accuracy"), r.get("eval/sampled/accuracy")) for s, t, r in curve],
         at_steps=_at_steps(curve, min(steps, int(overrides["train.num_steps"]))),
-        median_step_s=median, summary=summary, _curve=curve,
+        median_step_s=median,
+        summary=summary,
+        _curve=curve,
         workdir=os.path.relpath(workdir, os.path.dirname(out_dir)),
-        flops_per_step=flops_per_step(config_path, overrides))
-  ref = [r["_curve"][-1][1] for r in runs.get(time_reference, {}).values()
-         if r["_curve"] and r["_curve"][-1][0] == steps]
+        flops_per_step=flops_per_step(config_path, overrides),
+    )
+  ref = [
+      r["_curve"][-1][1]
+      for r in runs.get(time_reference, {}).values()
+      if r["_curve"] and r["_curve"][-1][0] == steps
+  ]
   budget = float(np.mean(ref)) if ref else None
   for by_seed in runs.values():
     for r in by_seed.values():
       r["at_time"] = _at_time(r.pop("_curve"), budget) if budget is not None else None
   results = {"steps": steps, "time_budget_s": budget, "methods": {}}
   for name, by_seed in runs.items():
-    results["methods"][name] = {"label": methods[name][0], "overrides": methods[name][1],
-                                "seeds": by_seed}
+    results["methods"][name] = {
+        "label": methods[name][0],
+        "overrides": methods[name][1],
+        "seeds": by_seed,
+    }
   with open(os.path.join(out_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=1, sort_keys=True)
   with open(os.path.join(out_dir, "results.md"), "w") as f:
@@ -100,34 +113,55 @@ def markdown(results) -> str:
   """The tables of results.md (mean ± sd over seeds; per-seed values in results.json)."""
   steps, budget = results["steps"], results["time_budget_s"]
   head = " | ".join(label for _, label in KEYS)
-  lines = [f"Equal steps ({steps} steps) — held-out exact match, mean ± sd over seeds:", "",
-           f"| method | seeds | {head} | step time (s) | GFLOPs/step |",
-           "| --- | --- |" + " --- |" * (len(KEYS) + 2)]
-  for name, m in results["methods"].items():
+  lines = [
+      f"Equal steps ({steps} steps) — held-out exact match, mean ± sd over seeds:",
+      "",
+      f"| method | seeds | {head} | step time (s) | GFLOPs/step |",
+      "| --- | --- |" + " --- |" * (len(KEYS) + 2),
+  ]
+  for m in results["methods"].values():
     by_seed = m["seeds"]
     cells = " | ".join(_fmt(_values(by_seed, "at_steps", k)) for k, _ in KEYS)
     t = np.median([r["median_step_s"] for r in by_seed.values()])
     gf = np.mean([r["flops_per_step"] for r in by_seed.values()]) / 1e9
     lines.append(f"| {m['label']} | {len(by_seed)} | {cells} | {t:.3f} | {gf:.1f} |")
   if budget is not None:
-    lines += ["", f"Equal training time ({budget:.0f} s of step time, the on-policy run's "
-              f"{steps} steps; compilation and evaluation not counted):", "",
-              "| method | greedy | T=1 | steps reached |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        f"Equal training time ({budget:.0f} s of step time, the on-policy run's "
+        f"{steps} steps; compilation and evaluation not counted):",
+        "",
+        "| method | greedy | T=1 | steps reached |",
+        "| --- | --- | --- | --- |",
+    ]
     for name, m in results["methods"].items():
       if name.startswith("control"):
         continue
       by_seed = m["seeds"]
       reached = [(r["at_time"] or {}).get("step") for r in by_seed.values()]
-      lines.append(f"| {m['label']} | {_fmt(_values(by_seed, 'at_time', 'accuracy'))} | "
-                   f"{_fmt(_values(by_seed, 'at_time', 'sampled/accuracy'))} | "
-                   f"{', '.join(str(s) for s in reached)} |")
-  digits = sorted({k for m in results["methods"].values() for r in m["seeds"].values()
-                   for k in (r["at_steps"] or {}) if k.startswith("eval/accuracy_d")},
-                  key=lambda k: int(k.rsplit("d", 1)[1]))
+      lines.append(
+          f"| {m['label']} | {_fmt(_values(by_seed, 'at_time', 'accuracy'))} | "
+          f"{_fmt(_values(by_seed, 'at_time', 'sampled/accuracy'))} | "
+          f"{', '.join(str(s) for s in reached)} |"
+      )
+  digits = sorted(
+      {
+          k
+          for m in results["methods"].values()
+          for r in m["seeds"].values()
+          for k in (r["at_steps"] or {})
+          if k.startswith("eval/accuracy_d")
+      },
+      key=lambda k: int(k.rsplit("d", 1)[1]),
+  )
   if digits:
-    lines += ["", f"Per difficulty (columns), greedy / T=1, equal steps:", "",
-              "| method | " + " | ".join(k.rsplit("_", 1)[1] for k in digits) + " |",
-              "| --- |" + " --- |" * len(digits)]
+    lines += [
+        "",
+        "Per difficulty (columns), greedy / T=1, equal steps:",
+        "",
+        "| method | " + " | ".join(k.rsplit("_", 1)[1] for k in digits) + " |",
+        "| --- |" + " --- |" * len(digits),
+    ]
     for name, m in results["methods"].items():
       if name.startswith("control"):
         continue
@@ -137,12 +171,20 @@ def markdown(results) -> str:
         s = [v for v in _values(m["seeds"], "at_steps", "sampled/" + k[5:]) if v is not None]
         cells.append(f"{np.mean(g):.2f} / {np.mean(s):.2f}" if g and s else "n/a")
       lines.append(f"| {m['label']} | " + " | ".join(cells) + " |")
-  lines += ["", "Per seed (greedy exact match at equal steps):", "",
-            "| method | " + " | ".join(f"seed {s}" for s in _all_seeds(results)) + " |",
-            "| --- |" + " --- |" * len(_all_seeds(results))]
-  for name, m in results["methods"].items():
-    cells = [f"{(m['seeds'][s]['at_steps'] or {}).get('eval/accuracy', float('nan')):.3f}"
-             if s in m["seeds"] else "" for s in _all_seeds(results)]
+  lines += [
+      "",
+      "Per seed (greedy exact match at equal steps):",
+      "",
+      "| method | " + " | ".join(f"seed {s}" for s in _all_seeds(results)) + " |",
+      "| --- |" + " --- |" * len(_all_seeds(results)),
+  ]
+  for m in results["methods"].values():
+    cells = [
+        f"{(m['seeds'][s]['at_steps'] or {}).get('eval/accuracy', float('nan')):.3f}"
+        if s in m["seeds"]
+        else ""
+        for s in _all_seeds(results)
+    ]
     lines.append(f"| {m['label']} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -155,22 +197,31 @@ def plot(results, out_dir):
   """curves.png: greedy and T=1 accuracy against step and against training time (mean over
   seeds); difficulty.png: greedy accuracy per difficulty at equal steps."""
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   for name, m in results["methods"].items():
     if name.startswith("control"):
       continue
     curves = [r["curve"] for r in m["seeds"].values()]
     n = min(len(c) for c in curves)
-    mean = lambda i: np.mean([[row[i] if row[i] is not None else np.nan for row in c[:n]]
-                              for c in curves], axis=0)
+    mean = lambda i: np.mean(
+        [[row[i] if row[i] is not None else np.nan for row in c[:n]] for c in curves], axis=0
+    )
     steps, secs, greedy, temp = mean(0), mean(1), mean(2), mean(3)
-    line, = axes[0].plot(steps, greedy, marker=".", label=m["label"])
+    (line,) = axes[0].plot(steps, greedy, marker=".", label=m["label"])
     axes[1].plot(steps, temp, marker=".", color=line.get_color())
     axes[2].plot(secs, greedy, marker=".", color=line.get_color())
-  for ax, (x, y) in zip(axes, (("step", "greedy exact match"), ("step", "T=1 exact match"),
-                               ("training time (s)", "greedy exact match"))):
+  for ax, (x, y) in zip(
+      axes,
+      (
+          ("step", "greedy exact match"),
+          ("step", "T=1 exact match"),
+          ("training time (s)", "greedy exact match"),
+      ),
+  ):
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.grid(alpha=0.3)
@@ -181,15 +232,27 @@ def plot(results, out_dir):
   fig.savefig(os.path.join(out_dir, "curves.png"), dpi=90)
   plt.close(fig)
   methods = [(n, m) for n, m in results["methods"].items() if not n.startswith("control")]
-  digits = sorted({int(k.rsplit("d", 1)[1]) for _, m in methods for r in m["seeds"].values()
-                   for k in (r["at_steps"] or {}) if k.startswith("eval/accuracy_d")})
+  digits = sorted(
+      {
+          int(k.rsplit("d", 1)[1])
+          for _, m in methods
+          for r in m["seeds"].values()
+          for k in (r["at_steps"] or {})
+          if k.startswith("eval/accuracy_d")
+      }
+  )
   if not digits:
     return
   fig, ax = plt.subplots(figsize=(9, 3.5))
   width = 0.8 / len(methods)
-  for i, (name, m) in enumerate(methods):
-    vals = [np.mean([v for v in _values(m["seeds"], "at_steps", f"accuracy_d{d}") if v is not None]
-                    or [np.nan]) for d in digits]
+  for i, (_, m) in enumerate(methods):
+    vals = [
+        np.mean(
+            [v for v in _values(m["seeds"], "at_steps", f"accuracy_d{d}") if v is not None]
+            or [np.nan]
+        )
+        for d in digits
+    ]
     ax.bar(np.arange(len(digits)) + i * width, vals, width, label=m["label"])
   ax.set_xticks(np.arange(len(digits)) + 0.4 - width / 2, [f"{d} columns" for d in digits])
   ax.set_ylabel("greedy exact match")

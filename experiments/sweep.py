@@ -44,20 +44,25 @@ def grid(specs):
 
 
 def _final(workdir, key):
-  values = [r[key] for r in metrics.read_metrics(os.path.join(workdir, metrics.METRICS_FILE))
-            if key in r]
+  values = [
+      r[key] for r in metrics.read_metrics(os.path.join(workdir, metrics.METRICS_FILE)) if key in r
+  ]
   return values[-1] if values else None
 
 
 def _plot(workdir, names):
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
   fig, ax = plt.subplots(figsize=(6, 3.5))
   for name in names:
-    points = [(r["step"], r["eval/accuracy"]) for r in
-              metrics.read_metrics(os.path.join(workdir, name, metrics.METRICS_FILE))
-              if "eval/accuracy" in r]
+    points = [
+        (r["step"], r["eval/accuracy"])
+        for r in metrics.read_metrics(os.path.join(workdir, name, metrics.METRICS_FILE))
+        if "eval/accuracy" in r
+    ]
     if points:
       ax.plot(*zip(*points), marker=".", label=name)
   ax.set_xlabel("step")
@@ -89,12 +94,16 @@ def main(argv):
     print(f"=== {name}", flush=True)
     summary = train.train(config, workdir)
     rows.append((name, summary, _final(workdir, "eval/divergence")))
-  lines = ["| point | teacher | student before | student after | held-out divergence |",
-           "| --- | --- | --- | --- | --- |"]
+  lines = [
+      "| point | teacher | student before | student after | held-out divergence |",
+      "| --- | --- | --- | --- | --- |",
+  ]
   fmt = lambda x: "n/a" if x is None else f"{x:.3f}"
   for name, s, div in rows:
-    lines.append(f"| {name} | {fmt(s.get('teacher'))} | {fmt(s.get('student_before'))} | "
-                 f"{fmt(s.get('student_after'))} | {fmt(div)} |")
+    lines.append(
+        f"| {name} | {fmt(s.get('teacher'))} | {fmt(s.get('student_before'))} | "
+        f"{fmt(s.get('student_after'))} | {fmt(div)} |"
+    )
   table = "\n".join(lines)
   with open(os.path.join(_WORKDIR.value, "results.md"), "w") as f:
     f.write(table + "\n")

@@ -20,7 +20,6 @@ import jax
 import numpy as np
 
 from gkd_jax import tasks, train
-from gkd_jax.models.hf import load_pretrained
 from gkd_jax.sampling import sample
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
@@ -41,15 +40,26 @@ def continue_greedily(run, model, params, texts, max_new_tokens):
   """Greedy continuations of raw texts (each "prompt + partial completion"), batched."""
   tok, out = run.tokenizer, []
   for start in range(0, len(texts), 100):
-    ids = [tok.encode(t, add_bos=True) for t in texts[start:start + 100]]
+    ids = [tok.encode(t, add_bos=True) for t in texts[start : start + 100]]
     width = max(map(len, ids))
     prompt = np.array([[tok.pad_id] * (width - len(i)) + i for i in ids], np.int32)
     mask = np.array([[0] * (width - len(i)) + [1] * len(i) for i in ids], np.int32)
-    res = sample(model, params, prompt, mask, jax.random.key(0), max_new_tokens=max_new_tokens,
-                 temperature=0.0, eos_id=run.settings.eos_id)
+    res = sample(
+        model,
+        params,
+        prompt,
+        mask,
+        jax.random.key(0),
+        max_new_tokens=max_new_tokens,
+        temperature=0.0,
+        eos_id=run.settings.eos_id,
+    )
     for row_tokens, row_mask in zip(np.asarray(res.tokens), np.asarray(res.mask)):
-      out.append(tok.decode([int(t) for t, m in zip(row_tokens, row_mask)
-                             if m and t not in run.settings.eos_id]))
+      out.append(
+          tok.decode(
+              [int(t) for t, m in zip(row_tokens, row_mask) if m and t not in run.settings.eos_id]
+          )
+      )
   return out
 
 
@@ -60,8 +70,9 @@ def main(_):
   run = train.build(config, mode="eval", devices=jax.devices()[:1])
   task = tasks.get_task(config.task.name)
   prompts, completions = train.eval_completions(run, run.student, run.params, 0.0, 0)
-  references = {json.loads(l)["prompt"]: json.loads(l)["completion"]
-                for l in open(config.data.eval_path)}
+  with open(config.data.eval_path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  references = {r["prompt"]: r["completion"] for r in rows}
   cut_after, cut_before, wrong = [], [], 0
   for p, c in zip(prompts, completions):
     if task.is_correct(p, c):
@@ -70,18 +81,23 @@ def main(_):
     i = first_departure(c, references[p])
     if i is None or i >= len(c):
       continue  # stopped early: no written mistake to continue from
-    cut_after.append((p, p + c[:i + 1]))
+    cut_after.append((p, p + c[: i + 1]))
     cut_before.append((p, p + c[:i]))
   max_new = config.eval.max_new_tokens
-  result = {"task": config.task.name, "problems": len(prompts), "student_wrong": wrong,
-            "continued": len(cut_after)}
+  result = {
+      "task": config.task.name,
+      "problems": len(prompts),
+      "student_wrong": wrong,
+      "continued": len(cut_after),
+  }
   for name, cuts in (("after_first_mistake", cut_after), ("before_first_mistake", cut_before)):
     texts = [t for _, t in cuts]
     cont = continue_greedily(run, run.teacher, run.teacher_params, texts, max_new)
-    ok = [task.is_correct(p, t[len(p):] + c) for (p, t), c in zip(cuts, cont)]
+    ok = [task.is_correct(p, t[len(p) :] + c) for (p, t), c in zip(cuts, cont)]
     result[f"teacher_recovers_{name}"] = float(np.mean(ok)) if ok else None
-  out = _OUT.value or os.path.join(ROOT, "experiments", "results",
-                                   f"teacher_recovery_{config.task.name}.json")
+  out = _OUT.value or os.path.join(
+      ROOT, "experiments", "results", f"teacher_recovery_{config.task.name}.json"
+  )
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, "w") as f:
     json.dump(result, f, indent=1)

@@ -15,6 +15,7 @@ _LAZY = {
 def __getattr__(name):
   if name in _LAZY:
     import importlib
+
     module, attr = _LAZY[name]
     value = getattr(importlib.import_module(module), attr)
     globals()[name] = value

@@ -44,19 +44,30 @@ STATE, DATA = "state", "data"
 CHECKSUMS = "checksums.json"
 
 
-def make_manager(directory: str, *, keep: int = 3, save_every: int = 1,
-                 async_save: bool = True) -> ocp.CheckpointManager:
+def make_manager(
+    directory: str, *, keep: int = 3, save_every: int = 1, async_save: bool = True
+) -> ocp.CheckpointManager:
   """A CheckpointManager keeping the newest `keep` steps and saving every `save_every` steps."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save,
-      create=True, cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_handlers={STATE: ocp.StandardCheckpointHandler(),
-                                              DATA: grain.checkpoint.CheckpointHandler()})
+      max_to_keep=keep,
+      save_interval_steps=save_every,
+      enable_async_checkpointing=async_save,
+      create=True,
+      cleanup_tmp_directories=True,
+  )
+  return ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=options,
+      item_handlers={
+          STATE: ocp.StandardCheckpointHandler(),
+          DATA: grain.checkpoint.CheckpointHandler(),
+      },
+  )
 
 
-def save(manager: ocp.CheckpointManager, step: int, train_state: Any, data_iter=None,
-         force: bool = False) -> bool:
+def save(
+    manager: ocp.CheckpointManager, step: int, train_state: Any, data_iter=None, force: bool = False
+) -> bool:
   """Saves at `step` if the manager's interval says so (or `force`); True when a save started.
 
   A step that already has a checkpoint is skipped, so a forced save right after a periodic one at
@@ -150,14 +161,18 @@ def _set_aside(manager: ocp.CheckpointManager, step: int, problem: str) -> None:
     os.rename(src, dst)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"gkd_jax_set_aside_{step}")
-  logging.warning("checkpoint %s is damaged (%s); moved it to %s and trying the one before",
-                  src, problem, dst)
+  logging.warning(
+      "checkpoint %s is damaged (%s); moved it to %s and trying the one before", src, problem, dst
+  )
   manager.reload()
 
 
 def _all_finite(tree) -> bool:
-  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)
-             if jnp.issubdtype(x.dtype, jnp.inexact))
+  return all(
+      bool(jnp.all(jnp.isfinite(x)))
+      for x in jax.tree.leaves(tree)
+      if jnp.issubdtype(x.dtype, jnp.inexact)
+  )
 
 
 def _first_line(e: Exception) -> str:
@@ -165,8 +180,9 @@ def _first_line(e: Exception) -> str:
   return f"{type(e).__name__}: {text[0][:200] if text else ''}"
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_train_state: Any,
-                   data_iter=None) -> Optional[tuple[int, Any]]:
+def restore_latest(
+    manager: ocp.CheckpointManager, abstract_train_state: Any, data_iter=None
+) -> Optional[tuple[int, Any]]:
   """(step, train_state) from the newest intact checkpoint, or None when there is none.
 
   `abstract_train_state` is a pytree of jax.ShapeDtypeStruct with `.sharding` set: every array is
@@ -182,15 +198,18 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_train_state: Any,
     items = {STATE: ocp.args.StandardRestore(abstract_train_state)}
     if data_iter is not None:
       if not _has_item(manager, step, DATA):
-        raise ValueError(f"checkpoint {manager.directory}/{step} has no data iterator state; "
-                         "cannot resume the input pipeline")
+        raise ValueError(
+            f"checkpoint {manager.directory}/{step} has no data iterator state; "
+            "cannot resume the input pipeline"
+        )
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
       state = manager.restore(step, args=ocp.args.Composite(**items))[STATE]
     except Exception as e:  # pylint: disable=broad-except
       if problem is None:  # intact files: the checkpoint is fine but does not fit this run
-        raise ValueError(f"checkpoint {_step_dir(manager, step)} does not fit this run "
-                         f"({_first_line(e)})") from None
+        raise ValueError(
+            f"checkpoint {_step_dir(manager, step)} does not fit this run " f"({_first_line(e)})"
+        ) from None
       _set_aside(manager, step, f"unreadable: {_first_line(e)}")
       continue
     if not _all_finite(state):
@@ -256,6 +275,7 @@ class PreemptionGuard:
     stop = self._stop.is_set()
     try:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
       if jax.process_count() > 1:
         flags = multihost_utils.process_allgather(np.asarray([stop], np.int32))
         stop = bool(np.any(flags))

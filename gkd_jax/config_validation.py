@@ -15,18 +15,22 @@ from typing import Any, Optional
 
 import jax
 
-from gkd_jax import divergences, kernels, models, optim, remat, sharding, tasks, tokenizers
+from gkd_jax import divergences, gkd, kernels, models, optim, remat, sharding, tasks, tokenizers
 from gkd_jax.models.presets import PRESETS
 
 # Every list of allowed values lives beside the code that implements it; read from there.
 MODES = ("train", "eval", "sample")
-MIXINGS = ("batch", "example")  # gkd.choose_completions: one coin per batch, or λ·B rows
 
 
 def _num(lo=None, hi=None, lo_open=False, hi_open=False, integer=False):
   """A numeric range check; returns the message suffix when the value is out of range, else None."""
+
   def check(v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or (integer and not isinstance(v, int))
+    ):
       return f"must be {'an integer' if integer else 'a number'}"
     if isinstance(v, float) and not math.isfinite(v):
       return "must be finite"
@@ -39,6 +43,7 @@ def _num(lo=None, hi=None, lo_open=False, hi_open=False, integer=False):
         return f"must be {'>' if lo_open else '>='} {lo}"
       return f"must be {'<' if hi_open else '<='} {hi}"
     return None
+
   return check
 
 
@@ -51,6 +56,7 @@ def _choice(*options):
     if v not in options:
       return "is not one of " + ", ".join(repr(o) if o == "" else str(o) for o in options)
     return None
+
   return check
 
 
@@ -65,37 +71,62 @@ def _str(v):
 # (dotted field, check) in the order of configs/default.py.
 FIELDS = (
     ("seed", _int(0)),
-    ("student.path", _str), ("student.preset", _str), ("student.dtype", _choice(*models.DTYPES)),
-    ("teacher.path", _str), ("teacher.dtype", _choice(*models.DTYPES)), ("teacher.preset", _str),
+    ("student.path", _str),
+    ("student.preset", _str),
+    ("student.dtype", _choice(*models.DTYPES)),
+    ("teacher.path", _str),
+    ("teacher.dtype", _choice(*models.DTYPES)),
+    ("teacher.preset", _str),
     ("tokenizer.path", _str),
-    ("data.train_path", _str), ("data.eval_path", _str),
-    ("data.max_prompt_len", _int(2)), ("data.max_completion_len", _int(1)),
-    ("data.shuffle", _bool), ("data.worker_count", _int(0)),
+    ("data.train_path", _str),
+    ("data.eval_path", _str),
+    ("data.max_prompt_len", _int(2)),
+    ("data.max_completion_len", _int(1)),
+    ("data.shuffle", _bool),
+    ("data.worker_count", _int(0)),
     ("data.chat_family", _choice("", *tokenizers.CHAT_FAMILIES)),
-    ("gkd.lmbda", _num(0, 1)), ("gkd.mixing", _choice(*MIXINGS)),
-    ("gkd.seq_kd", _bool), ("gkd.teacher_cache", _str), ("gkd.teacher_cache_k", _int(1)),
+    ("gkd.lmbda", _num(0, 1)),
+    ("gkd.mixing", _choice(*gkd.MIXINGS)),
+    ("gkd.seq_kd", _bool),
+    ("gkd.teacher_cache", _str),
+    ("gkd.teacher_cache_k", _int(1)),
     ("gkd.loss", _choice(*divergences.KINDS)),
-    ("gkd.beta", _num(0, 1)), ("gkd.alpha", _num(0, 1)),
+    ("gkd.beta", _num(0, 1)),
+    ("gkd.alpha", _num(0, 1)),
     ("gkd.temperature", _num(0, lo_open=True)),
-    ("gkd.divergence_weight", _num(0)), ("gkd.ce_weight", _num(0)),
+    ("gkd.divergence_weight", _num(0)),
+    ("gkd.ce_weight", _num(0)),
     ("gkd.kernel_impl", _choice(*kernels.IMPLS)),
-    ("sampling.temperature", _num(0)), ("sampling.top_k", _int(0)),
-    ("sampling.top_p", _num(0, 1, lo_open=True)), ("sampling.max_new_tokens", _int(1)),
+    ("sampling.temperature", _num(0)),
+    ("sampling.top_k", _int(0)),
+    ("sampling.top_p", _num(0, 1, lo_open=True)),
+    ("sampling.max_new_tokens", _int(1)),
     ("optim.name", _choice(*optim.NAMES)),
     ("optim.learning_rate", _num(0, lo_open=True)),
     ("optim.schedule", _choice(*optim.SCHEDULES)),
-    ("optim.warmup_steps", _int(0)), ("optim.weight_decay", _num(0)),
-    ("optim.b1", _num(0, 1, hi_open=True)), ("optim.b2", _num(0, 1, hi_open=True)),
-    ("optim.grad_clip", _num(0)), ("optim.grad_accum_steps", _int(1)),
-    ("train.batch_size", _int(1)), ("train.num_steps", _int(1)), ("train.log_every", _int(1)),
-    ("train.eval_every", _int(0)), ("train.checkpoint_every", _int(1)),
-    ("train.keep_checkpoints", _int(1)), ("train.async_checkpoints", _bool),
+    ("optim.warmup_steps", _int(0)),
+    ("optim.weight_decay", _num(0)),
+    ("optim.b1", _num(0, 1, hi_open=True)),
+    ("optim.b2", _num(0, 1, hi_open=True)),
+    ("optim.grad_clip", _num(0)),
+    ("optim.grad_accum_steps", _int(1)),
+    ("train.batch_size", _int(1)),
+    ("train.num_steps", _int(1)),
+    ("train.log_every", _int(1)),
+    ("train.eval_every", _int(0)),
+    ("train.checkpoint_every", _int(1)),
+    ("train.keep_checkpoints", _int(1)),
+    ("train.async_checkpoints", _bool),
     ("train.preemption_check_every", _int(1)),
-    ("train.export_final", _bool), ("train.remat", _choice(*remat.CHOICES)),
+    ("train.export_final", _bool),
+    ("train.remat", _choice(*remat.CHOICES)),
     ("train.max_nonfinite_steps", _int(0)),
-    ("eval.batch_size", _int(1)), ("eval.num_examples", _int(1)),
-    ("eval.max_new_tokens", _int(1)), ("eval.num_samples", _int(0)),
-    ("eval.temperature", _num(0, lo_open=True)), ("eval.teacher", _bool),
+    ("eval.batch_size", _int(1)),
+    ("eval.num_examples", _int(1)),
+    ("eval.max_new_tokens", _int(1)),
+    ("eval.num_samples", _int(0)),
+    ("eval.temperature", _num(0, lo_open=True)),
+    ("eval.teacher", _bool),
     ("task.name", _choice("", *tasks.TASKS)),
 )
 
@@ -124,13 +155,19 @@ def _validate_rules(rules) -> None:
       _fail("sharding_rules", pair, "entries must be (logical_axis, mesh_axes) pairs")
     name, axes = pair
     if name not in sharding.LOGICAL_AXES:
-      _fail("sharding_rules", name,
-            "is not a logical axis; choose from " + ", ".join(sharding.LOGICAL_AXES))
+      _fail(
+          "sharding_rules",
+          name,
+          "is not a logical axis; choose from " + ", ".join(sharding.LOGICAL_AXES),
+      )
     axes_t = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
     for a in axes_t:
       if a not in sharding.MESH_AXES:
-        _fail(f"sharding_rules[{name}]", axes,
-              "names a mesh axis not in " + ", ".join(sharding.MESH_AXES))
+        _fail(
+            f"sharding_rules[{name}]",
+            axes,
+            "names a mesh axis not in " + ", ".join(sharding.MESH_AXES),
+        )
 
 
 def _require_path(field: str, value: str, why: str) -> None:
@@ -144,35 +181,50 @@ def _refuse_wrong_experiments(config) -> None:
   """Combinations that run, but not the experiment their fields describe."""
   lmbda, loss = _get(config, "gkd.lmbda"), _get(config, "gkd.loss")
   if _get(config, "gkd.divergence_weight") == 0 and lmbda > 0:
-    raise ValueError(f"gkd.divergence_weight=0 with gkd.lmbda={lmbda}: the cross-entropy term "
-                     "only trains on dataset (or gkd.seq_kd teacher) completions, so on-policy "
-                     "rows would train on nothing; set gkd.lmbda=0 for SFT or SeqKD")
+    raise ValueError(
+        f"gkd.divergence_weight=0 with gkd.lmbda={lmbda}: the cross-entropy term "
+        "only trains on dataset (or gkd.seq_kd teacher) completions, so on-policy "
+        "rows would train on nothing; set gkd.lmbda=0 for SFT or SeqKD"
+    )
   if loss == "sampled_reverse_kl":
     temperature = _get(config, "gkd.temperature")
-    wrong = [f"{field}={value!r} (needs {want!r})" for field, value, want in (
-        ("gkd.lmbda", lmbda, 1.0), ("gkd.seq_kd", _get(config, "gkd.seq_kd"), False),
-        ("sampling.temperature", _get(config, "sampling.temperature"), temperature),
-        ("sampling.top_k", _get(config, "sampling.top_k"), 0),
-        ("sampling.top_p", _get(config, "sampling.top_p"), 1.0)) if value != want]
+    wrong = [
+        f"{field}={value!r} (needs {want!r})"
+        for field, value, want in (
+            ("gkd.lmbda", lmbda, 1.0),
+            ("gkd.seq_kd", _get(config, "gkd.seq_kd"), False),
+            ("sampling.temperature", _get(config, "sampling.temperature"), temperature),
+            ("sampling.top_k", _get(config, "sampling.top_k"), 0),
+            ("sampling.top_p", _get(config, "sampling.top_p"), 1.0),
+        )
+        if value != want
+    ]
     if wrong:
-      raise ValueError("gkd.loss='sampled_reverse_kl' is unbiased only on the student's own "
-                       "unfiltered samples at the loss temperature: " + ", ".join(wrong))
+      raise ValueError(
+          "gkd.loss='sampled_reverse_kl' is unbiased only on the student's own "
+          "unfiltered samples at the loss temperature: " + ", ".join(wrong)
+      )
   if _get(config, "gkd.teacher_cache") and (lmbda != 0 or _get(config, "gkd.seq_kd")):
-    raise ValueError(f"gkd.teacher_cache={_get(config, 'gkd.teacher_cache')!r} with gkd.lmbda="
-                     f"{lmbda}, gkd.seq_kd={_get(config, 'gkd.seq_kd')}: the cache holds the "
-                     "teacher on dataset completions only; use it with gkd.lmbda=0 (supervised "
-                     "KD without the teacher in memory), gkd.seq_kd=False")
+    raise ValueError(
+        f"gkd.teacher_cache={_get(config, 'gkd.teacher_cache')!r} with gkd.lmbda="
+        f"{lmbda}, gkd.seq_kd={_get(config, 'gkd.seq_kd')}: the cache holds the "
+        "teacher on dataset completions only; use it with gkd.lmbda=0 (supervised "
+        "KD without the teacher in memory), gkd.seq_kd=False"
+    )
   batch = _get(config, "train.batch_size")
   if _get(config, "gkd.mixing") == "example" and 0 < lmbda < 1:
     k = int(round(lmbda * batch))
     if k in (0, batch):
-      raise ValueError(f"gkd.mixing='example' with gkd.lmbda={lmbda} and train.batch_size={batch} "
-                       f"puts round(λ·B)={k} rows on-policy, i.e. λ={k // batch}; use "
-                       "gkd.mixing='batch' or a larger train.batch_size")
+      raise ValueError(
+          f"gkd.mixing='example' with gkd.lmbda={lmbda} and train.batch_size={batch} "
+          f"puts round(λ·B)={k} rows on-policy, i.e. λ={k // batch}; use "
+          "gkd.mixing='batch' or a larger train.batch_size"
+      )
 
 
-def validate(config, num_devices: Optional[int] = None, mode: str = "train",
-             check_paths: bool = True) -> None:
+def validate(
+    config, num_devices: Optional[int] = None, mode: str = "train", check_paths: bool = True
+) -> None:
   """Raises ValueError (one line: field, value, allowed) for the first bad field or combination.
 
   num_devices: the mesh must use exactly this many (default: jax.device_count()).
@@ -187,8 +239,11 @@ def validate(config, num_devices: Optional[int] = None, mode: str = "train",
     if message:
       _fail(field, value, message)
   num_epochs = _get(config, "data.num_epochs")
-  if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or (
-      num_epochs < 1 and num_epochs != -1):
+  if (
+      isinstance(num_epochs, bool)
+      or not isinstance(num_epochs, int)
+      or (num_epochs < 1 and num_epochs != -1)
+  ):
     _fail("data.num_epochs", num_epochs, "must be a positive integer or -1 (repeat forever)")
   _validate_rules(_get(config, "sharding_rules"))
 
@@ -205,13 +260,18 @@ def validate(config, num_devices: Optional[int] = None, mode: str = "train",
   c_len = _get(config, "data.max_completion_len")
   for field in ("sampling.max_new_tokens",):
     if _get(config, field) > c_len:
-      _fail(field, _get(config, field), f"exceeds data.max_completion_len={c_len}: sampled "
-            "completions must fit the batch's completion length")
+      _fail(
+          field,
+          _get(config, field),
+          f"exceeds data.max_completion_len={c_len}: sampled "
+          "completions must fit the batch's completion length",
+      )
 
   div_w, ce_w = _get(config, "gkd.divergence_weight"), _get(config, "gkd.ce_weight")
   if div_w == 0 and ce_w == 0:
-    raise ValueError("gkd.divergence_weight=0 and gkd.ce_weight=0: at least one loss weight must "
-                     "be > 0")
+    raise ValueError(
+        "gkd.divergence_weight=0 and gkd.ce_weight=0: at least one loss weight must " "be > 0"
+    )
   if mode == "train":  # eval and sample train nothing
     _refuse_wrong_experiments(config)
   student_path, preset = _get(config, "student.path"), _get(config, "student.preset")
@@ -230,8 +290,11 @@ def validate(config, num_devices: Optional[int] = None, mode: str = "train",
     _require_path("tokenizer.path", _get(config, "tokenizer.path"), "")
   seq_kd = _get(config, "gkd.seq_kd")
   if mode != "sample" and (div_w > 0 or seq_kd):
-    why = ("(gkd.seq_kd=True samples completions from the teacher)" if seq_kd else
-           f"when gkd.divergence_weight={div_w} > 0 (set it to 0 for SFT without a teacher)")
+    why = (
+        "(gkd.seq_kd=True samples completions from the teacher)"
+        if seq_kd
+        else f"when gkd.divergence_weight={div_w} > 0 (set it to 0 for SFT without a teacher)"
+    )
     _require_path("teacher.path", _get(config, "teacher.path"), why)
   if mode == "train":
     _require_path("data.train_path", _get(config, "data.train_path"), "for training")

@@ -65,16 +65,27 @@ def _validate_record(record, path: str, lineno: int) -> dict:
     if not isinstance(messages, list) or not messages:
       raise _record_error(path, lineno, "'messages' must be a non-empty list of {role, content}")
     for i, m in enumerate(messages):
-      if (not isinstance(m, dict) or m.get("role") not in ROLES or
-          not isinstance(m.get("content"), str)):
-        raise _record_error(path, lineno, f"messages[{i}] must be {{'role': one of {ROLES}, "
-                            f"'content': string}}, got {json.dumps(m)[:80]}")
+      if (
+          not isinstance(m, dict)
+          or m.get("role") not in ROLES
+          or not isinstance(m.get("content"), str)
+      ):
+        raise _record_error(
+            path,
+            lineno,
+            f"messages[{i}] must be {{'role': one of {ROLES}, "
+            f"'content': string}}, got {json.dumps(m)[:80]}",
+        )
     if not any(m["role"] == "user" for m in messages):
       raise _record_error(path, lineno, "'messages' has no user message")
     return {"messages": messages}
   if "prompt" not in record:
-    raise _record_error(path, lineno, "missing 'prompt' (records need 'prompt' and an optional "
-                        f"'completion', or chat 'messages'); keys: {sorted(record)}")
+    raise _record_error(
+        path,
+        lineno,
+        "missing 'prompt' (records need 'prompt' and an optional "
+        f"'completion', or chat 'messages'); keys: {sorted(record)}",
+    )
   prompt, completion = record["prompt"], record.get("completion")
   if not isinstance(prompt, str) or not prompt:
     raise _record_error(path, lineno, f"'prompt' must be a non-empty string, got {prompt!r:.80}")
@@ -91,8 +102,9 @@ def read_jsonl_records(path: str) -> list[dict]:
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError as e:
-        raise _record_error(path, lineno, f"not UTF-8 text (byte {raw[e.start]:#04x} at column "
-                            f"{e.start + 1})") from None
+        raise _record_error(
+            path, lineno, f"not UTF-8 text (byte {raw[e.start]:#04x} at column " f"{e.start + 1})"
+        ) from None
       if not line.strip():
         continue
       try:
@@ -137,15 +149,20 @@ def truncate_prompt(ids: Sequence[int], max_len: int, bos_id: Optional[int]) -> 
   if len(ids) <= max_len:
     return ids
   if bos_id is not None and ids and ids[0] == bos_id:
-    return [bos_id] + ids[len(ids) - (max_len - 1):]
-  return ids[len(ids) - max_len:]
+    return [bos_id] + ids[len(ids) - (max_len - 1) :]
+  return ids[len(ids) - max_len :]
 
 
 class TokenizeAndPad(grain.transforms.Map):
   """Record -> fixed-shape int32 arrays for one example (see the module docstring for the layout)."""
 
-  def __init__(self, tokenizer, max_prompt_len: int, max_completion_len: int,
-               chat_family: Optional[str] = None):
+  def __init__(
+      self,
+      tokenizer,
+      max_prompt_len: int,
+      max_completion_len: int,
+      chat_family: Optional[str] = None,
+  ):
     self.tokenizer = tokenizer
     self.max_prompt_len = max_prompt_len
     self.max_completion_len = max_completion_len
@@ -159,25 +176,41 @@ class TokenizeAndPad(grain.transforms.Map):
     prompt_tokens_P = np.full((P,), tok.pad_id, np.int32)
     prompt_mask_P = np.zeros((P,), np.int32)
     if prompt_ids:
-      prompt_tokens_P[P - len(prompt_ids):] = prompt_ids
-      prompt_mask_P[P - len(prompt_ids):] = 1
+      prompt_tokens_P[P - len(prompt_ids) :] = prompt_ids
+      prompt_mask_P[P - len(prompt_ids) :] = 1
     completion_tokens_C = np.full((C,), tok.pad_id, np.int32)
     completion_mask_C = np.zeros((C,), np.int32)
     if completion is not None:
       completion_ids = (tok.encode(completion, add_bos=False) + [self.end_id])[:C]
-      completion_tokens_C[:len(completion_ids)] = completion_ids
-      completion_mask_C[:len(completion_ids)] = 1
-    return {"prompt_tokens": prompt_tokens_P, "prompt_mask": prompt_mask_P,
-            "completion_tokens": completion_tokens_C, "completion_mask": completion_mask_C}
+      completion_tokens_C[: len(completion_ids)] = completion_ids
+      completion_mask_C[: len(completion_ids)] = 1
+    return {
+        "prompt_tokens": prompt_tokens_P,
+        "prompt_mask": prompt_mask_P,
+        "completion_tokens": completion_tokens_C,
+        "completion_mask": completion_mask_C,
+    }
 
 
-def make_dataset(records: Sequence[dict], tokenizer, *, batch_size: int, max_prompt_len: int,
-                 max_completion_len: int, seed: int = 0, shuffle: bool = True,
-                 num_epochs: Optional[int] = None, shard_index: Optional[int] = None,
-                 shard_count: Optional[int] = None, worker_count: int = 0,
-                 chat_family: Optional[str] = None, drop_remainder: bool = True,
-                 even_shards: bool = True, split_global_batches: bool = False,
-                 row_extras=None) -> grain.IterDataset:
+def make_dataset(
+    records: Sequence[dict],
+    tokenizer,
+    *,
+    batch_size: int,
+    max_prompt_len: int,
+    max_completion_len: int,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: Optional[int] = None,
+    shard_index: Optional[int] = None,
+    shard_count: Optional[int] = None,
+    worker_count: int = 0,
+    chat_family: Optional[str] = None,
+    drop_remainder: bool = True,
+    even_shards: bool = True,
+    split_global_batches: bool = False,
+    row_extras=None,
+) -> grain.IterDataset:
   """The pipeline over in-memory records; `iter()` of the result yields batches (see make_loader).
 
   `row_extras(record indices [b]) -> {name: [b, ...] array}` adds per-record arrays to each batch
@@ -191,8 +224,10 @@ def make_dataset(records: Sequence[dict], tokenizer, *, batch_size: int, max_pro
   if batch_size <= 0:
     raise ValueError(f"batch_size={batch_size} must be > 0")
   if max_prompt_len < 2 or max_completion_len < 1:
-    raise ValueError(f"need max_prompt_len >= 2 and max_completion_len >= 1, got "
-                     f"{max_prompt_len}, {max_completion_len}")
+    raise ValueError(
+        f"need max_prompt_len >= 2 and max_completion_len >= 1, got "
+        f"{max_prompt_len}, {max_completion_len}"
+    )
   if num_epochs is not None and num_epochs < 0:
     num_epochs = None  # -1 in configs: repeat forever
   if chat_family:
@@ -201,18 +236,25 @@ def make_dataset(records: Sequence[dict], tokenizer, *, batch_size: int, max_pro
     raise ValueError(f"the data has chat 'messages' records: set data.chat_family ({_FAMILIES})")
   records = list(records)
   if split_global_batches:
-    ds = _global_batch_rows(records, batch_size, seed, shuffle, num_epochs, shard_index,
-                            shard_count, drop_remainder)
-    ds = ds.map(TokenizeRows(records, TokenizeAndPad(tokenizer, max_prompt_len,
-                                                     max_completion_len, chat_family),
-                             row_extras))
+    ds = _global_batch_rows(
+        records, batch_size, seed, shuffle, num_epochs, shard_index, shard_count, drop_remainder
+    )
+    ds = ds.map(
+        TokenizeRows(
+            records,
+            TokenizeAndPad(tokenizer, max_prompt_len, max_completion_len, chat_family),
+            row_extras,
+        )
+    )
     return _to_iter(ds, worker_count)
   if even_shards and shard_count > 1:
-    records = records[:len(records) - len(records) % shard_count]
+    records = records[: len(records) - len(records) % shard_count]
   ds = grain.MapDataset.source(records)[shard_index::shard_count]
   if len(ds) < batch_size and drop_remainder and num_epochs is not None:
-    raise ValueError(f"shard {shard_index}/{shard_count} has {len(ds)} records, fewer than one "
-                     f"batch of {batch_size}")
+    raise ValueError(
+        f"shard {shard_index}/{shard_count} has {len(ds)} records, fewer than one "
+        f"batch of {batch_size}"
+    )
   if shuffle:
     ds = ds.shuffle(seed=seed)  # reshuffled every epoch by repeat() below
   ds = ds.map(TokenizeAndPad(tokenizer, max_prompt_len, max_completion_len, chat_family))
@@ -222,8 +264,9 @@ def make_dataset(records: Sequence[dict], tokenizer, *, batch_size: int, max_pro
   return _to_iter(ds, worker_count)
 
 
-def _global_batch_rows(records, batch_size, seed, shuffle, num_epochs, shard_index, shard_count,
-                       drop_remainder):
+def _global_batch_rows(
+    records, batch_size, seed, shuffle, num_epochs, shard_index, shard_count, drop_remainder
+):
   """Record indices [batch_size] of this process's rows of every global batch (shard_count x
   batch_size rows, the batches one process would read with the global batch size)."""
   ds = grain.MapDataset.range(len(records))
@@ -233,10 +276,12 @@ def _global_batch_rows(records, batch_size, seed, shuffle, num_epochs, shard_ind
     ds = ds.repeat(num_epochs)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   if num_epochs is not None:
-    ds = ds[:len(ds) - len(ds) % shard_count]  # every process gets the same number of batches
+    ds = ds[: len(ds) - len(ds) % shard_count]  # every process gets the same number of batches
     if not len(ds) and drop_remainder:
-      raise ValueError(f"{len(records)} records make no global batch of {batch_size} x "
-                       f"{shard_count} processes")
+      raise ValueError(
+          f"{len(records)} records make no global batch of {batch_size} x "
+          f"{shard_count} processes"
+      )
   return ds[shard_index::shard_count]
 
 
@@ -266,22 +311,46 @@ def _to_iter(ds, worker_count):
   return it_ds
 
 
-def make_loader(path: str, tokenizer, *, batch_size: int, max_prompt_len: int,
-                max_completion_len: int, seed: int = 0, shuffle: bool = True,
-                num_epochs: Optional[int] = None, shard_index: Optional[int] = None,
-                shard_count: Optional[int] = None, worker_count: int = 0,
-                chat_family: Optional[str] = None, drop_remainder: bool = True,
-                even_shards: bool = True, split_global_batches: bool = False,
-                row_extras=None) -> grain.IterDataset:
+def make_loader(
+    path: str,
+    tokenizer,
+    *,
+    batch_size: int,
+    max_prompt_len: int,
+    max_completion_len: int,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: Optional[int] = None,
+    shard_index: Optional[int] = None,
+    shard_count: Optional[int] = None,
+    worker_count: int = 0,
+    chat_family: Optional[str] = None,
+    drop_remainder: bool = True,
+    even_shards: bool = True,
+    split_global_batches: bool = False,
+    row_extras=None,
+) -> grain.IterDataset:
   """A Grain pipeline over a JSONL file; `iter(make_loader(...))` yields per-process batches.
 
   `batch_size` is per process (global batch / process count). `num_epochs` None or -1 repeats forever.
   `shard_index`/`shard_count` default to jax.process_index()/process_count(). `worker_count` > 0 moves
   tokenization into that many Grain worker processes (same batches, same order).
   """
-  return make_dataset(read_jsonl_records(path), tokenizer, batch_size=batch_size,
-                      max_prompt_len=max_prompt_len, max_completion_len=max_completion_len,
-                      seed=seed, shuffle=shuffle, num_epochs=num_epochs, shard_index=shard_index,
-                      shard_count=shard_count, worker_count=worker_count, chat_family=chat_family,
-                      drop_remainder=drop_remainder, even_shards=even_shards,
-                      split_global_batches=split_global_batches, row_extras=row_extras)
+  return make_dataset(
+      read_jsonl_records(path),
+      tokenizer,
+      batch_size=batch_size,
+      max_prompt_len=max_prompt_len,
+      max_completion_len=max_completion_len,
+      seed=seed,
+      shuffle=shuffle,
+      num_epochs=num_epochs,
+      shard_index=shard_index,
+      shard_count=shard_count,
+      worker_count=worker_count,
+      chat_family=chat_family,
+      drop_remainder=drop_remainder,
+      even_shards=even_shards,
+      split_global_batches=split_global_batches,
+      row_extras=row_extras,
+  )

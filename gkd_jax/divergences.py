@@ -42,34 +42,32 @@ import jax.numpy as jnp
 import numpy as np
 
 KINDS = (
-  "forward_kl",
-  "reverse_kl",
-  "jsd",
-  "skew_forward_kl",
-  "skew_reverse_kl",
-  "tvd",
-  "sampled_reverse_kl",
+    "forward_kl",
+    "reverse_kl",
+    "jsd",
+    "skew_forward_kl",
+    "skew_reverse_kl",
+    "tvd",
+    "sampled_reverse_kl",
 )
 
 
 def _is_concrete_number(x) -> bool:
-  return isinstance(x, (numbers.Number, np.generic)) or (
-    isinstance(x, np.ndarray) and x.ndim == 0
-  )
+  return isinstance(x, (numbers.Number, np.generic)) or (isinstance(x, np.ndarray) and x.ndim == 0)
 
 
 def validate_divergence_args(
-  kind,
-  beta=0.5,
-  alpha=0.1,
-  temperature=1.0,
-  student_softcap=None,
-  teacher_softcap=None,
-  *,
-  tokens=None,
-  student_vocab=None,
-  teacher_vocab=None,
-  check_tokens=True,
+    kind,
+    beta=0.5,
+    alpha=0.1,
+    temperature=1.0,
+    student_softcap=None,
+    teacher_softcap=None,
+    *,
+    tokens=None,
+    student_vocab=None,
+    teacher_vocab=None,
+    check_tokens=True,
 ):
   """Raises ValueError naming the offending argument and its value. Traced values are not range-checked.
 
@@ -77,7 +75,7 @@ def validate_divergence_args(
   when only the hyperparameters are being checked, as `DivergenceSpec` does)."""
   if kind not in KINDS:
     raise ValueError(f"kind={kind!r} is not one of {KINDS}")
-  for name, value, lo_open in (("beta", beta, False), ("alpha", alpha, False)):
+  for name, value in (("beta", beta), ("alpha", alpha)):
     if _is_concrete_number(value):
       v = float(value)
       if not (0.0 <= v <= 1.0):  # also rejects NaN
@@ -93,8 +91,8 @@ def validate_divergence_args(
         raise ValueError(f"{name}={cap!r} must be None or a finite number > 0")
   if student_vocab is not None and teacher_vocab is not None and student_vocab != teacher_vocab:
     raise ValueError(
-      f"student vocabulary size ({student_vocab}) != teacher vocabulary size ({teacher_vocab}): "
-      f"student_vocab={student_vocab}, teacher_vocab={teacher_vocab}"
+        f"student vocabulary size ({student_vocab}) != teacher vocabulary size ({teacher_vocab}): "
+        f"student_vocab={student_vocab}, teacher_vocab={teacher_vocab}"
     )
   if check_tokens and kind == "sampled_reverse_kl" and tokens is None:
     raise ValueError("tokens=None: kind='sampled_reverse_kl' needs the sampled token ids")
@@ -118,8 +116,15 @@ class DivergenceSpec:
   teacher_softcap: Optional[float] = None
 
   def __post_init__(self):
-    validate_divergence_args(self.kind, self.beta, self.alpha, self.temperature,
-                             self.student_softcap, self.teacher_softcap, check_tokens=False)
+    validate_divergence_args(
+        self.kind,
+        self.beta,
+        self.alpha,
+        self.temperature,
+        self.student_softcap,
+        self.teacher_softcap,
+        check_tokens=False,
+    )
 
   @property
   def effective_kind(self) -> str:
@@ -172,8 +177,9 @@ def _jsd_interior(s, t, beta):
   return beta * _kl_terms(t, m).sum(-1) + (1.0 - beta) * _kl_terms(s, m).sum(-1)
 
 
-def as_spec(spec, hyperparameters, *, tokens=None, student_vocab=None,
-            teacher_vocab=None) -> DivergenceSpec:
+def as_spec(
+    spec, hyperparameters, *, tokens=None, student_vocab=None, teacher_vocab=None
+) -> DivergenceSpec:
   """The one `DivergenceSpec` of a call that takes a spec or its fields by keyword (not both),
   checked against the call's inputs (sampled tokens, vocabulary sizes)."""
   if spec is None:
@@ -181,26 +187,45 @@ def as_spec(spec, hyperparameters, *, tokens=None, student_vocab=None,
   elif hyperparameters:
     raise ValueError(f"pass either spec or its fields, not both ({sorted(hyperparameters)})")
   validate_divergence_args(
-    spec.kind, spec.beta, spec.alpha, spec.temperature, spec.student_softcap,
-    spec.teacher_softcap, tokens=tokens, student_vocab=student_vocab, teacher_vocab=teacher_vocab)
+      spec.kind,
+      spec.beta,
+      spec.alpha,
+      spec.temperature,
+      spec.student_softcap,
+      spec.teacher_softcap,
+      tokens=tokens,
+      student_vocab=student_vocab,
+      teacher_vocab=teacher_vocab,
+  )
   return spec
 
 
-def token_divergence(student_logits, teacher_logits, spec: Optional[DivergenceSpec] = None, *,
-                     tokens=None, **hyperparameters):
+def token_divergence(
+    student_logits,
+    teacher_logits,
+    spec: Optional[DivergenceSpec] = None,
+    *,
+    tokens=None,
+    **hyperparameters,
+):
   """Per-token divergence D(p_T, p_S) for logits [..., V] -> float32 [...].
 
   ``spec`` or its fields by keyword (``kind``, ``beta``, ``alpha``, ``temperature``,
   ``student_softcap``, ``teacher_softcap``; `DivergenceSpec`), which may be traced values here.
   ``tokens`` [...] int: the sampled ids, for kind="sampled_reverse_kl".
   """
-  spec = as_spec(spec, hyperparameters, tokens=tokens, student_vocab=student_logits.shape[-1],
-                 teacher_vocab=teacher_logits.shape[-1])
+  spec = as_spec(
+      spec,
+      hyperparameters,
+      tokens=tokens,
+      student_vocab=student_logits.shape[-1],
+      teacher_vocab=teacher_logits.shape[-1],
+  )
   kind, beta, alpha, temperature = spec.kind, spec.beta, spec.alpha, spec.temperature
   student_softcap, teacher_softcap = spec.student_softcap, spec.teacher_softcap
   if student_logits.shape != teacher_logits.shape:
     raise ValueError(
-      f"student_logits.shape={student_logits.shape} != teacher_logits.shape={teacher_logits.shape}"
+        f"student_logits.shape={student_logits.shape} != teacher_logits.shape={teacher_logits.shape}"
     )
   s = log_softmax(softcap_and_scale(student_logits, student_softcap, temperature))
   t = log_softmax(softcap_and_scale(teacher_logits, teacher_softcap, temperature))
@@ -219,8 +244,9 @@ def token_divergence(student_logits, teacher_logits, spec: Optional[DivergenceSp
       return _jsd_interior(s, t, b)
     b = jnp.clip(jnp.asarray(beta, jnp.float32), 1e-6, 1 - 1e-6)  # traced beta: select the ends
     return jnp.where(
-      beta == 0.0, _kl_terms(t, s).sum(-1),
-      jnp.where(beta == 1.0, _kl_terms(s, t).sum(-1), _jsd_interior(s, t, b)),
+        beta == 0.0,
+        _kl_terms(t, s).sum(-1),
+        jnp.where(beta == 1.0, _kl_terms(s, t).sum(-1), _jsd_interior(s, t, b)),
     )
   if kind == "skew_forward_kl":
     return _kl_terms(t, _log_mixture(s, t, alpha)).sum(-1)
@@ -231,7 +257,9 @@ def token_divergence(student_logits, teacher_logits, spec: Optional[DivergenceSp
   if kind == "sampled_reverse_kl":
     tokens = jnp.asarray(tokens)
     if tokens.shape != s.shape[:-1]:
-      raise ValueError(f"tokens.shape={tokens.shape} must equal the logits' leading shape {s.shape[:-1]}")
+      raise ValueError(
+          f"tokens.shape={tokens.shape} must equal the logits' leading shape {s.shape[:-1]}"
+      )
     idx = tokens[..., None].astype(jnp.int32)
     s_y = jnp.take_along_axis(s, idx, -1)[..., 0]
     t_y = jnp.take_along_axis(t, idx, -1)[..., 0]

@@ -42,13 +42,22 @@ class NonFiniteGuard:
       self.count += 1
       what = f"loss={float(m['loss']):.4g}, grad_norm={float(m['grad_norm']):.4g}"
       if self.count > self.max_bad:
-        allowed = (f"{self.count - 1} earlier bad step(s) were skipped, "
-                   f"train.max_nonfinite_steps={self.max_bad}" if self.max_bad else
-                   "set train.max_nonfinite_steps=N to skip up to N such steps")
+        allowed = (
+            f"{self.count - 1} earlier bad step(s) were skipped, "
+            f"train.max_nonfinite_steps={self.max_bad}"
+            if self.max_bad
+            else "set train.max_nonfinite_steps=N to skip up to N such steps"
+        )
         raise NonFiniteError(
             f"step {step}: non-finite loss, gradient or parameters ({what}); stopped without "
             f"applying it (no checkpoint holds it; {allowed}); lower optim.learning_rate or set "
-            "optim.grad_clip")
-      logging.warning("step %d: non-finite loss, gradient or parameters (%s); update skipped "
-                      "(%d of train.max_nonfinite_steps=%d)", step, what, self.count,
-                      self.max_bad)
+            "optim.grad_clip"
+        )
+      logging.warning(
+          "step %d: non-finite loss, gradient or parameters (%s); update skipped "
+          "(%d of train.max_nonfinite_steps=%d)",
+          step,
+          what,
+          self.count,
+          self.max_bad,
+      )

@@ -27,13 +27,16 @@ from gkd_jax.kernels import Layout
 from gkd_jax.scoring import score
 from gkd_jax.sampling import sample
 
+# How λ mixes on-policy rows into a batch: one coin per batch, or round(λ·B) rows of every batch.
+MIXINGS = ("batch", "example")
+
 
 @dataclasses.dataclass(frozen=True)
 class GKDSettings:
   """Static (hashable) algorithm settings, built from `config.gkd` and `config.sampling`."""
 
   lmbda: float = 1.0
-  mixing: str = "batch"  # "batch" | "example"
+  mixing: str = "batch"  # one of MIXINGS
   seq_kd: bool = False
   # The divergence and its hyperparameters (the models' soft-caps are added where they are known).
   divergence: DivergenceSpec = DivergenceSpec("jsd")
@@ -56,14 +59,25 @@ class GKDSettings:
   @classmethod
   def from_config(cls, config, eos_id, layout=None):
     g, s = config.gkd, config.sampling
-    divergence = DivergenceSpec(g.loss, beta=float(g.beta), alpha=float(g.alpha),
-                                temperature=float(g.temperature))
-    return cls(layout=layout, lmbda=float(g.lmbda), mixing=g.mixing, seq_kd=bool(g.seq_kd),
-               divergence=divergence, divergence_weight=float(g.divergence_weight), ce_weight=float(g.ce_weight),
-               kernel_impl=g.kernel_impl, remat=config.train.remat is True,
-               sample_temperature=float(s.temperature),
-               sample_top_k=int(s.top_k), sample_top_p=float(s.top_p),
-               sample_max_new_tokens=int(s.max_new_tokens), eos_id=eos_id)
+    divergence = DivergenceSpec(
+        g.loss, beta=float(g.beta), alpha=float(g.alpha), temperature=float(g.temperature)
+    )
+    return cls(
+        layout=layout,
+        lmbda=float(g.lmbda),
+        mixing=g.mixing,
+        seq_kd=bool(g.seq_kd),
+        divergence=divergence,
+        divergence_weight=float(g.divergence_weight),
+        ce_weight=float(g.ce_weight),
+        kernel_impl=g.kernel_impl,
+        remat=config.train.remat is True,
+        sample_temperature=float(s.temperature),
+        sample_top_k=int(s.top_k),
+        sample_top_p=float(s.top_p),
+        sample_max_new_tokens=int(s.max_new_tokens),
+        eos_id=eos_id,
+    )
 
 
 @flax.struct.dataclass
@@ -80,17 +94,28 @@ def _fit_length(length, pad_id, tokens_BxN, *rest_BxN):
   if n >= length:
     return (tokens_BxN[:, :length],) + tuple(x[:, :length] for x in rest_BxN)
   pad = ((0, 0), (0, length - n))
-  return ((jnp.pad(tokens_BxN, pad, constant_values=pad_id),)
-          + tuple(jnp.pad(x, pad) for x in rest_BxN))
+  return (jnp.pad(tokens_BxN, pad, constant_values=pad_id),) + tuple(
+      jnp.pad(x, pad) for x in rest_BxN
+  )
 
 
 def _samples(model, params, prompt_BxP, prompt_mask_BxP, rng, length, s: GKDSettings):
   """(tokens, mask, log-prob the sampler recorded) [B, length] of `model`'s samples."""
-  out = sample(model, jax.lax.stop_gradient(params), prompt_BxP, prompt_mask_BxP, rng,
-               max_new_tokens=s.sample_max_new_tokens, temperature=s.sample_temperature,
-               top_k=s.sample_top_k, top_p=s.sample_top_p, eos_id=s.eos_id)
-  tokens, mask, logprob = _fit_length(length, model.config.pad_id, out.tokens,
-                                      out.mask.astype(jnp.int32), out.logprobs)
+  out = sample(
+      model,
+      jax.lax.stop_gradient(params),
+      prompt_BxP,
+      prompt_mask_BxP,
+      rng,
+      max_new_tokens=s.sample_max_new_tokens,
+      temperature=s.sample_temperature,
+      top_k=s.sample_top_k,
+      top_p=s.sample_top_p,
+      eos_id=s.eos_id,
+  )
+  tokens, mask, logprob = _fit_length(
+      length, model.config.pad_id, out.tokens, out.mask.astype(jnp.int32), out.logprobs
+  )
   return tokens.astype(jnp.int32), mask, logprob
 
 
@@ -103,8 +128,9 @@ def choose_completions(student, params, teacher, teacher_params, batch, rng, s: 
 
   def off_policy(rows):
     if s.seq_kd:
-      tokens, mask, _ = _samples(teacher, teacher_params, prompt_BxP[rows], pmask_BxP[rows],
-                                 teacher_rng, c, s)
+      tokens, mask, _ = _samples(
+          teacher, teacher_params, prompt_BxP[rows], pmask_BxP[rows], teacher_rng, c, s
+      )
     else:
       tokens, mask = batch["completion_tokens"][rows], batch["completion_mask"][rows]
     return tokens, mask, jnp.zeros(tokens.shape, jnp.float32)
@@ -122,20 +148,30 @@ def choose_completions(student, params, teacher, teacher_params, batch, rng, s: 
     k = int(round(s.lmbda * b))
     perm_B = jax.random.permutation(coin_rng, b)
     on_rows, off_rows = perm_B[:k], perm_B[k:]
-    parts = [jnp.zeros((b, c), x.dtype).at[on_rows].set(x).at[off_rows].set(y)
-             for x, y in zip(on_policy(on_rows), off_policy(off_rows))]
+    parts = [
+        jnp.zeros((b, c), x.dtype).at[on_rows].set(x).at[off_rows].set(y)
+        for x, y in zip(on_policy(on_rows), off_policy(off_rows))
+    ]
     return parts[0], parts[1], jnp.zeros((b,), jnp.float32).at[on_rows].set(1.0), parts[2]
   coin = jax.random.bernoulli(coin_rng, s.lmbda)  # one coin per batch (Algorithm 1, TRL)
-  tokens, mask, logprob = jax.lax.cond(coin, lambda: on_policy(everything),
-                                       lambda: off_policy(everything))
+  tokens, mask, logprob = jax.lax.cond(
+      coin, lambda: on_policy(everything), lambda: off_policy(everything)
+  )
   return tokens, mask, jnp.full((b,), coin, jnp.float32), logprob
 
 
 def _completion_hidden(model, params, tokens_BxT, mask_BxT, prompt_len, remat=False):
   """Final hidden states at the positions that predict each completion token: [B,C,D]. The last
   layer runs at those positions only (the prompt feeds it keys and values)."""
-  hidden_BxCxD = score(model, params, tokens_BxT, mask_BxT, return_hidden=True, remat=remat,
-                       output_from=prompt_len - 1)
+  hidden_BxCxD = score(
+      model,
+      params,
+      tokens_BxT,
+      mask_BxT,
+      return_hidden=True,
+      remat=remat,
+      output_from=prompt_len - 1,
+  )
   return hidden_BxCxD[:, :-1]
 
 
@@ -146,8 +182,18 @@ def _divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, tokens_N, spec, s: GKDSettings):
     tokens = hs_NxD.shape[0] // (s.layout.token_shards if s.layout else 1)
     impl = kernels.resolve_impl(impl, s.kernel_platform, tokens=tokens, vocab=ws_DxV.shape[1])
     kw = dict(interpret=False)
-  return kernels.fused_linear_divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, spec, tokens=tokens_N,
-                                         impl=impl, layout=s.layout, return_stats=True, **kw)
+  return kernels.fused_linear_divergence(
+      hs_NxD,
+      ws_DxV,
+      ht_NxD,
+      wt_DxV,
+      spec,
+      tokens=tokens_N,
+      impl=impl,
+      layout=s.layout,
+      return_stats=True,
+      **kw,
+  )
 
 
 def _entropy(hidden_NxD, unembed_DxV, softcap, s: GKDSettings):
@@ -163,17 +209,25 @@ MISMATCH_WARN = 0.1  # `gkd-jax train` warns once when a step's largest differen
 def sampler_matches_loss(s: GKDSettings) -> bool:
   """Whether the sampler draws from the distribution the loss scores (same temperature, no top-k /
   top-p truncation), so that their log-probabilities of a sampled token must agree."""
-  return (s.lmbda > 0 and s.sample_temperature > 0 and s.sample_top_k == 0
-          and s.sample_top_p >= 1.0 and s.sample_temperature == s.divergence.temperature)
+  return (
+      s.lmbda > 0
+      and s.sample_temperature > 0
+      and s.sample_top_k == 0
+      and s.sample_top_p >= 1.0
+      and s.sample_temperature == s.divergence.temperature
+  )
 
 
 def _mismatch_metrics(loss_logprob_N, sample_logprob_N, on_policy_mask_N):
   """Sampler vs scorer: |log p| of the same tokens, same student, same temperature."""
   diff_N = jnp.where(on_policy_mask_N > 0, jnp.abs(loss_logprob_N - sample_logprob_N), 0.0)
-  return {"sampler_logprob_diff_mean": masked_mean(diff_N, on_policy_mask_N),
-          "sampler_logprob_diff_max": jnp.max(diff_N),
-          "sampler_logprob_frac_above_1e-3": masked_mean(
-              (diff_N > MISMATCH_TOLERANCE).astype(jnp.float32), on_policy_mask_N)}
+  return {
+      "sampler_logprob_diff_mean": masked_mean(diff_N, on_policy_mask_N),
+      "sampler_logprob_diff_max": jnp.max(diff_N),
+      "sampler_logprob_frac_above_1e-3": masked_mean(
+          (diff_N > MISMATCH_TOLERANCE).astype(jnp.float32), on_policy_mask_N
+      ),
+  }
 
 
 def _cached_divergence(hs_NxD, ws_DxV, tokens_N, mask_N, topk, spec, s: GKDSettings):
@@ -185,13 +239,30 @@ def _cached_divergence(hs_NxD, ws_DxV, tokens_N, mask_N, topk, spec, s: GKDSetti
   logprobs_NxK = jnp.where(mask_N[:, None] > 0, logprobs_BxCxK.reshape(-1, k), -jnp.log(k))
   layout = None if s.layout is None else Layout(s.layout.mesh, token_axes=s.layout.token_axes)
   return kernels.fused_linear_topk_divergence(
-      hs_NxD, ws_DxV, ids_BxCxK.reshape(-1, k), logprobs_NxK, spec,
-      tokens=tokens_N if spec.kind == "sampled_reverse_kl" else None, layout=layout)
+      hs_NxD,
+      ws_DxV,
+      ids_BxCxK.reshape(-1, k),
+      logprobs_NxK,
+      spec,
+      tokens=tokens_N if spec.kind == "sampled_reverse_kl" else None,
+      layout=layout,
+  )
 
 
-def loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prompt_len,
-            loss_mask_BxC, on_policy_B, s: GKDSettings, sample_logprob_BxC=None,
-            teacher_topk=None):
+def loss_fn(
+    params,
+    teacher_params,
+    student,
+    teacher,
+    tokens_BxT,
+    mask_BxT,
+    prompt_len,
+    loss_mask_BxC,
+    on_policy_B,
+    s: GKDSettings,
+    sample_logprob_BxC=None,
+    teacher_topk=None,
+):
   """Scalar loss and metrics for one sequence batch (prompt + chosen completion).
 
   `sample_logprob_BxC`: the log-probabilities the sampler recorded for on-policy rows; when given
@@ -213,23 +284,33 @@ def loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prom
         _completion_hidden(teacher, teacher_params, tokens_BxT, mask_BxT, prompt_len)
     ).reshape(b * c, -1)
     wt_DxV = jax.lax.stop_gradient(models.unembedding(teacher, teacher_params))
-    spec = dataclasses.replace(s.divergence, student_softcap=student.config.final_logit_softcap,
-                               teacher_softcap=teacher.config.final_logit_softcap)
-    hs_in, ws_in = (hs_NxD, ws_DxV) if s.divergence_weight > 0 else jax.lax.stop_gradient(
-        (hs_NxD, ws_DxV))  # a metric only: no backward pass through it
+    spec = dataclasses.replace(
+        s.divergence,
+        student_softcap=student.config.final_logit_softcap,
+        teacher_softcap=teacher.config.final_logit_softcap,
+    )
+    hs_in, ws_in = (
+        (hs_NxD, ws_DxV) if s.divergence_weight > 0 else jax.lax.stop_gradient((hs_NxD, ws_DxV))
+    )  # a metric only: no backward pass through it
     div_N, stats = _divergence(hs_in, ws_in, ht_NxD, wt_DxV, targets_BxC.reshape(-1), spec, s)
     student_entropy_N, teacher_entropy_N = stats.student_entropy, stats.teacher_entropy
     if sample_logprob_BxC is not None and sampler_matches_loss(s):
-      metrics.update(_mismatch_metrics(stats.student_logprob, sample_logprob_BxC.reshape(-1),
-                                       (loss_mask_BxC * on_policy_B[:, None]).reshape(-1)))
+      metrics.update(
+          _mismatch_metrics(
+              stats.student_logprob,
+              sample_logprob_BxC.reshape(-1),
+              (loss_mask_BxC * on_policy_B[:, None]).reshape(-1),
+          )
+      )
     if s.divergence_weight > 0:
       metrics["divergence"] = masked_mean(div_N, mask_N)
       loss = loss + s.divergence_weight * metrics["divergence"]
     metrics["teacher_entropy"] = masked_mean(teacher_entropy_N, mask_N)
   elif teacher_topk is not None and s.divergence_weight > 0:  # λ=0 from the teacher cache
     spec = dataclasses.replace(s.divergence, student_softcap=student.config.final_logit_softcap)
-    div_N = _cached_divergence(hs_NxD, ws_DxV, targets_BxC.reshape(-1), mask_N, teacher_topk,
-                               spec, s)
+    div_N = _cached_divergence(
+        hs_NxD, ws_DxV, targets_BxC.reshape(-1), mask_N, teacher_topk, spec, s
+    )
     metrics["divergence"] = masked_mean(div_N, mask_N)
     loss = loss + s.divergence_weight * metrics["divergence"]
   if s.ce_weight > 0:  # SFT term on dataset completions only (never on the student's own samples)
@@ -244,36 +325,67 @@ def loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prom
   return loss, metrics
 
 
-def train_step(state: TrainState, teacher_params, batch, rng, *, student, teacher, optimizer,
-               settings: GKDSettings):
+def train_step(
+    state: TrainState,
+    teacher_params,
+    batch,
+    rng,
+    *,
+    student,
+    teacher,
+    optimizer,
+    settings: GKDSettings,
+):
   """One GKD update. Pure: jit it with `functools.partial` over the keyword-only statics."""
   rng = jax.random.fold_in(rng, state.step)
   comp_BxC, cmask_BxC, on_policy_B, sample_logprob_BxC = choose_completions(
-      student, state.params, teacher, teacher_params, batch, rng, settings)
+      student, state.params, teacher, teacher_params, batch, rng, settings
+  )
   prompt_len = batch["prompt_tokens"].shape[1]
   tokens_BxT = jnp.concatenate([batch["prompt_tokens"], comp_BxC], axis=1)
   mask_BxT = jnp.concatenate([batch["prompt_mask"], cmask_BxC], axis=1)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (_, metrics), grads = grad_fn(state.params, teacher_params, student, teacher, tokens_BxT,
-                                mask_BxT, prompt_len, cmask_BxC, on_policy_B, settings,
-                                sample_logprob_BxC, _teacher_topk(batch))
+  (_, metrics), grads = grad_fn(
+      state.params,
+      teacher_params,
+      student,
+      teacher,
+      tokens_BxT,
+      mask_BxT,
+      prompt_len,
+      cmask_BxC,
+      on_policy_B,
+      settings,
+      sample_logprob_BxC,
+      _teacher_topk(batch),
+  )
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   # A step whose loss, gradient or new parameters are not all finite is never applied: the state
   # keeps its old params and optimizer state (the trainer then stops or counts the step).
   grad_norm = optax.global_norm(grads)
-  finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-            & _all_finite(params))
-  params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                   (params, opt_state), (state.params, state.opt_state))
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & _all_finite(params)
+  params, opt_state = jax.tree.map(
+      lambda new, old: jnp.where(finite, new, old),
+      (params, opt_state),
+      (state.params, state.opt_state),
+  )
   metrics.update(
       nonfinite=1.0 - finite.astype(jnp.float32),
       on_policy_fraction=jnp.mean(on_policy_B),
       completion_length=jnp.mean(jnp.sum(cmask_BxC, axis=1).astype(jnp.float32)),
       grad_norm=grad_norm,
-      num_tokens=jnp.sum(cmask_BxC).astype(jnp.float32))
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                    nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32)), metrics
+      num_tokens=jnp.sum(cmask_BxC).astype(jnp.float32),
+  )
+  return (
+      TrainState(
+          step=state.step + 1,
+          params=params,
+          opt_state=opt_state,
+          nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+      ),
+      metrics,
+  )
 
 
 def _teacher_topk(batch):
@@ -294,10 +406,21 @@ def eval_step(params, teacher_params, batch, *, student, teacher, settings: GKDS
   mask_BxT = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1)
   b = tokens_BxT.shape[0]
   # Report both terms whatever the training weights are.
-  settings = dataclasses.replace(settings, ce_weight=1.0,
-                                 divergence_weight=1.0 if teacher is not None else 0.0)
-  _, metrics = loss_fn(params, teacher_params, student, teacher, tokens_BxT, mask_BxT, prompt_len,
-                       batch["completion_mask"], jnp.zeros((b,), jnp.float32), settings)
+  settings = dataclasses.replace(
+      settings, ce_weight=1.0, divergence_weight=1.0 if teacher is not None else 0.0
+  )
+  _, metrics = loss_fn(
+      params,
+      teacher_params,
+      student,
+      teacher,
+      tokens_BxT,
+      mask_BxT,
+      prompt_len,
+      batch["completion_mask"],
+      jnp.zeros((b,), jnp.float32),
+      settings,
+  )
   del metrics["loss"]
   # Every metric is a mean over these tokens: callers combine batches weighted by it.
   metrics["num_tokens"] = jnp.sum(batch["completion_mask"]).astype(jnp.float32)

@@ -23,24 +23,51 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "train: run directory (checkpoints, metrics, "
-                               "exported student); an existing one is resumed.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "", "eval/sample: HF checkpoint dir of the student "
-                                  "(default: config.student.path).")
-_PROMPTS = flags.DEFINE_string("prompts", "-", "sample: file with one prompt per line ('-': stdin).")
-_RESTART = flags.DEFINE_bool("restart", False, "train: start over in an existing --workdir (removes "
-                             "its checkpoints, metrics and exported student) instead of resuming.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (every "
-                               "host of a TPU slice / multi-node GPU job runs the same command).")
-_COORDINATOR = flags.DEFINE_string("coordinator", "", "--multihost: HOST:PORT of process 0 "
-                                   "(with --num_processes, --process_id; absent: auto-detect).")
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "train: run directory (checkpoints, metrics, " "exported student); an existing one is resumed.",
+)
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint",
+    "",
+    "eval/sample: HF checkpoint dir of the student " "(default: config.student.path).",
+)
+_PROMPTS = flags.DEFINE_string(
+    "prompts", "-", "sample: file with one prompt per line ('-': stdin)."
+)
+_RESTART = flags.DEFINE_bool(
+    "restart",
+    False,
+    "train: start over in an existing --workdir (removes "
+    "its checkpoints, metrics and exported student) instead of resuming.",
+)
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost",
+    False,
+    "Call jax.distributed.initialize() first (every "
+    "host of a TPU slice / multi-node GPU job runs the same command).",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator",
+    "",
+    "--multihost: HOST:PORT of process 0 "
+    "(with --num_processes, --process_id; absent: auto-detect).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--multihost: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "--multihost: this process's index.")
-_TOPOLOGY = flags.DEFINE_string("topology", "", "plan: TPU accelerator type (v5p-64, v6e-8, "
-                                "v5litepod-16, v4-32) or topology (v5p:4x4x2); see gkd_jax/plan.py.")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology",
+    "",
+    "plan: TPU accelerator type (v5p-64, v6e-8, "
+    "v5litepod-16, v4-32) or topology (v5p:4x4x2); see gkd_jax/plan.py.",
+)
 _JSON = flags.DEFINE_bool("json", False, "plan: end the output with one JSON object.")
-_OUT = flags.DEFINE_string("out", None, "cache-teacher: directory of the teacher cache (an "
-                           "interrupted one is continued).")
+_OUT = flags.DEFINE_string(
+    "out",
+    None,
+    "cache-teacher: directory of the teacher cache (an " "interrupted one is continued).",
+)
 COMMANDS = ("train", "eval", "sample", "compare", "plan", "cache-teacher")
 
 
@@ -57,25 +84,39 @@ def _sample(config):
   from gkd_jax import train  # pylint: disable=g-import-not-at-top
   from gkd_jax.sampling import sample  # pylint: disable=g-import-not-at-top
   from gkd_jax.data import truncate_prompt  # pylint: disable=g-import-not-at-top
+
   lines = _read_prompts(_PROMPTS.value)
   run = train.build(config, mode="sample")
   tok = run.tokenizer
   s = config.sampling
   rng = jax.random.key(config.seed)
   stops = train.stop_ids(tok, config.data.chat_family)
-  max_len = min(config.data.max_prompt_len,
-                run.student.config.max_position_embeddings - s.max_new_tokens)
+  max_len = min(
+      config.data.max_prompt_len, run.student.config.max_position_embeddings - s.max_new_tokens
+  )
   for i, prompt in enumerate(l.replace("\\n", "\n") for l in lines if l.strip()):
     ids = tok.encode(prompt, add_bos=True)
     if len(ids) > max_len:  # as training does: keep the end, which the completion follows
-      logging.warning("prompt %d has %d tokens; keeping its last %d (data.max_prompt_len, and "
-                      "the model's positions less sampling.max_new_tokens)", i + 1, len(ids),
-                      max_len)
+      logging.warning(
+          "prompt %d has %d tokens; keeping its last %d (data.max_prompt_len, and "
+          "the model's positions less sampling.max_new_tokens)",
+          i + 1,
+          len(ids),
+          max_len,
+      )
       ids = truncate_prompt(ids, max_len, tok.bos_id)
-    out = sample(run.student, run.params, np.asarray([ids], np.int32),
-                 np.ones((1, len(ids)), np.int32), jax.random.fold_in(rng, i),
-                 max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
-                 top_p=s.top_p, eos_id=stops)
+    out = sample(
+        run.student,
+        run.params,
+        np.asarray([ids], np.int32),
+        np.ones((1, len(ids)), np.int32),
+        jax.random.fold_in(rng, i),
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_k=s.top_k,
+        top_p=s.top_p,
+        eos_id=stops,
+    )
     ids = [int(t) for t, m in zip(out.tokens[0], out.mask[0]) if m and t not in stops]
     print(json.dumps({"prompt": prompt, "completion": tok.decode(ids)}), flush=True)
 
@@ -94,7 +135,7 @@ def _read_prompts(path: str) -> list:
   try:
     return raw.decode("utf-8").splitlines()
   except UnicodeDecodeError as e:
-    line = raw[:e.start].count(b"\n") + 1
+    line = raw[: e.start].count(b"\n") + 1
     raise ValueError(f"--prompts={path}:{line}: not UTF-8 text") from None
 
 
@@ -121,6 +162,7 @@ def _one_line(e: BaseException) -> str:
 def main(argv):
   if len(argv) >= 2 and argv[1] == "compare":
     from gkd_jax import report  # pylint: disable=g-import-not-at-top
+
     try:
       print(report.compare_table(argv[2:] or _usage("compare needs at least one WORKDIR")))
     except (ValueError, FileNotFoundError) as e:
@@ -133,15 +175,26 @@ def main(argv):
   command = argv[1]
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 brings it back
-  if command == "plan":  # compiles for a TPU slice on this host: no weights, data or distributed run
+  if (
+      command == "plan"
+  ):  # compiles for a TPU slice on this host: no weights, data or distributed run
     from gkd_jax import plan  # pylint: disable=g-import-not-at-top
-    sys.exit(plan.main(config, _TOPOLOGY.value, _JSON.value,
-                       config_flags.get_config_filename(flags.FLAGS["config"])))
+
+    sys.exit(
+        plan.main(
+            config,
+            _TOPOLOGY.value,
+            _JSON.value,
+            config_flags.get_config_filename(flags.FLAGS["config"]),
+        )
+    )
   try:
     if _MULTIHOST.value:
       from gkd_jax import distributed  # pylint: disable=g-import-not-at-top
+
       distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from gkd_jax import train  # pylint: disable=g-import-not-at-top
+
     if command == "train":
       if not _WORKDIR.value:
         raise app.UsageError("train needs --workdir", exitcode=2)
@@ -152,6 +205,7 @@ def main(argv):
       if not _OUT.value:
         raise app.UsageError("cache-teacher needs --out", exitcode=2)
       from gkd_jax import config_validation, teacher_cache  # pylint: disable=g-import-not-at-top
+
       config_validation.validate(config, mode="train")
       print(json.dumps(teacher_cache.write_cache(config, _OUT.value)))
     else:
@@ -161,6 +215,7 @@ def main(argv):
     sys.exit(2)
   except RuntimeError as e:
     from gkd_jax.finite import NonFiniteError  # pylint: disable=g-import-not-at-top
+
     if not isinstance(e, NonFiniteError):
       raise
     print(f"gkd-jax {command}: error: {e}", file=sys.stderr)
@@ -176,8 +231,11 @@ def _parse_flags(argv):
     if isinstance(e, (AttributeError, KeyError)):  # a --config.<field> override names no field
       found = re.search(r"[\"'\\]+(\w+)[\"'\\]+", message)
       missing = found.group(1) if found else ""
-      named = [a.split("=")[0] for a in argv if a.startswith("--config.")
-               and missing in a.split("=")[0].split(".")]
+      named = [
+          a.split("=")[0]
+          for a in argv
+          if a.startswith("--config.") and missing in a.split("=")[0].split(".")
+      ]
       message = f"{named[0] if named else '--config.*'}: no such config field ({message})"
     print(f"gkd-jax: error: {message} (see configs/default.py)", file=sys.stderr)
     sys.exit(2)

@@ -64,8 +64,13 @@ def read_metrics(jsonl_path: str) -> list[dict]:
 class MetricWriter:
   """Writes {"step": step, **metrics} per call to JSONL and TensorBoard, on process 0 only."""
 
-  def __init__(self, workdir: str, process_index: int = 0, resume_step: Optional[int] = None,
-               tensorboard: bool = True):
+  def __init__(
+      self,
+      workdir: str,
+      process_index: int = 0,
+      resume_step: Optional[int] = None,
+      tensorboard: bool = True,
+  ):
     self.active = process_index == 0
     self.path = os.path.join(workdir, METRICS_FILE)
     self._tb = None
@@ -80,9 +85,10 @@ class MetricWriter:
         for r in kept:
           f.write(json.dumps(r) + "\n")
       os.replace(tmp, self.path)  # atomic: an interruption here loses nothing
-    self._file = open(self.path, "a")
+    self._file = open(self.path, "a")  # noqa: SIM115  (the writer's lifetime; close())
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
       self._tb = SummaryWriter(logdir=os.path.join(workdir, TB_DIR), flush_secs=30)
 
   def write(self, step: int, metrics: Mapping[str, object]) -> None:
@@ -134,16 +140,32 @@ def _format(value) -> str:
 class Progress:
   """A tqdm bar over training steps: rate, ETA, and a short postfix of chosen metrics."""
 
-  def __init__(self, total_steps: int, initial_step: int = 0,
-               keys: Sequence[str] = DEFAULT_POSTFIX, enabled: Optional[bool] = None, file=None,
-               desc: str = "train"):
+  def __init__(
+      self,
+      total_steps: int,
+      initial_step: int = 0,
+      keys: Sequence[str] = DEFAULT_POSTFIX,
+      enabled: Optional[bool] = None,
+      file=None,
+      desc: str = "train",
+  ):
     from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+
     if enabled is None:
       import jax  # pylint: disable=import-outside-toplevel
+
       enabled = jax.process_index() == 0
     self.keys = tuple(keys)
-    self.bar = tqdm(total=total_steps, initial=initial_step, unit="step", desc=desc,
-                    dynamic_ncols=True, disable=not enabled, file=file, smoothing=0.1)
+    self.bar = tqdm(
+        total=total_steps,
+        initial=initial_step,
+        unit="step",
+        desc=desc,
+        dynamic_ncols=True,
+        disable=not enabled,
+        file=file,
+        smoothing=0.1,
+    )
     self.step = initial_step
 
   def update(self, step: int, metrics: Optional[Mapping[str, object]] = None) -> None:
@@ -152,8 +174,11 @@ class Progress:
       self.bar.update(step - self.step)
       self.step = step
     if metrics:
-      postfix = {k: _format(_scalar(metrics[k])) for k in self.keys
-                 if k in metrics and _scalar(metrics[k]) is not None}
+      postfix = {
+          k: _format(_scalar(metrics[k]))
+          for k in self.keys
+          if k in metrics and _scalar(metrics[k]) is not None
+      }
       if postfix:
         self.bar.set_postfix(postfix, refresh=False)
 
@@ -168,14 +193,19 @@ class Progress:
 def plot_metrics(jsonl_path: str, out_png: str, keys: Iterable[str], title: str = "") -> str:
   """One panel per key (value against step) from a metrics.jsonl file; returns `out_png`."""
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
   records = read_metrics(jsonl_path)
   keys = list(keys)
   series = {}
   for key in keys:
-    points = [(r["step"], r[key]) for r in records
-              if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+    points = [
+        (r["step"], r[key])
+        for r in records
+        if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+    ]
     if not points:
       raise ValueError(f"{jsonl_path} has no numeric values for {key!r}")
     series[key] = np.asarray(points, dtype=np.float64)

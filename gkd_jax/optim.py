@@ -47,9 +47,11 @@ class OptimConfig:
     warmup = min(int(self.warmup_steps), num_updates - 1) if num_updates > 1 else 0
     lr = float(self.learning_rate)
     decay_steps = max(1, num_updates - warmup)
-    decay = {"constant": lambda: optax.constant_schedule(lr),
-             "cosine": lambda: optax.cosine_decay_schedule(lr, decay_steps),
-             "linear": lambda: optax.linear_schedule(lr, 0.0, decay_steps)}[self.schedule]()
+    decay = {
+        "constant": lambda: optax.constant_schedule(lr),
+        "cosine": lambda: optax.cosine_decay_schedule(lr, decay_steps),
+        "linear": lambda: optax.linear_schedule(lr, 0.0, decay_steps),
+    }[self.schedule]()
     schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
     if self.name == "adamw":
       tx = optax.adamw(schedule, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay)

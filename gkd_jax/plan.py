@@ -38,8 +38,10 @@ from gkd_jax.models.hf_config import config_from_hf  # noqa: E402
 from gkd_jax.models.presets import PRESETS, get_preset  # noqa: E402
 
 STEPS = ("train_step", "eval_step", "sampler")
-COST_NOTE = ("FLOPs / bytes: XLA's cost analysis of one call per device; a while loop's body (the "
-             "sampler's decode loop) is counted once, not once per generated token.")
+COST_NOTE = (
+    "FLOPs / bytes: XLA's cost analysis of one call per device; a while loop's body (the "
+    "sampler's decode loop) is counted once, not once per generated token."
+)
 
 
 @dataclasses.dataclass
@@ -69,18 +71,22 @@ def model_config(section, name: str):
       raise ValueError(f"{name}.path={path!r}: config.json is not a model config ({e})") from None
   if preset:
     if preset not in PRESETS:
-      raise ValueError(f"{name}.preset={preset!r} is not a preset; choose one of "
-                       + ", ".join(PRESETS))
+      raise ValueError(
+          f"{name}.preset={preset!r} is not a preset; choose one of " + ", ".join(PRESETS)
+      )
     return get_preset(preset)
-  raise ValueError(f"{name}.path={path!r} has no config.json and {name}.preset is empty: a plan "
-                   "needs one of them (no weights are read)")
+  raise ValueError(
+      f"{name}.path={path!r} has no config.json and {name}.preset is empty: a plan "
+      "needs one of them (no weights are read)"
+  )
 
 
 def _abstract_params(model, mesh, rules):
   shapes = models.param_shapes(model)
   shardings = sharding.tree_shardings(mesh, models.logical_axes(model), rules, shapes=shapes)
-  params = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes,
-                        shardings)
+  params = jax.tree.map(
+      lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, shardings
+  )
   return params, shardings
 
 
@@ -90,31 +96,40 @@ def abstract_run(config, devices) -> train.Run:
   validate(config, num_devices=len(devices), mode="train", check_paths=False)
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = tuple(config.sharding_rules)
-  student = models.build(model_config(config.student, "student"),
-                         models.DTYPES[config.student.dtype])
+  student = models.build(
+      model_config(config.student, "student"), models.DTYPES[config.student.dtype]
+  )
   params, param_shardings = _abstract_params(student, mesh, rules)
   teacher = teacher_params = None
   g = config.gkd
   if g.divergence_weight > 0 or g.seq_kd:
-    teacher = models.build(model_config(config.teacher, "teacher"),
-                           models.DTYPES[config.teacher.dtype])
+    teacher = models.build(
+        model_config(config.teacher, "teacher"), models.DTYPES[config.teacher.dtype]
+    )
     teacher_params, _ = _abstract_params(teacher, mesh, rules)
     sv, tv = student.config.vocab_size, teacher.config.vocab_size
     if sv != tv:
-      raise ValueError(f"teacher vocabulary ({tv}) differs from the student's ({sv}): "
-                       "distillation needs one shared vocabulary")
+      raise ValueError(
+          f"teacher vocabulary ({tv}) differs from the student's ({sv}): "
+          "distillation needs one shared vocabulary"
+      )
   eos = student.config.eos_id
   settings = gkd.GKDSettings.from_config(
-      config, eos_id=None if eos is None else (eos,),
-      layout=train.divergence_layout(mesh, rules, student.config.vocab_size))
+      config,
+      eos_id=None if eos is None else (eos,),
+      layout=train.divergence_layout(mesh, rules, student.config.vocab_size),
+  )
   settings = dataclasses.replace(settings, kernel_platform=devices[0].platform)
-  return train.Run(config, mesh, None, student, params, param_shardings, teacher, teacher_params,
-                   settings)
+  return train.Run(
+      config, mesh, None, student, params, param_shardings, teacher, teacher_params, settings
+  )
 
 
 # XLA:TPU refuses programs that do not fit; its message says how much they need.
-_OOM = (re.compile(r"Used ([\d.]+)([KMGT]?) of [\d.]+[KMGT]? hbm"),
-        re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM"))
+_OOM = (
+    re.compile(r"Used ([\d.]+)([KMGT]?) of [\d.]+[KMGT]? hbm"),
+    re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM"),
+)
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -143,18 +158,29 @@ def _compile(jitted, args, static=None) -> StepPlan:
     needed = int(float(match.group(1)) * _UNITS[match.group(2)])
     arg = _per_device_bytes(args)
     temporaries_only = "temporaries" in match.re.pattern
-    return StepPlan(argument_bytes=arg, temp_bytes=needed if temporaries_only else None,
-                    peak_bytes=arg + needed if temporaries_only else needed,
-                    compile_s=time.perf_counter() - start,
-                    error=str(e).strip().splitlines()[0][:300])
+    return StepPlan(
+        argument_bytes=arg,
+        temp_bytes=needed if temporaries_only else None,
+        peak_bytes=arg + needed if temporaries_only else needed,
+        compile_s=time.perf_counter() - start,
+        error=str(e).strip().splitlines()[0][:300],
+    )
   elapsed = time.perf_counter() - start
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
   arg, out = mem.argument_size_in_bytes, mem.output_size_in_bytes
   alias, temp = mem.alias_size_in_bytes, mem.temp_size_in_bytes
-  return StepPlan(arg, out, alias, temp, arg + out - alias + temp, cost.get("flops"),
-                  cost.get("bytes accessed"), elapsed)
+  return StepPlan(
+      arg,
+      out,
+      alias,
+      temp,
+      arg + out - alias + temp,
+      cost.get("flops"),
+      cost.get("bytes accessed"),
+      elapsed,
+  )
 
 
 def plan_steps(config, devices, only=STEPS) -> dict[str, StepPlan]:
@@ -167,14 +193,28 @@ def plan_steps(config, devices, only=STEPS) -> dict[str, StepPlan]:
   c = config
   eval_batch = train.abstract_batch(run, c.eval.batch_size)
   programs = {
-      "train_step": (steps.train_step, (steps.abstract_state, run.teacher_params,
-                                        train.abstract_batch(run, c.train.batch_size), rng)),
+      "train_step": (
+          steps.train_step,
+          (
+              steps.abstract_state,
+              run.teacher_params,
+              train.abstract_batch(run, c.train.batch_size),
+              rng,
+          ),
+      ),
       "eval_step": (steps.eval_step, (run.params, run.teacher_params, eval_batch)),
-      "sampler": (train._decode,  # pylint: disable=protected-access
-                  (run.student, run.params, eval_batch["prompt_tokens"],
-                   eval_batch["prompt_mask"], rng,
-                   jax.ShapeDtypeStruct((), jnp.float32, sharding=repl)),  # temperature
-                  dict(max_new_tokens=c.eval.max_new_tokens, eos_id=run.settings.eos_id)),
+      "sampler": (
+          train._decode,  # pylint: disable=protected-access
+          (
+              run.student,
+              run.params,
+              eval_batch["prompt_tokens"],
+              eval_batch["prompt_mask"],
+              rng,
+              jax.ShapeDtypeStruct((), jnp.float32, sharding=repl),
+          ),  # temperature
+          dict(max_new_tokens=c.eval.max_new_tokens, eos_id=run.settings.eos_id),
+      ),
   }
   out = {}
   for name in only:
@@ -193,12 +233,22 @@ def _knobs(config) -> list[tuple[str, dict, tuple]]:
     out.append((f"mesh data={m.data} folded into fsdp", {"mesh.data": 1, "mesh.fsdp": -1}, STEPS))
   b, k = config.train.batch_size, config.optim.grad_accum_steps
   if b % 2 == 0:
-    out.append((f"train.batch_size={b // 2} with optim.grad_accum_steps={2 * k} (same tokens per "
-                "update; train.num_steps counts micro-steps, so double it too)",
-                {"train.batch_size": b // 2, "optim.grad_accum_steps": 2 * k}, ("train_step",)))
+    out.append(
+        (
+            f"train.batch_size={b // 2} with optim.grad_accum_steps={2 * k} (same tokens per "
+            "update; train.num_steps counts micro-steps, so double it too)",
+            {"train.batch_size": b // 2, "optim.grad_accum_steps": 2 * k},
+            ("train_step",),
+        )
+    )
   if config.eval.batch_size % 2 == 0:
-    out.append((f"eval.batch_size={config.eval.batch_size // 2}",
-                {"eval.batch_size": config.eval.batch_size // 2}, ("eval_step", "sampler")))
+    out.append(
+        (
+            f"eval.batch_size={config.eval.batch_size // 2}",
+            {"eval.batch_size": config.eval.batch_size // 2},
+            ("eval_step", "sampler"),
+        )
+    )
   return out
 
 
@@ -223,8 +273,13 @@ def replan_knobs(config, devices, failing, hbm) -> list[dict]:
     except ValueError:
       continue  # e.g. a halved batch no longer divides the mesh
     plans = plan_steps(new, devices, only=touched)
-    out.append({"knob": description, "steps": {s: p.peak_bytes for s, p in plans.items()},
-                "fits": all(p.error is None and p.peak_bytes <= hbm for p in plans.values())})
+    out.append(
+        {
+            "knob": description,
+            "steps": {s: p.peak_bytes for s, p in plans.items()},
+            "fits": all(p.error is None and p.peak_bytes <= hbm for p in plans.values()),
+        }
+    )
   return out
 
 
@@ -233,23 +288,28 @@ def _gib(x) -> str:
 
 
 def format_table(plans: dict[str, StepPlan], hbm: int) -> str:
-  lines = ["  program     args GiB  out GiB  alias GiB  temp GiB  peak GiB  headroom GiB  fits  "
-           "compile s      TFLOPs   GB accessed"]
+  lines = [
+      "  program     args GiB  out GiB  alias GiB  temp GiB  peak GiB  headroom GiB  fits  "
+      "compile s      TFLOPs   GB accessed"
+  ]
   for name, p in plans.items():
     fits = p.error is None and p.peak_bytes <= hbm
     flops = "-" if p.flops is None else f"{p.flops / 1e12:.3f}"
     moved = "-" if p.bytes_accessed is None else f"{p.bytes_accessed / 1e9:.2f}"
-    lines.append(f"  {name:<10}  {_gib(p.argument_bytes)}  {_gib(p.output_bytes)}    "
-                 f"{_gib(p.alias_bytes)}   {_gib(p.temp_bytes)}   {_gib(p.peak_bytes)}       "
-                 f"{_gib(hbm - p.peak_bytes)}  {'yes' if fits else ' NO'}  {p.compile_s:9.1f}  "
-                 f"{flops:>10}  {moved:>12}")
+    lines.append(
+        f"  {name:<10}  {_gib(p.argument_bytes)}  {_gib(p.output_bytes)}    "
+        f"{_gib(p.alias_bytes)}   {_gib(p.temp_bytes)}   {_gib(p.peak_bytes)}       "
+        f"{_gib(hbm - p.peak_bytes)}  {'yes' if fits else ' NO'}  {p.compile_s:9.1f}  "
+        f"{flops:>10}  {moved:>12}"
+    )
     if p.error:
       lines.append(f"    XLA: {p.error}")
   return "\n".join(lines)
 
 
-def plan(config, topology: str, *, as_json: bool = False, replan: bool = True,
-         config_name: str = "") -> tuple[int, dict]:
+def plan(
+    config, topology: str, *, as_json: bool = False, replan: bool = True, config_name: str = ""
+) -> tuple[int, dict]:
   """Prints the plan; returns (exit code 0 fits / 1 does not, the JSON summary)."""
   devices = tpu_topology.tpu_devices(topology)  # ValueError (bad name) / LibtpuMissing
   gen, _ = tpu_topology.parse(topology)
@@ -257,10 +317,12 @@ def plan(config, topology: str, *, as_json: bool = False, replan: bool = True,
   plans = plan_steps(config, devices)
   failing = [s for s, p in plans.items() if p.error is not None or p.peak_bytes > hbm]
   mesh = sharding.make_mesh(config.mesh, devices)
-  print(f"gkd-jax plan: {config_name or 'config'} on {topology} "
-        f"({tpu_topology.topology_name(topology)}): {len(devices)} devices "
-        f"({devices[0].device_kind}), {hbm / 2**30:.0f} GiB HBM each; mesh "
-        + " ".join(f"{a}={n}" for a, n in mesh.shape.items()))
+  print(
+      f"gkd-jax plan: {config_name or 'config'} on {topology} "
+      f"({tpu_topology.topology_name(topology)}): {len(devices)} devices "
+      f"({devices[0].device_kind}), {hbm / 2**30:.0f} GiB HBM each; mesh "
+      + " ".join(f"{a}={n}" for a, n in mesh.shape.items())
+  )
   print(format_table(plans, hbm))
   print("  " + COST_NOTE)
   knobs = replan_knobs(config, devices, failing, hbm) if failing and replan else []
@@ -270,11 +332,19 @@ def plan(config, topology: str, *, as_json: bool = False, replan: bool = True,
       peaks = ", ".join(f"{s} peak {v / 2**30:.2f} GiB" for s, v in k["steps"].items())
       print(f"    {k['knob']}: {peaks} -> {'fits' if k['fits'] else 'still does not fit'}")
   else:
-    print(f"  fits: smallest headroom "
-          f"{min(hbm - p.peak_bytes for p in plans.values()) / 2**30:.2f} GiB")
-  summary = {"topology": topology, "num_devices": len(devices),
-             "device_kind": devices[0].device_kind, "hbm_bytes": hbm, "fits": not failing,
-             "steps": {s: dataclasses.asdict(p) for s, p in plans.items()}, "knobs": knobs}
+    print(
+        f"  fits: smallest headroom "
+        f"{min(hbm - p.peak_bytes for p in plans.values()) / 2**30:.2f} GiB"
+    )
+  summary = {
+      "topology": topology,
+      "num_devices": len(devices),
+      "device_kind": devices[0].device_kind,
+      "hbm_bytes": hbm,
+      "fits": not failing,
+      "steps": {s: dataclasses.asdict(p) for s, p in plans.items()},
+      "knobs": knobs,
+  }
   if as_json:
     print(json.dumps(summary))
   return (1 if failing else 0), summary
@@ -283,6 +353,7 @@ def plan(config, topology: str, *, as_json: bool = False, replan: bool = True,
 def main(config, topology: Optional[str], as_json: bool, config_name: str = "") -> int:
   """The `gkd-jax plan` command: exit code (2 with one line on stderr on bad input)."""
   import sys  # pylint: disable=import-outside-toplevel
+
   try:
     if not topology:
       raise ValueError("plan needs --topology (e.g. v5p-64, v6e-8, v5litepod-16, v5p:4x4x2)")

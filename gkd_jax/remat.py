@@ -30,12 +30,17 @@ def memory_limit(device) -> Optional[int]:
 def peak_bytes(compiled) -> int:
   """Per-device peak of a compiled program: arguments + outputs - aliased + temporaries."""
   m = compiled.memory_analysis()
-  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-          + m.temp_size_in_bytes)
+  return (
+      m.argument_size_in_bytes
+      + m.output_size_in_bytes
+      - m.alias_size_in_bytes
+      + m.temp_size_in_bytes
+  )
 
 
-def choose(make_step: Callable[[bool], Any], abstract_args: tuple, device,
-           limit: Optional[int] = None) -> tuple[bool, Any]:
+def choose(
+    make_step: Callable[[bool], Any], abstract_args: tuple, device, limit: Optional[int] = None
+) -> tuple[bool, Any]:
   """(remat, step): `make_step(remat)` is the jitted step; `abstract_args` its abstract inputs."""
   limit = memory_limit(device) if limit is None else limit
   if limit is None:

@@ -11,8 +11,11 @@ import json
 import os
 from typing import Sequence
 
-COLUMNS = (("eval/accuracy", "greedy"), ("eval/sampled/accuracy", "sampled"),
-           ("eval/sampled/repair_rate", "repairs"))
+COLUMNS = (
+    ("eval/accuracy", "greedy"),
+    ("eval/sampled/accuracy", "sampled"),
+    ("eval/sampled/repair_rate", "repairs"),
+)
 
 
 def read_summary(workdir: str) -> dict:
@@ -44,8 +47,11 @@ def compare_table(workdirs: Sequence[str]) -> str:
   cols = [(k, name) for k, name in COLUMNS if any(k in m for _, m in rows)]
   width = max(len(name) for name, _ in rows)
   fmt = lambda v: f"{v:8.3f}" if isinstance(v, (int, float)) else "     n/a"
-  lines = ["", f"  {'model':<{width}}  " + "  ".join(f"{name:>8}" for _, name in cols),
-           f"  {'-' * width}  " + "  ".join("-" * 8 for _ in cols)]
+  lines = [
+      "",
+      f"  {'model':<{width}}  " + "  ".join(f"{name:>8}" for _, name in cols),
+      f"  {'-' * width}  " + "  ".join("-" * 8 for _ in cols),
+  ]
   for name, m in rows:
     lines.append(f"  {name:<{width}}  " + "  ".join(fmt(m.get(k)) for k, _ in cols))
   return "\n".join(lines)

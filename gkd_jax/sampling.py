@@ -39,9 +39,20 @@ class SampleOutput(NamedTuple):
   logprobs: jax.Array  # [B,N] float32 log-prob under the sampling distribution; 0 where masked
 
 
-def sample(model: Model, params: Params, prompt_tokens, prompt_mask, rng, *, max_new_tokens: int,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           eos_id: Union[None, int, Sequence[int]] = None, return_logits: bool = False):
+def sample(
+    model: Model,
+    params: Params,
+    prompt_tokens,
+    prompt_mask,
+    rng,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_id: Union[None, int, Sequence[int]] = None,
+    return_logits: bool = False,
+):
   """Generate `max_new_tokens` tokens after each prompt.
 
   prompt_tokens, prompt_mask: [B,P] (mask 1 = real token; every row needs at least one).
@@ -70,16 +81,30 @@ def sample(model: Model, params: Params, prompt_tokens, prompt_mask, rng, *, max
     raise ValueError(f"top_p={top_p} must be in (0, 1]")
   greedy = static_t and temperature == 0
   use_top_p = not (isinstance(top_p, (int, float)) and top_p >= 1.0)
-  return _sample(model, params, prompt_tokens, prompt_mask, rng, temperature, top_p,
-                 max_new_tokens=int(max_new_tokens), top_k=int(top_k), eos_ids=eos_ids,
-                 greedy=greedy, use_top_p=use_top_p, return_logits=bool(return_logits))
+  return _sample(
+      model,
+      params,
+      prompt_tokens,
+      prompt_mask,
+      rng,
+      temperature,
+      top_p,
+      max_new_tokens=int(max_new_tokens),
+      top_k=int(top_k),
+      eos_ids=eos_ids,
+      greedy=greedy,
+      use_top_p=use_top_p,
+      return_logits=bool(return_logits),
+  )
 
 
-def choose_tokens(logits_BxV, rng, temperature, top_p, *, top_k: int, greedy: bool,
-                  use_top_p: bool) -> tuple[jax.Array, jax.Array]:
+def choose_tokens(
+    logits_BxV, rng, temperature, top_p, *, top_k: int, greedy: bool, use_top_p: bool
+) -> tuple[jax.Array, jax.Array]:
   """One token per row from float32 logits, and its log-probability under the distribution it was
   drawn from: softmax(logits) when greedy (temperature 0), else softmax of logits / temperature
   restricted to the top-k / top-p set."""
+
   def pick(logits, tok):
     return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tok[:, None], axis=-1)[:, 0]
 
@@ -119,8 +144,10 @@ def _nucleus_sorted(desc_BxK, top_p):
 
 def _left_align(tokens_BxP, mask_BxP):
   order = jnp.argsort(mask_BxP.astype(jnp.int32), axis=-1, stable=True)
-  return (jnp.take_along_axis(tokens_BxP, order, axis=-1),
-          jnp.take_along_axis(mask_BxP.astype(jnp.int32), order, axis=-1))
+  return (
+      jnp.take_along_axis(tokens_BxP, order, axis=-1),
+      jnp.take_along_axis(mask_BxP.astype(jnp.int32), order, axis=-1),
+  )
 
 
 def cache_sizes(model: Model, prompt_len: int, max_new_tokens: int) -> tuple[int, ...]:
@@ -130,10 +157,34 @@ def cache_sizes(model: Model, prompt_len: int, max_new_tokens: int) -> tuple[int
   return tuple(min(cfg.sliding_window, total) if s else total for s in cfg.is_sliding)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k", "eos_ids",
-                                             "greedy", "use_top_p", "return_logits"))
-def _sample(model: Model, params, prompt_tokens, prompt_mask, rng, temperature, top_p, *,
-            max_new_tokens, top_k, eos_ids, greedy, use_top_p, return_logits):
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "model",
+        "max_new_tokens",
+        "top_k",
+        "eos_ids",
+        "greedy",
+        "use_top_p",
+        "return_logits",
+    ),
+)
+def _sample(
+    model: Model,
+    params,
+    prompt_tokens,
+    prompt_mask,
+    rng,
+    temperature,
+    top_p,
+    *,
+    max_new_tokens,
+    top_k,
+    eos_ids,
+    greedy,
+    use_top_p,
+    return_logits,
+):
   cfg = model.config
   B, P = prompt_tokens.shape
   N = max_new_tokens
@@ -148,18 +199,29 @@ def _sample(model: Model, params, prompt_tokens, prompt_mask, rng, temperature, 
     def to_cache(x):  # cache index i -> slot i mod size, for the last min(P, size) indices
       if P <= size:
         return jnp.pad(x, ((0, 0), (0, 0), (0, size - P), (0, 0)))
-      return jnp.roll(x[:, :, P - size:], (P - size) % size, axis=2)
+      return jnp.roll(x[:, :, P - size :], (P - size) % size, axis=2)
 
     def kv_fn(k, v):
       return k, v, (to_cache(k), to_cache(v))
+
     return kv_fn
 
-  hidden, caches = decoder(tokens, positions_from_mask(mask), attention_masks(model, mask),
-                           [prefill_fn(s) for s in sizes])
+  hidden, caches = decoder(
+      tokens,
+      positions_from_mask(mask),
+      attention_masks(model, mask),
+      [prefill_fn(s) for s in sizes],
+  )
   logits0 = decoder.logits(hidden[:, -1:])[:, 0]
 
-  choose = functools.partial(choose_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                             greedy=greedy, use_top_p=use_top_p)
+  choose = functools.partial(
+      choose_tokens,
+      temperature=temperature,
+      top_p=top_p,
+      top_k=top_k,
+      greedy=greedy,
+      use_top_p=use_top_p,
+  )
   eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
 
   out_tokens = jnp.full((B, N), cfg.pad_id, jnp.int32)
@@ -185,11 +247,13 @@ def _sample(model: Model, params, prompt_tokens, prompt_mask, rng, temperature, 
         kc = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), at)
         vc = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), at)
         return kc, vc, (kc, vc)
+
       return kv_fn
 
     positions = (t - pad_B)[:, None]
-    hidden, new_caches = decoder(tok_B[:, None], positions, masks,
-                                 [update_fn(c, s) for c, s in zip(caches, sizes)])
+    hidden, new_caches = decoder(
+        tok_B[:, None], positions, masks, [update_fn(c, s) for c, s in zip(caches, sizes)]
+    )
     return decoder.logits(hidden)[:, 0], new_caches
 
   def cond(carry):
@@ -215,8 +279,16 @@ def _sample(model: Model, params, prompt_tokens, prompt_mask, rng, temperature, 
     logits, caches = step(tok, P + i, caches)
     return i + 1, logits, done, caches, out_tokens, out_mask, out_lp, out_logits
 
-  carry = (jnp.int32(0), logits0, jnp.zeros((B,), bool), caches, out_tokens, out_mask, out_lp,
-           out_logits)
+  carry = (
+      jnp.int32(0),
+      logits0,
+      jnp.zeros((B,), bool),
+      caches,
+      out_tokens,
+      out_mask,
+      out_lp,
+      out_logits,
+  )
   carry = jax.lax.while_loop(cond, body, carry)
   out = SampleOutput(carry[4], carry[5], carry[6])
   return (out, carry[7]) if return_logits else out

@@ -35,8 +35,15 @@ def attention_masks(model: Model, mask_BxT: jax.Array) -> dict:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "return_hidden", "remat", "output_from"))
-def score(model: Model, params: Params, tokens, mask=None, return_hidden: bool = False,
-          remat: bool = False, output_from: int = 0):
+def score(
+    model: Model,
+    params: Params,
+    tokens,
+    mask=None,
+    return_hidden: bool = False,
+    remat: bool = False,
+    output_from: int = 0,
+):
   """Logits [B,T,V] float32 (after the final soft-cap) predicting token t+1 from tokens <= t, or
   with `return_hidden=True` the final-norm hidden states [B,T,D] in the model dtype.
 
@@ -49,8 +56,13 @@ def score(model: Model, params: Params, tokens, mask=None, return_hidden: bool =
   if mask is None:
     mask = jnp.ones(tokens.shape, jnp.int32)
   decoder = model.bind(params)
-  hidden, _ = decoder(tokens, positions_from_mask(mask), attention_masks(model, mask),
-                      remat=remat, output_from=output_from)
+  hidden, _ = decoder(
+      tokens,
+      positions_from_mask(mask),
+      attention_masks(model, mask),
+      remat=remat,
+      output_from=output_from,
+  )
   if return_hidden:
     return hidden
   return decoder.logits(hidden)

@@ -49,18 +49,26 @@ def resolve_mesh_shape(mesh, num_devices: int) -> tuple[int, int, int]:
     sizes.append(v)
   fills = [a for a, v in zip(MESH_AXES, sizes) if v == -1]
   if len(fills) > 1:
-    _fail(f"mesh.{fills[1]}", -1, f"is a second -1 (also mesh.{fills[0]}); at most one axis "
-          "may fill the remaining devices")
+    _fail(
+        f"mesh.{fills[1]}",
+        -1,
+        f"is a second -1 (also mesh.{fills[0]}); at most one axis "
+        "may fill the remaining devices",
+    )
   fixed = math.prod(v for v in sizes if v != -1)
   shape_str = "x".join(str(v) for v in sizes)
   if fills:
     if num_devices % fixed:
-      raise ValueError(f"mesh={shape_str} does not fit {num_devices} devices: {num_devices} is not "
-                       f"divisible by {fixed}")
+      raise ValueError(
+          f"mesh={shape_str} does not fit {num_devices} devices: {num_devices} is not "
+          f"divisible by {fixed}"
+      )
     sizes = [num_devices // fixed if v == -1 else v for v in sizes]
   elif fixed != num_devices:
-    raise ValueError(f"mesh={shape_str} needs {fixed} devices but {num_devices} are available "
-                     "(set one axis to -1 to fill)")
+    raise ValueError(
+        f"mesh={shape_str} needs {fixed} devices but {num_devices} are available "
+        "(set one axis to -1 to fill)"
+    )
   return tuple(sizes)
 
 
@@ -106,8 +114,9 @@ def logical_to_pspec(logical_axes, rules) -> PartitionSpec:
   table = _rules_dict(rules)
   used, entries = set(), []
   for name in tuple(logical_axes):
-    axes = tuple(a for a in _as_tuple(table.get(name) if name is not None else None)
-                 if a not in used)
+    axes = tuple(
+        a for a in _as_tuple(table.get(name) if name is not None else None) if a not in used
+    )
     used.update(axes)
     entries.append(_entry(axes))
   return PartitionSpec(*entries)
@@ -137,13 +146,21 @@ def tree_shardings(mesh: Mesh, logical_axes_tree, rules, shapes=None):
   `shapes`: an optional matching tree of arrays / ShapeDtypeStructs; with it, dims their mesh axes do
   not divide fall back as described in the module docstring (without it, no check is made).
   """
-  specs = jax.tree.map(lambda names: logical_to_pspec(tuple(names), rules), logical_axes_tree,
-                       is_leaf=_is_logical_leaf)
+  specs = jax.tree.map(
+      lambda names: logical_to_pspec(tuple(names), rules),
+      logical_axes_tree,
+      is_leaf=_is_logical_leaf,
+  )
   if shapes is not None:
-    specs = jax.tree.map(lambda spec, x: fit_pspec(spec, x.shape, mesh), specs, shapes,
-                         is_leaf=lambda x: isinstance(x, PartitionSpec))
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
-                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+    specs = jax.tree.map(
+        lambda spec, x: fit_pspec(spec, x.shape, mesh),
+        specs,
+        shapes,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+  return jax.tree.map(
+      lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, PartitionSpec)
+  )
 
 
 def batch_axes(rules) -> tuple:

@@ -76,7 +76,9 @@ def _sha256_file(path: str) -> str:
 
 def _weights_fingerprint(path: str) -> str:
   """Sampled content hash of a checkpoint's weight files (module docstring)."""
-  files = sorted(glob.glob(os.path.join(path, "*.safetensors")) + glob.glob(os.path.join(path, "*.bin")))
+  files = sorted(
+      glob.glob(os.path.join(path, "*.safetensors")) + glob.glob(os.path.join(path, "*.bin"))
+  )
   if not files:
     raise ValueError(f"teacher.path={path!r} has no *.safetensors weight files")
   h = hashlib.sha256()
@@ -107,8 +109,12 @@ def tokenizer_identity(tokenizer) -> dict:
 
 def data_identity(config) -> dict:
   c = config.data
-  return {"sha256": _sha256_file(c.train_path), "max_prompt_len": int(c.max_prompt_len),
-          "max_completion_len": int(c.max_completion_len), "chat_family": c.chat_family or ""}
+  return {
+      "sha256": _sha256_file(c.train_path),
+      "max_prompt_len": int(c.max_prompt_len),
+      "max_completion_len": int(c.max_completion_len),
+      "chat_family": c.chat_family or "",
+  }
 
 
 def cache_k(config) -> int:
@@ -119,16 +125,27 @@ def run_metadata(config, tokenizer=None) -> dict:
   """The identity a cache for this config must have (`check_compatible`); reads no weights fully."""
   if tokenizer is None:
     from gkd_jax.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
+
     tokenizer = load_tokenizer(config.tokenizer.path or config.student.path)
-  return {"format_version": FORMAT_VERSION, "data": data_identity(config),
-          "tokenizer": tokenizer_identity(tokenizer), "teacher": teacher_identity(config.teacher.path),
-          "k": cache_k(config), "temperature": float(config.gkd.temperature)}
+  return {
+      "format_version": FORMAT_VERSION,
+      "data": data_identity(config),
+      "tokenizer": tokenizer_identity(tokenizer),
+      "teacher": teacher_identity(config.teacher.path),
+      "k": cache_k(config),
+      "temperature": float(config.gkd.temperature),
+  }
 
 
 # Parts compared, in order, with the names an error gives them.
-_PARTS = (("format_version", "format version"), ("data", "data (data.train_path and its tokenization)"),
-          ("tokenizer", "tokenizer"), ("teacher", "teacher (teacher.path)"),
-          ("k", "k (gkd.teacher_cache_k)"), ("temperature", "temperature (gkd.temperature)"))
+_PARTS = (
+    ("format_version", "format version"),
+    ("data", "data (data.train_path and its tokenization)"),
+    ("tokenizer", "tokenizer"),
+    ("teacher", "teacher (teacher.path)"),
+    ("k", "k (gkd.teacher_cache_k)"),
+    ("temperature", "temperature (gkd.temperature)"),
+)
 
 
 def _first_difference(a, b) -> str:
@@ -149,8 +166,10 @@ def check_compatible(metadata: dict, run: Any, where: str = "teacher cache") -> 
   expected = run if isinstance(run, dict) else run_metadata(run)
   for key, name in _PARTS:
     if metadata.get(key) != expected.get(key):
-      raise ValueError(f"{where} does not match this run: {name} differs "
-                       f"({_first_difference(metadata.get(key), expected.get(key))})")
+      raise ValueError(
+          f"{where} does not match this run: {name} differs "
+          f"({_first_difference(metadata.get(key), expected.get(key))})"
+      )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -164,8 +183,10 @@ def teacher_topk(model, params, prompt_BxP, pmask_BxP, comp_BxC, cmask_BxC, temp
   tokens_BxT = jnp.concatenate([prompt_BxP, comp_BxC], axis=1)
   mask_BxT = jnp.concatenate([pmask_BxP, cmask_BxC], axis=1)
   logits_BxTxV = score(model, params, tokens_BxT, mask_BxT)
-  logits_BxCxV = logits_BxTxV[:, prompt_BxP.shape[1] - 1:-1]
-  logp_BxCxV = divergences.log_softmax(divergences.softcap_and_scale(logits_BxCxV, None, temperature))
+  logits_BxCxV = logits_BxTxV[:, prompt_BxP.shape[1] - 1 : -1]
+  logp_BxCxV = divergences.log_softmax(
+      divergences.softcap_and_scale(logits_BxCxV, None, temperature)
+  )
   lp_BxCxK, ids_BxCxK = jax.lax.top_k(logp_BxCxV, k)
   return ids_BxCxK.astype(jnp.int32), lp_BxCxK
 
@@ -190,17 +211,36 @@ def _pad_batch(batch: dict, size: int) -> dict:
 
 def _write_shard(path: str, records, tokenizer, model, params, config, k: int, batch_size: int):
   c = config.data
-  ds = data.make_dataset(records, tokenizer, batch_size=batch_size, max_prompt_len=c.max_prompt_len,
-                         max_completion_len=c.max_completion_len, shuffle=False, num_epochs=1,
-                         shard_index=0, shard_count=1, chat_family=c.chat_family or None,
-                         drop_remainder=False, even_shards=False)
+  ds = data.make_dataset(
+      records,
+      tokenizer,
+      batch_size=batch_size,
+      max_prompt_len=c.max_prompt_len,
+      max_completion_len=c.max_completion_len,
+      shuffle=False,
+      num_epochs=1,
+      shard_index=0,
+      shard_count=1,
+      chat_family=c.chat_family or None,
+      drop_remainder=False,
+      even_shards=False,
+  )
   ids, lps, toks, lengths = [], [], [], []
   for batch in ds:
     n = batch["prompt_tokens"].shape[0]
     b = _pad_batch(batch, batch_size)  # one compiled shape for the last, smaller batch too
-    ids_BxCxK, lp_BxCxK = jax.device_get(teacher_topk(
-        model, params, b["prompt_tokens"], b["prompt_mask"], b["completion_tokens"],
-        b["completion_mask"], jnp.float32(config.gkd.temperature), k=k))
+    ids_BxCxK, lp_BxCxK = jax.device_get(
+        teacher_topk(
+            model,
+            params,
+            b["prompt_tokens"],
+            b["prompt_mask"],
+            b["completion_tokens"],
+            b["completion_mask"],
+            jnp.float32(config.gkd.temperature),
+            k=k,
+        )
+    )
     for row in range(n):
       valid = batch["completion_mask"][row] == 1
       ids.append(ids_BxCxK[row][valid])
@@ -213,12 +253,20 @@ def _write_shard(path: str, records, tokenizer, model, params, config, k: int, b
   np.save(os.path.join(tmp, "ids.npy"), np.concatenate(ids).astype(np.int32).reshape(-1, k))
   np.save(os.path.join(tmp, "logprobs.npy"), np.concatenate(lps).astype(np.float32).reshape(-1, k))
   np.save(os.path.join(tmp, "tokens.npy"), np.concatenate(toks).astype(np.int32))
-  np.save(os.path.join(tmp, "offsets.npy"), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+  np.save(
+      os.path.join(tmp, "offsets.npy"), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  )
   os.replace(tmp, path)
 
 
-def write_cache(config, out_dir: str, *, records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
-                batch_size: Optional[int] = None, max_shards: Optional[int] = None) -> dict:
+def write_cache(
+    config,
+    out_dir: str,
+    *,
+    records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
+    batch_size: Optional[int] = None,
+    max_shards: Optional[int] = None,
+) -> dict:
   """Runs the teacher over data.train_path's completions and writes the cache (module docstring).
 
   Resumable: shards already in `out_dir` are kept; a cache of another run there is refused.
@@ -227,6 +275,7 @@ def write_cache(config, out_dir: str, *, records_per_shard: int = DEFAULT_RECORD
   """
   from gkd_jax.models.hf import load_pretrained  # pylint: disable=g-import-not-at-top
   from gkd_jax.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
+
   if not config.teacher.path:
     raise ValueError("teacher.path='' : cache-teacher needs a teacher checkpoint")
   if not config.data.train_path or not os.path.isfile(config.data.train_path):
@@ -245,8 +294,10 @@ def write_cache(config, out_dir: str, *, records_per_shard: int = DEFAULT_RECORD
     old = read_metadata(out_dir)
     check_compatible(old, meta, where=f"existing cache {out_dir}")
     if old.get("records_per_shard") != records_per_shard:
-      raise ValueError(f"existing cache {out_dir} has records_per_shard={old.get('records_per_shard')}"
-                       f", not {records_per_shard}")
+      raise ValueError(
+          f"existing cache {out_dir} has records_per_shard={old.get('records_per_shard')}"
+          f", not {records_per_shard}"
+      )
   else:
     os.makedirs(out_dir, exist_ok=True)
     _write_json_atomic(meta_path, meta)
@@ -262,8 +313,16 @@ def write_cache(config, out_dir: str, *, records_per_shard: int = DEFAULT_RECORD
       break
     if model is None:
       model, params = load_pretrained(config.teacher.path, dtype=dtype)
-    _write_shard(path, records[s * records_per_shard:(s + 1) * records_per_shard], tokenizer, model,
-                 params, config, meta["k"], batch_size or int(config.eval.batch_size))
+    _write_shard(
+        path,
+        records[s * records_per_shard : (s + 1) * records_per_shard],
+        tokenizer,
+        model,
+        params,
+        config,
+        meta["k"],
+        batch_size or int(config.eval.batch_size),
+    )
     written.append(s)
   return {"written": written, "kept": kept, "num_shards": num_shards}
 
@@ -282,8 +341,10 @@ def read_metadata(cache_dir: str) -> dict:
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}: not valid JSON ({e.msg})") from None
   if meta.get("format_version") != FORMAT_VERSION:
-    raise ValueError(f"{path}: format_version={meta.get('format_version')!r}, this code reads "
-                     f"{FORMAT_VERSION}")
+    raise ValueError(
+        f"{path}: format_version={meta.get('format_version')!r}, this code reads "
+        f"{FORMAT_VERSION}"
+    )
   return meta
 
 
@@ -299,8 +360,10 @@ class TeacherCache:
     m = self.metadata
     missing = [s for s in range(m["num_shards"]) if not os.path.isdir(_shard_dir(cache_dir, s))]
     if missing:
-      raise ValueError(f"teacher cache {cache_dir} is incomplete: {len(missing)} of {m['num_shards']}"
-                       f" shards missing (first: {missing[0]}); rerun cache-teacher to finish it")
+      raise ValueError(
+          f"teacher cache {cache_dir} is incomplete: {len(missing)} of {m['num_shards']}"
+          f" shards missing (first: {missing[0]}); rerun cache-teacher to finish it"
+      )
     self.k = int(m["k"])
     self.length = int(m["data"]["max_completion_len"])
     self._shards = {}
@@ -317,8 +380,10 @@ class TeacherCache:
   def _shard(self, s: int) -> dict:
     if s not in self._shards:
       d = _shard_dir(self.cache_dir, s)
-      self._shards[s] = {name: np.load(os.path.join(d, f"{name}.npy"), mmap_mode="r")
-                         for name in ("ids", "logprobs", "tokens", "offsets")}
+      self._shards[s] = {
+          name: np.load(os.path.join(d, f"{name}.npy"), mmap_mode="r")
+          for name in ("ids", "logprobs", "tokens", "offsets")
+      }
     return self._shards[s]
 
   def __getitem__(self, record_index) -> dict:
@@ -327,7 +392,7 @@ class TeacherCache:
       raise IndexError(f"record {i} is outside the cache's {len(self)} records")
     rps = int(self.metadata["records_per_shard"])
     shard = self._shard(i // rps)
-    start, end = (int(x) for x in shard["offsets"][i % rps:i % rps + 2])
+    start, end = (int(x) for x in shard["offsets"][i % rps : i % rps + 2])
     n, C, k = end - start, self.length, self.k
     ids = np.tile(np.arange(k, dtype=np.int32), (C, 1))
     lps = np.full((C, k), -np.inf, np.float32)
@@ -335,8 +400,7 @@ class TeacherCache:
     ids[:n] = shard["ids"][start:end]
     lps[:n] = shard["logprobs"][start:end]
     toks[:n] = shard["tokens"][start:end]
-    return {"teacher_topk_ids": ids, "teacher_topk_logprobs": lps,
-            "cached_completion_tokens": toks}
+    return {"teacher_topk_ids": ids, "teacher_topk_logprobs": lps, "cached_completion_tokens": toks}
 
 
 def stack_rows(cache: TeacherCache, rows) -> dict:

@@ -23,33 +23,60 @@ import tokenizers
 from gkd_jax import models, sharding
 from gkd_jax.models import FULL, SLIDING, ModelConfig, RopeScaling
 
-_BASE = dict(vocab_size=48, num_layers=2, embed_dim=32, mlp_dim=48, num_heads=4, num_kv_heads=2,
-             head_dim=8)
+_BASE = dict(
+    vocab_size=48, num_layers=2, embed_dim=32, mlp_dim=48, num_heads=4, num_kv_heads=2, head_dim=8
+)
 
 FAMILIES = {
     # Llama 3.x: SwiGLU, tied, llama3 rope scaling whose wavelength bands all occur at head_dim 8.
-    "llama": dict(model_type="llama", rope_theta=10000.0, norm_eps=1e-5,
-                  rope_scaling=RopeScaling("llama3", factor=8.0, low_freq_factor=1.0,
-                                           high_freq_factor=4.0,
-                                           original_max_position_embeddings=64)),
+    "llama": dict(
+        model_type="llama",
+        rope_theta=10000.0,
+        norm_eps=1e-5,
+        rope_scaling=RopeScaling(
+            "llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=64,
+        ),
+    ),
     # Qwen 2: q/k/v biases, untied head.
     "qwen2": dict(model_type="qwen2", qkv_bias=True, tie_embeddings=False, rope_theta=1e6),
     # Qwen 3: q/k RMSNorm over head_dim, MQA-ish grouping.
     "qwen3": dict(model_type="qwen3", qk_norm=True, num_kv_heads=1, rope_theta=1e6),
     # Gemma 2: GeGLU, (1+w) norms, sandwich norms, both soft-caps (small so tanh bites),
     # query_pre_attn_scalar != head_dim, sqrt(d) embedding scale, sliding layers (window 4).
-    "gemma2": dict(model_type="gemma2", activation="gelu_tanh",
-                   norm_scale_plus_one=True, post_attn_norm=True, post_mlp_norm=True,
-                   scale_embeddings=True, query_pre_attn_scalar=12.0, attn_logit_softcap=2.0,
-                   final_logit_softcap=1.5, sliding_window=4,
-                   layer_types=(SLIDING, FULL)),
+    "gemma2": dict(
+        model_type="gemma2",
+        activation="gelu_tanh",
+        norm_scale_plus_one=True,
+        post_attn_norm=True,
+        post_mlp_norm=True,
+        scale_embeddings=True,
+        query_pre_attn_scalar=12.0,
+        attn_logit_softcap=2.0,
+        final_logit_softcap=1.5,
+        sliding_window=4,
+        layer_types=(SLIDING, FULL),
+    ),
     # Gemma 3: + q/k (1+w) norms, local/global rope bases, linear scaling on global layers only.
-    "gemma3": dict(model_type="gemma3_text", num_layers=3, activation="gelu_tanh",
-                   norm_scale_plus_one=True, post_attn_norm=True, post_mlp_norm=True,
-                   scale_embeddings=True, qk_norm=True, query_pre_attn_scalar=8.0,
-                   rope_theta=1e6, rope_local_theta=10000.0,
-                   rope_scaling=RopeScaling("linear", factor=8.0), sliding_window=3,
-                   layer_types=(SLIDING, SLIDING, FULL)),
+    "gemma3": dict(
+        model_type="gemma3_text",
+        num_layers=3,
+        activation="gelu_tanh",
+        norm_scale_plus_one=True,
+        post_attn_norm=True,
+        post_mlp_norm=True,
+        scale_embeddings=True,
+        qk_norm=True,
+        query_pre_attn_scalar=8.0,
+        rope_theta=1e6,
+        rope_local_theta=10000.0,
+        rope_scaling=RopeScaling("linear", factor=8.0),
+        sliding_window=3,
+        layer_types=(SLIDING, SLIDING, FULL),
+    ),
 }
 
 
@@ -85,8 +112,10 @@ def random_params(model, seed: int = 0, scale: float = 0.3):
 def normal_params(model, seed: int):
   """Standard-normal values for every leaf (norm scales and biases too, never zeros)."""
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape, np.float32), s.dtype),
-                      models.param_shapes(model))
+  return jax.tree.map(
+      lambda s: jnp.asarray(rng.standard_normal(s.shape, np.float32), s.dtype),
+      models.param_shapes(model),
+  )
 
 
 def tiny(family: str, dtype=np.float32, seed: int = 0, **overrides):
@@ -95,12 +124,26 @@ def tiny(family: str, dtype=np.float32, seed: int = 0, **overrides):
   return model, jax.tree.map(jnp.asarray, random_params(model, seed))
 
 
-def llama_config(vocab_size: int = 32, num_layers: int = 1, embed_dim: int = 16,
-                 num_heads: int = 2, num_kv_heads: int = 1, **overrides) -> ModelConfig:
+def llama_config(
+    vocab_size: int = 32,
+    num_layers: int = 1,
+    embed_dim: int = 16,
+    num_heads: int = 2,
+    num_kv_heads: int = 1,
+    **overrides,
+) -> ModelConfig:
   """A small untied Llama (SwiGLU of width 2·embed_dim, head_dim 8)."""
-  kw = dict(model_type="llama", vocab_size=vocab_size, num_layers=num_layers, embed_dim=embed_dim,
-            mlp_dim=2 * embed_dim, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=8,
-            tie_embeddings=False)
+  kw = dict(
+      model_type="llama",
+      vocab_size=vocab_size,
+      num_layers=num_layers,
+      embed_dim=embed_dim,
+      mlp_dim=2 * embed_dim,
+      num_heads=num_heads,
+      num_kv_heads=num_kv_heads,
+      head_dim=8,
+      tie_embeddings=False,
+  )
   kw.update(overrides)
   return ModelConfig(**kw)
 
@@ -114,30 +157,59 @@ def tiny_llama(seed: int = 0, dtype=jnp.float32, **config):
 def save_tiny_llama(path, seed: int = 0, num_layers: int = 1, vocab_size: int = 32) -> str:
   """An HF checkpoint at `path` of a 32-wide untied Llama (4/2 heads) with the bundled arithmetic
   tokenizer's ids (bos 2, eos 3, pad 0): a student or teacher for trainer tests on that task."""
-  model, params = tiny_llama(seed, vocab_size=vocab_size, num_layers=num_layers, embed_dim=32,
-                             num_heads=4, num_kv_heads=2, bos_id=2, eos_id=3, pad_id=0)
+  model, params = tiny_llama(
+      seed,
+      vocab_size=vocab_size,
+      num_layers=num_layers,
+      embed_dim=32,
+      num_heads=4,
+      num_kv_heads=2,
+      bos_id=2,
+      eos_id=3,
+      pad_id=0,
+  )
   models.save_pretrained(path, model, params)
   return str(path)
 
 
 def llama_100m_config() -> ModelConfig:
   """~100M parameters: 12 layers, d=768, GQA 12/4 heads, SwiGLU 2048, 32k vocab, tied."""
-  return ModelConfig(model_type="llama", vocab_size=32000, num_layers=12, embed_dim=768,
-                     mlp_dim=2048, num_heads=12, num_kv_heads=4, head_dim=64,
-                     rope_theta=500000.0, norm_eps=1e-5, tie_embeddings=True,
-                     max_position_embeddings=2048, bos_id=1, eos_id=2, pad_id=0)
+  return ModelConfig(
+      model_type="llama",
+      vocab_size=32000,
+      num_layers=12,
+      embed_dim=768,
+      mlp_dim=2048,
+      num_heads=12,
+      num_kv_heads=4,
+      head_dim=64,
+      rope_theta=500000.0,
+      norm_eps=1e-5,
+      tie_embeddings=True,
+      max_position_embeddings=2048,
+      bos_id=1,
+      eos_id=2,
+      pad_id=0,
+  )
 
 
-TP_FSDP_RULES = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
-                 ("kv_heads", "tensor"), ("vocab", "tensor"), ("head_dim", None))
+TP_FSDP_RULES = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("vocab", "tensor"),
+    ("head_dim", None),
+)
 
 
 def sharded_2x2x2(model, params):
   """(mesh, params) with params placed on a ("data","fsdp","tensor") = 2x2x2 mesh of fake devices
   by their logical axes, through the trainer's own sharding rules."""
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices()[:8])
-  shardings = sharding.tree_shardings(mesh, models.logical_axes(model), TP_FSDP_RULES,
-                                      shapes=models.param_shapes(model))
+  shardings = sharding.tree_shardings(
+      mesh, models.logical_axes(model), TP_FSDP_RULES, shapes=models.param_shapes(model)
+  )
   return mesh, jax.device_put(params, shardings)
 
 
@@ -151,8 +223,13 @@ TEXT = [
 
 CHAT_SPECIALS = {
     "gemma": ["<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>"],
-    "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-               "<|eot_id|>"],
+    "llama3": [
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eot_id|>",
+    ],
     "chatml": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
 }
 
@@ -163,11 +240,23 @@ def build_sentencepiece(directory, vocab_size=120, chat=False):
   # Like Gemma's: no normalization, no dummy prefix, "\n" a piece of its own.
   extra = ["\n"] + (["<start_of_turn>", "<end_of_turn>"] if chat else [])
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(TEXT), model_prefix=os.path.join(directory, "tokenizer"),
-      model_type="bpe", vocab_size=vocab_size, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-      user_defined_symbols=extra, normalization_rule_name="identity", add_dummy_prefix=False,
-      remove_extra_whitespaces=False, byte_fallback=False, character_coverage=1.0, num_threads=1,
-      minloglevel=2)
+      sentence_iterator=iter(TEXT),
+      model_prefix=os.path.join(directory, "tokenizer"),
+      model_type="bpe",
+      vocab_size=vocab_size,
+      pad_id=0,
+      unk_id=1,
+      bos_id=2,
+      eos_id=3,
+      user_defined_symbols=extra,
+      normalization_rule_name="identity",
+      add_dummy_prefix=False,
+      remove_extra_whitespaces=False,
+      byte_fallback=False,
+      character_coverage=1.0,
+      num_threads=1,
+      minloglevel=2,
+  )
   os.remove(os.path.join(directory, "tokenizer.vocab"))
   return os.path.join(directory, "tokenizer.model")
 
@@ -180,15 +269,19 @@ def build_tokenizer_json(directory, family="chatml", vocab_size=200, configs=Tru
   tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = tokenizers.decoders.ByteLevel()
   trainer = tokenizers.trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=specials,
-      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+      vocab_size=vocab_size,
+      special_tokens=specials,
+      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+      show_progress=False,
+  )
   tok.train_from_iterator(TEXT, trainer)
   tok.save(os.path.join(directory, "tokenizer.json"))
   if configs:
-    cfg = {"gemma": {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"},
-           "llama3": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
-           "chatml": {"bos_token": None, "eos_token": "<|im_end|>",
-                      "pad_token": "<|endoftext|>"}}[family]
+    cfg = {
+        "gemma": {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"},
+        "llama3": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
+        "chatml": {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+    }[family]
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
       json.dump(cfg, f)
   return os.path.join(directory, "tokenizer.json")

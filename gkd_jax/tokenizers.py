@@ -27,9 +27,19 @@ from typing import Any, Optional, Sequence
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 CHAT_FAMILIES = ("gemma", "llama3", "chatml", "qwen2.5")
-_FAMILY_ALIASES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3_text": "gemma",
-                   "llama": "llama3", "llama3": "llama3", "chatml": "chatml", "qwen3": "chatml",
-                   "qwen": "qwen2.5", "qwen2": "qwen2.5", "qwen2.5": "qwen2.5"}
+_FAMILY_ALIASES = {
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma3": "gemma",
+    "gemma3_text": "gemma",
+    "llama": "llama3",
+    "llama3": "llama3",
+    "chatml": "chatml",
+    "qwen3": "chatml",
+    "qwen": "qwen2.5",
+    "qwen2": "qwen2.5",
+    "qwen2.5": "qwen2.5",
+}
 # What Qwen 2/2.5 instruct templates insert when a conversation has no system message.
 QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
@@ -37,8 +47,17 @@ QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpf
 class Tokenizer:
   """One tokenizer behind a backend-independent interface (see the module docstring)."""
 
-  def __init__(self, backend: str, impl: Any, *, bos_id: Optional[int], eos_id: int, pad_id: int,
-               stop_ids: Sequence[int] = (), path: str = ""):
+  def __init__(
+      self,
+      backend: str,
+      impl: Any,
+      *,
+      bos_id: Optional[int],
+      eos_id: int,
+      pad_id: int,
+      stop_ids: Sequence[int] = (),
+      path: str = "",
+  ):
     self.backend = backend  # "sentencepiece" | "tokenizers"
     self.impl = impl  # the SentencePieceProcessor or tokenizers.Tokenizer
     self.bos_id = bos_id
@@ -99,15 +118,19 @@ class Tokenizer:
     state = dict(state)
     if state["backend"] == "sentencepiece":
       import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+
       state["impl"] = spm.SentencePieceProcessor(model_proto=state["impl"])
     else:
       import tokenizers  # pylint: disable=import-outside-toplevel
+
       state["impl"] = tokenizers.Tokenizer.from_str(state["impl"])
     self.__dict__.update(state)
 
   def __repr__(self):
-    return (f"Tokenizer({self.backend}, vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
-            f"eos_id={self.eos_id}, pad_id={self.pad_id}, path={self.path!r})")
+    return (
+        f"Tokenizer({self.backend}, vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
+        f"eos_id={self.eos_id}, pad_id={self.pad_id}, path={self.path!r})"
+    )
 
 
 def _read_json(path: str) -> dict:
@@ -165,8 +188,10 @@ def _special_ids(lookup, model_ids: dict, config_dir: str) -> dict:
     if kind == "eos":
       stops = [i for c in candidates for i in c]
   if found["eos"] is None:
-    raise ValueError(f"tokenizer in {config_dir}: no EOS token found in tokenizer_config.json, "
-                     "generation_config.json, config.json or the tokenizer model")
+    raise ValueError(
+        f"tokenizer in {config_dir}: no EOS token found in tokenizer_config.json, "
+        "generation_config.json, config.json or the tokenizer model"
+    )
   if found["pad"] is None:
     found["pad"] = found["eos"]
   return {"bos_id": found["bos"], "eos_id": found["eos"], "pad_id": found["pad"], "stop_ids": stops}
@@ -177,18 +202,24 @@ def load_tokenizer(path: str) -> Tokenizer:
   file, config_dir = _find_file(path)
   if file.endswith(".json"):
     import tokenizers  # pylint: disable=import-outside-toplevel
+
     impl = tokenizers.Tokenizer.from_file(file)
     lookup = impl.token_to_id
     model_ids = {}
     backend = "tokenizers"
   else:
     import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+
     impl = spm.SentencePieceProcessor(model_file=file)
     unk = impl.unk_id()
-    lookup = lambda t: (None if impl.piece_to_id(t) == unk and impl.id_to_piece(unk) != t
-                        else impl.piece_to_id(t))
-    model_ids = {k: v for k, v in (("bos", impl.bos_id()), ("eos", impl.eos_id()),
-                                   ("pad", impl.pad_id())) if v >= 0}
+    lookup = lambda t: (
+        None if impl.piece_to_id(t) == unk and impl.id_to_piece(unk) != t else impl.piece_to_id(t)
+    )
+    model_ids = {
+        k: v
+        for k, v in (("bos", impl.bos_id()), ("eos", impl.eos_id()), ("pad", impl.pad_id()))
+        if v >= 0
+    }
     backend = "sentencepiece"
   ids = _special_ids(lookup, model_ids, config_dir)
   return Tokenizer(backend, impl, path=file, **ids)
@@ -222,15 +253,19 @@ def _check_messages(messages) -> None:
   if not isinstance(messages, (list, tuple)) or not messages:
     raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
   for i, m in enumerate(messages):
-    if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(
-        m.get("content"), str):
+    if (
+        not isinstance(m, dict)
+        or not isinstance(m.get("role"), str)
+        or not isinstance(m.get("content"), str)
+    ):
       raise ValueError(f"messages[{i}] must be a dict with string 'role' and 'content', got {m!r}")
     if m["role"] not in ("system", "user", "assistant"):
       raise ValueError(f"messages[{i}].role={m['role']!r}; allowed: system, user, assistant")
 
 
-def apply_chat_template(messages: Sequence[dict], family: str,
-                        add_generation_prompt: bool = True) -> str:
+def apply_chat_template(
+    messages: Sequence[dict], family: str, add_generation_prompt: bool = True
+) -> str:
   """Renders a conversation in a family's instruction format, without the leading BOS.
 
   gemma:   "<start_of_turn>user\\n{u}<end_of_turn>\\n<start_of_turn>model\\n{a}<end_of_turn>\\n" with
@@ -257,14 +292,17 @@ def apply_chat_template(messages: Sequence[dict], family: str,
       if m["role"] == "system":
         raise ValueError("gemma: a system message is only allowed first")
       role = "model" if m["role"] == "assistant" else "user"
-      out.append(f"<start_of_turn>{role}\n{prefix if i == 0 else ''}{m['content'].strip()}"
-                 "<end_of_turn>\n")
+      out.append(
+          f"<start_of_turn>{role}\n{prefix if i == 0 else ''}{m['content'].strip()}"
+          "<end_of_turn>\n"
+      )
     if add_generation_prompt:
       out.append("<start_of_turn>model\n")
   elif family == "llama3":
     for m in messages:
-      out.append(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n"
-                 f"{m['content'].strip()}<|eot_id|>")
+      out.append(
+          f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n" f"{m['content'].strip()}<|eot_id|>"
+      )
     if add_generation_prompt:
       out.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
   else:
@@ -279,5 +317,9 @@ def apply_chat_template(messages: Sequence[dict], family: str,
 
 def end_of_turn_token(family: str) -> str:
   """The token that closes an assistant turn in `family` (a completion's natural EOS in chat data)."""
-  return {"gemma": "<end_of_turn>", "llama3": "<|eot_id|>", "chatml": "<|im_end|>",
-          "qwen2.5": "<|im_end|>"}[chat_family(family)]
+  return {
+      "gemma": "<end_of_turn>",
+      "llama3": "<|eot_id|>",
+      "chatml": "<|im_end|>",
+      "qwen2.5": "<|im_end|>",
+  }[chat_family(family)]

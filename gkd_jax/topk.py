@@ -43,6 +43,7 @@ SUM_TOLERANCE = 1e-3  # exp(teacher_topk_logprobs) may sum to at most 1 + this (
 
 def _divergences():
   from gkd_jax import divergences
+
   return divergences
 
 
@@ -53,18 +54,32 @@ def _concrete(x):
   return np.asarray(x)
 
 
-def validate_topk_args(vocab, lead_shape, teacher_topk_ids, teacher_topk_logprobs, *, kind, beta,
-                       alpha, temperature, student_softcap, tokens):
+def validate_topk_args(
+    vocab,
+    lead_shape,
+    teacher_topk_ids,
+    teacher_topk_logprobs,
+    *,
+    kind,
+    beta,
+    alpha,
+    temperature,
+    student_softcap,
+    tokens,
+):
   """Raises ValueError (one line naming the argument) on bad input; returns k."""
-  _divergences().validate_divergence_args(kind, beta, alpha, temperature, student_softcap,
-                                          tokens=tokens)
+  _divergences().validate_divergence_args(
+      kind, beta, alpha, temperature, student_softcap, tokens=tokens
+  )
   ids, lp = teacher_topk_ids, teacher_topk_logprobs
   lead_shape = tuple(lead_shape)
   if ids.ndim < 1 or tuple(ids.shape[:-1]) != lead_shape:
     raise ValueError(f"teacher_topk_ids.shape={tuple(ids.shape)} must be {lead_shape} + (k,)")
   if tuple(lp.shape) != tuple(ids.shape):
-    raise ValueError(f"teacher_topk_logprobs.shape={tuple(lp.shape)} != "
-                     f"teacher_topk_ids.shape={tuple(ids.shape)}")
+    raise ValueError(
+        f"teacher_topk_logprobs.shape={tuple(lp.shape)} != "
+        f"teacher_topk_ids.shape={tuple(ids.shape)}"
+    )
   k = ids.shape[-1]
   if not 1 <= k <= vocab:
     raise ValueError(f"teacher_topk_ids.shape={tuple(ids.shape)}: k={k} must be in [1, V={vocab}]")
@@ -77,19 +92,25 @@ def validate_topk_args(vocab, lead_shape, teacher_topk_ids, teacher_topk_logprob
   ids_np, lp_np = _concrete(ids), _concrete(lp)
   if ids_np is not None and ids_np.size:
     if ids_np.min() < 0 or ids_np.max() >= vocab:
-      raise ValueError(f"teacher_topk_ids has ids in [{ids_np.min()}, {ids_np.max()}], outside "
-                       f"[0, V={vocab})")
+      raise ValueError(
+          f"teacher_topk_ids has ids in [{ids_np.min()}, {ids_np.max()}], outside "
+          f"[0, V={vocab})"
+      )
     srt = np.sort(ids_np.reshape(-1, k), axis=-1)
     if k > 1 and np.any(srt[:, 1:] == srt[:, :-1]):
-      raise ValueError("teacher_topk_ids has a repeated id at some position (top-k ids must be distinct)")
+      raise ValueError(
+          "teacher_topk_ids has a repeated id at some position (top-k ids must be distinct)"
+      )
   if lp_np is not None and lp_np.size:
     lp64 = lp_np.astype(np.float64)
     if np.isnan(lp64).any() or (lp64 > SUM_TOLERANCE).any():
       raise ValueError("teacher_topk_logprobs must be log-probabilities (<= 0, not NaN)")
     total = np.exp(lp64).sum(-1).max()
     if total > 1.0 + SUM_TOLERANCE:
-      raise ValueError(f"teacher_topk_logprobs: exp sums to {total:.6g} > 1 at some position (they "
-                       f"must be log-probabilities of the full distribution)")
+      raise ValueError(
+          f"teacher_topk_logprobs: exp sums to {total:.6g} > 1 at some position (they "
+          f"must be log-probabilities of the full distribution)"
+      )
   if tokens is not None:
     tok_np = _concrete(tokens)
     if tok_np is not None and tok_np.size and (tok_np.min() < 0 or tok_np.max() >= vocab):
@@ -155,21 +176,27 @@ def kplus1_divergence(s_k1, t_k1, *, kind, beta, alpha, bucket=None):
   # Already normalised log-probs: temperature 1 and no soft-cap make token_divergence's log-softmax
   # the identity (its normaliser is log 1 = 0, with zero gradient).
   return _divergences().token_divergence(
-    s_k1, t_k1, kind=kind, beta=beta, alpha=alpha, temperature=1.0,
-    tokens=bucket if kind == "sampled_reverse_kl" else None)
+      s_k1,
+      t_k1,
+      kind=kind,
+      beta=beta,
+      alpha=alpha,
+      temperature=1.0,
+      tokens=bucket if kind == "sampled_reverse_kl" else None,
+  )
 
 
 def topk_divergence(
-  student_logits,
-  teacher_topk_ids,
-  teacher_topk_logprobs,
-  *,
-  kind,
-  beta=0.5,
-  alpha=0.1,
-  temperature=1.0,
-  student_softcap=None,
-  tokens=None,
+    student_logits,
+    teacher_topk_ids,
+    teacher_topk_logprobs,
+    *,
+    kind,
+    beta=0.5,
+    alpha=0.1,
+    temperature=1.0,
+    student_softcap=None,
+    tokens=None,
 ):
   """Per-token divergence [...] float32 between the (k+1)-way distributions (module docstring).
 
@@ -184,8 +211,18 @@ def topk_divergence(
   if zs.ndim < 1:
     raise ValueError(f"student_logits.shape={tuple(zs.shape)} must have a vocabulary axis")
   V = zs.shape[-1]
-  validate_topk_args(V, zs.shape[:-1], ids, lp, kind=kind, beta=beta, alpha=alpha,
-                     temperature=temperature, student_softcap=student_softcap, tokens=tokens)
+  validate_topk_args(
+      V,
+      zs.shape[:-1],
+      ids,
+      lp,
+      kind=kind,
+      beta=beta,
+      alpha=alpha,
+      temperature=temperature,
+      student_softcap=student_softcap,
+      tokens=tokens,
+  )
   z = _divergences().softcap_and_scale(zs, student_softcap, temperature)
   ids = ids.astype(jnp.int32)
   s_k1 = dense_student_kplus1(z, ids)

@@ -22,8 +22,10 @@ CHIPS = {
     "v6e": dict(device_kind="TPU v6 lite", hbm_gib=32, vmem_mib=128, dims=2, cores_per_chip=1),
 }
 ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6litepod": "v6e", "v6lite": "v6e"}
-INSTALL_HINT = ("gkd-jax plan needs libtpu to compile for TPU: pip install 'gkd_jax[tpu]' "
-                "(or pip install 'jax[tpu]==' followed by the installed jax version)")
+INSTALL_HINT = (
+    "gkd-jax plan needs libtpu to compile for TPU: pip install 'gkd_jax[tpu]' "
+    "(or pip install 'jax[tpu]==' followed by the installed jax version)"
+)
 
 
 class LibtpuMissing(RuntimeError):
@@ -33,8 +35,10 @@ class LibtpuMissing(RuntimeError):
 def _generation(name: str) -> str:
   gen = ALIASES.get(name, name)
   if gen not in CHIPS:
-    raise ValueError(f"--topology: unknown TPU generation {name!r}; use one of "
-                     f"{', '.join(sorted(CHIPS))} (or v5litepod)")
+    raise ValueError(
+        f"--topology: unknown TPU generation {name!r}; use one of "
+        f"{', '.join(sorted(CHIPS))} (or v5litepod)"
+    )
   return gen
 
 
@@ -47,8 +51,10 @@ def _shape_for_chips(gen: str, chips: int) -> tuple[int, ...]:
   else:
     shape = [2, 2, 1]
   if chips < 4 or chips & (chips - 1):
-    raise ValueError(f"--topology: {chips} chips is not a standard {gen} slice (4, 8, 16, ... "
-                     "chips); pass the topology itself, e.g. v5p:2x2x2")
+    raise ValueError(
+        f"--topology: {chips} chips is not a standard {gen} slice (4, 8, 16, ... "
+        "chips); pass the topology itself, e.g. v5p:2x2x2"
+    )
   while int(_prod(shape)) < chips:  # double the smallest dimension, the last one on ties
     i = max(range(len(shape)), key=lambda k: (-shape[k], k))
     shape[i] *= 2
@@ -70,20 +76,25 @@ def parse(topology: str) -> tuple[str, tuple[int, ...]]:
     gen = _generation(m.group(1))
     shape = tuple(int(x) for x in m.group(2).split("x"))
     if len(shape) != CHIPS[gen]["dims"] or min(shape) < 1:
-      raise ValueError(f"--topology={topology!r}: {gen} topologies have {CHIPS[gen]['dims']} "
-                       "positive dimensions, e.g. " + ("v5e:4x4" if CHIPS[gen]["dims"] == 2
-                                                      else "v5p:2x2x4"))
+      raise ValueError(
+          f"--topology={topology!r}: {gen} topologies have {CHIPS[gen]['dims']} "
+          "positive dimensions, e.g. " + ("v5e:4x4" if CHIPS[gen]["dims"] == 2 else "v5p:2x2x4")
+      )
     return gen, shape
   m = re.fullmatch(r"(v\d+[a-z]*)-(\d+)", text)
   if not m:
-    raise ValueError(f"--topology={topology!r} is not an accelerator type (v5p-64, v6e-8, "
-                     "v5litepod-16, v4-32) or a topology (v5p:4x4x2)")
+    raise ValueError(
+        f"--topology={topology!r} is not an accelerator type (v5p-64, v6e-8, "
+        "v5litepod-16, v4-32) or a topology (v5p:4x4x2)"
+    )
   gen = _generation(m.group(1))
   cores = int(m.group(2))
   per_chip = CHIPS[gen]["cores_per_chip"]
   if cores % per_chip or cores == 0:
-    raise ValueError(f"--topology={topology!r}: {gen} accelerator types count TensorCores "
-                     f"({per_chip} per chip), so the number must be a multiple of {per_chip}")
+    raise ValueError(
+        f"--topology={topology!r}: {gen} accelerator types count TensorCores "
+        f"({per_chip} per chip), so the number must be a multiple of {per_chip}"
+    )
   return gen, _shape_for_chips(gen, cores // per_chip)
 
 
@@ -93,8 +104,9 @@ def topology_name(topology: str) -> str:
 
 
 def chip_info(gen: str) -> dict:
-  return dict(CHIPS[gen], hbm_bytes=CHIPS[gen]["hbm_gib"] * 2**30,
-              vmem_bytes=CHIPS[gen]["vmem_mib"] * 2**20)
+  return dict(
+      CHIPS[gen], hbm_bytes=CHIPS[gen]["hbm_gib"] * 2**30, vmem_bytes=CHIPS[gen]["vmem_mib"] * 2**20
+  )
 
 
 def compile_only_env():
@@ -108,6 +120,7 @@ def compile_only_env():
 
 def libtpu_available() -> bool:
   import importlib.util  # pylint: disable=import-outside-toplevel
+
   return importlib.util.find_spec("libtpu") is not None
 
 
@@ -118,6 +131,7 @@ def tpu_devices(topology: str):
     raise LibtpuMissing(INSTALL_HINT)
   compile_only_env()
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+
   kwargs = {}
   if _prod(shape) == 1:  # a single chip is smaller than the default host (2x2x1 chips)
     kwargs["chips_per_host_bounds"] = (1, 1, 1)

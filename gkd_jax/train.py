@@ -59,23 +59,27 @@ def _load(section, name, mesh, rules):
   try:
     model, multimodal = read_model(path, dtype)
   except (KeyError, TypeError, ValueError) as e:
-    raise ValueError(f"{os.path.join(path, 'config.json')} ({name}.path): not a model config "
-                     f"this code reads ({type(e).__name__}: {e})") from None
+    raise ValueError(
+        f"{os.path.join(path, 'config.json')} ({name}.path): not a model config "
+        f"this code reads ({type(e).__name__}: {e})"
+    ) from None
   shardings = _param_shardings(model, mesh, rules)
   return model, read_params(path, model, dtype, shardings, multimodal=multimodal)
 
 
 def _param_shardings(model, mesh, rules):
-  return sharding.tree_shardings(mesh, models.logical_axes(model), rules,
-                                 shapes=models.param_shapes(model))
+  return sharding.tree_shardings(
+      mesh, models.logical_axes(model), rules, shapes=models.param_shapes(model)
+  )
 
 
 def divergence_layout(mesh, rules, vocab_size) -> Optional[kernels.Layout]:
   """How the divergence is laid out on the mesh: tokens over the batch axes, and the vocabulary
   over one mesh axis when the rules shard it (vocab-parallel: only [N] vectors cross devices)."""
   axis = dict(rules).get("vocab")
-  vocab_sharded = (isinstance(axis, str) and mesh.shape[axis] > 1
-                   and vocab_size % mesh.shape[axis] == 0)
+  vocab_sharded = (
+      isinstance(axis, str) and mesh.shape[axis] > 1 and vocab_size % mesh.shape[axis] == 0
+  )
   token_axes = tuple(a for a in sharding.batch_axes(rules) if mesh.shape[a] > 1 and a != axis)
   if not vocab_sharded and not token_axes:
     return None
@@ -101,34 +105,56 @@ def build(config, mode: str = "train", devices=None) -> Run:
     student, params = _load(config.student, "student", mesh, rules)
   else:
     student = models.build(get_preset(config.student.preset), models.DTYPES[config.student.dtype])
-    params = models.init(student, jax.random.key(config.seed),
-                         shardings=_param_shardings(student, mesh, rules))
+    params = models.init(
+        student, jax.random.key(config.seed), shardings=_param_shardings(student, mesh, rules)
+    )
   teacher = teacher_params = None
   if config.teacher.path and load_teacher:
     teacher, teacher_params = _load(config.teacher, "teacher", mesh, rules)
     sv, tv = student.config.vocab_size, teacher.config.vocab_size
     if sv != tv:
-      raise ValueError(f"teacher vocabulary ({tv}, {config.teacher.path}) differs from the "
-                       f"student's ({sv}): distillation needs one shared vocabulary")
+      raise ValueError(
+          f"teacher vocabulary ({tv}, {config.teacher.path}) differs from the "
+          f"student's ({sv}): distillation needs one shared vocabulary"
+      )
     if tokenizers.has_tokenizer(config.teacher.path):  # same ids, not just as many
       diff = tokenizers.vocabulary_difference(tokenizer, load_tokenizer(config.teacher.path))
       if diff:
-        raise ValueError(f"teacher tokenizer ({config.teacher.path}) differs from the student's "
-                         f"({tokenizer.path}): {diff}; distillation needs one shared vocabulary")
+        raise ValueError(
+            f"teacher tokenizer ({config.teacher.path}) differs from the student's "
+            f"({tokenizer.path}): {diff}; distillation needs one shared vocabulary"
+        )
   if cache is not None:  # made for this data, tokenizer, teacher, k and temperature?
-    teacher_cache.check_compatible(cache.metadata, teacher_cache.run_metadata(config, tokenizer),
-                                   where=f"gkd.teacher_cache={config.gkd.teacher_cache}")
+    teacher_cache.check_compatible(
+        cache.metadata,
+        teacher_cache.run_metadata(config, tokenizer),
+        where=f"gkd.teacher_cache={config.gkd.teacher_cache}",
+    )
   if tokenizer.vocab_size > student.config.vocab_size:
-    raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the student's vocabulary "
-                     f"is {student.config.vocab_size}")
+    raise ValueError(
+        f"tokenizer has {tokenizer.vocab_size} tokens but the student's vocabulary "
+        f"is {student.config.vocab_size}"
+    )
   param_shardings = _param_shardings(student, mesh, rules)
   if config.data.eval_path and mode != "sample":
     data.read_jsonl_records(config.data.eval_path)  # a malformed line fails before any write
   settings = gkd.GKDSettings.from_config(
-      config, eos_id=stop_ids(tokenizer, config.data.chat_family),
-      layout=divergence_layout(mesh, rules, student.config.vocab_size))
-  return Run(config, mesh, tokenizer, student, params, param_shardings, teacher, teacher_params,
-             settings, cache)
+      config,
+      eos_id=stop_ids(tokenizer, config.data.chat_family),
+      layout=divergence_layout(mesh, rules, student.config.vocab_size),
+  )
+  return Run(
+      config,
+      mesh,
+      tokenizer,
+      student,
+      params,
+      param_shardings,
+      teacher,
+      teacher_params,
+      settings,
+      cache,
+  )
 
 
 def stop_ids(tokenizer, chat_family="") -> tuple:
@@ -141,12 +167,19 @@ def stop_ids(tokenizer, chat_family="") -> tuple:
 def _loader(run: Run, path, *, batch_size, shuffle, num_epochs, row_extras=None):
   c = run.config.data
   return data.make_loader(
-      path, run.tokenizer, batch_size=sharding.per_process_batch_size(batch_size),
-      max_prompt_len=c.max_prompt_len, max_completion_len=c.max_completion_len,
-      seed=run.config.seed, shuffle=shuffle, num_epochs=num_epochs, worker_count=c.worker_count,
+      path,
+      run.tokenizer,
+      batch_size=sharding.per_process_batch_size(batch_size),
+      max_prompt_len=c.max_prompt_len,
+      max_completion_len=c.max_completion_len,
+      seed=run.config.seed,
+      shuffle=shuffle,
+      num_epochs=num_epochs,
+      worker_count=c.worker_count,
       chat_family=c.chat_family or None,
       split_global_batches=True,  # the same global batches whatever the number of processes
-      row_extras=row_extras)
+      row_extras=row_extras,
+  )
 
 
 def _global_batch(run: Run, local_batch):
@@ -160,26 +193,41 @@ def _global_batch(run: Run, local_batch):
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_id"))
 def _decode(model, params, prompt_BxP, pmask_BxP, rng, temperature, *, max_new_tokens, eos_id):
-  return sample(model, params, prompt_BxP, pmask_BxP, rng, max_new_tokens=max_new_tokens,
-                temperature=temperature, eos_id=eos_id)
+  return sample(
+      model,
+      params,
+      prompt_BxP,
+      pmask_BxP,
+      rng,
+      max_new_tokens=max_new_tokens,
+      temperature=temperature,
+      eos_id=eos_id,
+  )
 
 
 def eval_completions(run: Run, model, params, temperature: float, seed: int):
   """(prompts, completions) of eval.num_examples held-out prompts, decoded at `temperature`
   (0 = greedy), every process taking part and every process getting all of them."""
   c = run.config
-  loader = _loader(run, c.data.eval_path, batch_size=c.eval.batch_size, shuffle=False,
-                   num_epochs=1)
+  loader = _loader(run, c.data.eval_path, batch_size=c.eval.batch_size, shuffle=False, num_epochs=1)
   stops = run.settings.eos_id
   prompts, completions = [], []
   for i, local in enumerate(loader):
     batch = _global_batch(run, local)
-    out = _decode(model, params, batch["prompt_tokens"], batch["prompt_mask"],
-                  jax.random.fold_in(jax.random.key(seed), i), jnp.float32(temperature),
-                  max_new_tokens=c.eval.max_new_tokens, eos_id=stops)
+    out = _decode(
+        model,
+        params,
+        batch["prompt_tokens"],
+        batch["prompt_mask"],
+        jax.random.fold_in(jax.random.key(seed), i),
+        jnp.float32(temperature),
+        max_new_tokens=c.eval.max_new_tokens,
+        eos_id=stops,
+    )
     prompt_BxP, pmask_BxP, tokens_BxN, mask_BxN = (
         np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        for x in (batch["prompt_tokens"], batch["prompt_mask"], out.tokens, out.mask))
+        for x in (batch["prompt_tokens"], batch["prompt_mask"], out.tokens, out.mask)
+    )
     for row in range(tokens_BxN.shape[0]):
       ids = [t for t, m in zip(tokens_BxN[row], mask_BxN[row]) if m and t not in stops]
       prompts.append(run.tokenizer.decode(list(prompt_BxP[row][pmask_BxP[row] == 1])))
@@ -224,8 +272,7 @@ def task_metrics(run: Run, model, params) -> dict:
 
 def _heldout(run: Run, params, eval_fn):
   c = run.config
-  loader = _loader(run, c.data.eval_path, batch_size=c.eval.batch_size, shuffle=False,
-                   num_epochs=1)
+  loader = _loader(run, c.data.eval_path, batch_size=c.eval.batch_size, shuffle=False, num_epochs=1)
   sums, tokens, count = {}, 0.0, 0
   for local in loader:  # token means of the batches, weighted by their token counts
     m = jax.device_get(eval_fn(params, run.teacher_params, _global_batch(run, local)))
@@ -264,61 +311,94 @@ def compile_steps(run: Run) -> Steps:
   optimizer = optim_lib.OptimConfig.from_config(c.optim).build(c.train.num_steps)
 
   def init_state(params):
-    return gkd.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=optimizer.init(params),
-                          nonfinite_steps=jnp.zeros((), jnp.int32))
+    return gkd.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        nonfinite_steps=jnp.zeros((), jnp.int32),
+    )
 
   abstract = jax.eval_shape(init_state, run.params)
   repl = sharding.replicated(run.mesh)
   state_sh = gkd.TrainState(
-      step=repl, params=run.param_shardings, nonfinite_steps=repl,
+      step=repl,
+      params=run.param_shardings,
+      nonfinite_steps=repl,
       opt_state=optax.tree_map_params(
-          optimizer, lambda leaf, p, sh: sh if leaf.shape == p.shape else repl,
-          abstract.opt_state, abstract.params, run.param_shardings,
-          transform_non_params=lambda _: repl))  # e.g. adafactor's factored rows: replicated
-  teacher_sh = (None if run.teacher is None
-                else jax.tree.map(lambda x: x.sharding, run.teacher_params))
+          optimizer,
+          lambda leaf, p, sh: sh if leaf.shape == p.shape else repl,
+          abstract.opt_state,
+          abstract.params,
+          run.param_shardings,
+          transform_non_params=lambda _: repl,
+      ),
+  )  # e.g. adafactor's factored rows: replicated
+  teacher_sh = (
+      None if run.teacher is None else jax.tree.map(lambda x: x.sharding, run.teacher_params)
+  )
   batch_sh = sharding.batch_sharding(run.mesh, tuple(c.sharding_rules), 2)
 
   def make_train_step(remat: bool):
     return jax.jit(
-        functools.partial(gkd.train_step, student=run.student, teacher=run.teacher,
-                          optimizer=optimizer,
-                          settings=dataclasses.replace(run.settings, remat=remat)),
-        in_shardings=(state_sh, teacher_sh, batch_sh, repl), out_shardings=(state_sh, repl),
-        donate_argnums=0)
+        functools.partial(
+            gkd.train_step,
+            student=run.student,
+            teacher=run.teacher,
+            optimizer=optimizer,
+            settings=dataclasses.replace(run.settings, remat=remat),
+        ),
+        in_shardings=(state_sh, teacher_sh, batch_sh, repl),
+        out_shardings=(state_sh, repl),
+        donate_argnums=0,
+    )
 
   abstract_state = jax.tree.map(
-      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, state_sh)
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, state_sh
+  )
   if c.train.remat == "auto":
     key = jax.eval_shape(lambda: jax.random.key(0))
-    args = (abstract_state, run.teacher_params, abstract_batch(run, c.train.batch_size),
-            jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=repl))
+    args = (
+        abstract_state,
+        run.teacher_params,
+        abstract_batch(run, c.train.batch_size),
+        jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=repl),
+    )
     remat, train_step = remat_lib.choose(make_train_step, args, run.mesh.devices.flat[0])
     logging.info("train.remat='auto' chose remat=%s", remat)
   else:
     remat, train_step = bool(c.train.remat), make_train_step(bool(c.train.remat))
   eval_step = jax.jit(
-      functools.partial(gkd.eval_step, student=run.student, teacher=run.teacher,
-                        settings=run.settings),
-      in_shardings=(run.param_shardings, teacher_sh, batch_sh), out_shardings=repl)
-  return Steps(jax.jit(init_state, out_shardings=state_sh), abstract_state, train_step,
-               eval_step, remat)
+      functools.partial(
+          gkd.eval_step, student=run.student, teacher=run.teacher, settings=run.settings
+      ),
+      in_shardings=(run.param_shardings, teacher_sh, batch_sh),
+      out_shardings=repl,
+  )
+  return Steps(
+      jax.jit(init_state, out_shardings=state_sh), abstract_state, train_step, eval_step, remat
+  )
 
 
 def abstract_batch(run: Run, batch_size: int) -> dict:
   """ShapeDtypeStructs (with shardings) of a global batch of `batch_size` examples."""
   c = run.config.data
   sh = sharding.batch_sharding(run.mesh, tuple(run.config.sharding_rules), 2)
-  shapes = {"prompt": (batch_size, c.max_prompt_len),
-            "completion": (batch_size, c.max_completion_len)}
-  out = {f"{part}_{kind}": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sh)
-         for part, shape in shapes.items() for kind in ("tokens", "mask")}
+  shapes = {
+      "prompt": (batch_size, c.max_prompt_len),
+      "completion": (batch_size, c.max_completion_len),
+  }
+  out = {
+      f"{part}_{kind}": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sh)
+      for part, shape in shapes.items()
+      for kind in ("tokens", "mask")
+  }
   if run.teacher_cache is not None:
     bck = (batch_size, c.max_completion_len, run.teacher_cache.metadata["k"])
-    out.update(teacher_topk_ids=jax.ShapeDtypeStruct(bck, jnp.int32, sharding=sh),
-               teacher_topk_logprobs=jax.ShapeDtypeStruct(bck, jnp.float32, sharding=sh),
-               cached_completion_tokens=out["completion_tokens"])
+    out.update(
+        teacher_topk_ids=jax.ShapeDtypeStruct(bck, jnp.int32, sharding=sh),
+        teacher_topk_logprobs=jax.ShapeDtypeStruct(bck, jnp.float32, sharding=sh),
+        cached_completion_tokens=out["completion_tokens"],
+    )
   return out
 
 
@@ -330,11 +410,21 @@ def train(config, workdir: str, restart: bool = False) -> dict:
   """
   run = build(config)
   c = config
-  extras = (None if run.teacher_cache is None
-            else functools.partial(teacher_cache.stack_rows, run.teacher_cache))
-  data_iter = iter(_loader(run, c.data.train_path, batch_size=c.train.batch_size,
-                           shuffle=c.data.shuffle, num_epochs=c.data.num_epochs,
-                           row_extras=extras))
+  extras = (
+      None
+      if run.teacher_cache is None
+      else functools.partial(teacher_cache.stack_rows, run.teacher_cache)
+  )
+  data_iter = iter(
+      _loader(
+          run,
+          c.data.train_path,
+          batch_size=c.train.batch_size,
+          shuffle=c.data.shuffle,
+          num_epochs=c.data.num_epochs,
+          row_extras=extras,
+      )
+  )
   lock = _claim_workdir(config, workdir, restart)
   try:
     return _train(run, data_iter, workdir)
@@ -353,8 +443,9 @@ def _claim_workdir(config, workdir: str, restart: bool):
       workdir_lib.restart(workdir)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("gkd_jax_restart")
-    workdir_lib.check_config(workdir, config, resuming=workdir_lib.has_checkpoints(workdir),
-                             write=lead)
+    workdir_lib.check_config(
+        workdir, config, resuming=workdir_lib.has_checkpoints(workdir), write=lead
+    )
   except BaseException:
     if lock is not None:
       lock.release()
@@ -390,10 +481,12 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
   steps = compile_steps(run)
   step_fn, eval_fn = steps.train_step, steps.eval_step
 
-  manager = checkpoints.make_manager(os.path.join(workdir, "checkpoints"),
-                                     keep=c.train.keep_checkpoints,
-                                     save_every=c.train.checkpoint_every,
-                                     async_save=c.train.async_checkpoints)
+  manager = checkpoints.make_manager(
+      os.path.join(workdir, "checkpoints"),
+      keep=c.train.keep_checkpoints,
+      save_every=c.train.checkpoint_every,
+      async_save=c.train.async_checkpoints,
+  )
   restored = checkpoints.restore_latest(manager, steps.abstract_state, data_iter)
   if restored is None:
     state = steps.init_state(run.params)
@@ -419,20 +512,27 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
   tick, last_logged = time.perf_counter(), step
   stopped = mismatch_warned = False
   finite = NonFiniteGuard(c.train.max_nonfinite_steps, int(state.nonfinite_steps))
-  with checkpoints.PreemptionGuard(sync_every=c.train.preemption_check_every) as guard, \
-       _finishing(manager, writer, progress):
+  with (
+      checkpoints.PreemptionGuard(sync_every=c.train.preemption_check_every) as guard,
+      _finishing(manager, writer, progress),
+  ):
     while step < c.train.num_steps and not stopped:
       try:
         batch = _global_batch(run, next(data_iter))
       except StopIteration:
-        ran_out = (f"data.num_epochs={c.data.num_epochs} ran out at step {step} of "
-                   f"train.num_steps={c.train.num_steps}; use -1 (repeat) or fewer steps")
+        ran_out = (
+            f"data.num_epochs={c.data.num_epochs} ran out at step {step} of "
+            f"train.num_steps={c.train.num_steps}; use -1 (repeat) or fewer steps"
+        )
         raise ValueError(ran_out) from None
       state, m = step_fn(state, run.teacher_params, batch, rng)
       step += 1
       finite.add(step, m)
-      if (step % c.train.log_every == 0 or step % c.train.checkpoint_every == 0
-          or step == c.train.num_steps):
+      if (
+          step % c.train.log_every == 0
+          or step % c.train.checkpoint_every == 0
+          or step == c.train.num_steps
+      ):
         finite.check()  # before the step's metrics, evaluation or checkpoint
       if step % c.train.log_every == 0 or step == c.train.num_steps:
         m = {k: float(v) for k, v in jax.device_get(m).items()}
@@ -444,10 +544,12 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
         progress.update(step, m)
         if not mismatch_warned and m.get("sampler_logprob_diff_max", 0.0) > gkd.MISMATCH_WARN:
           mismatch_warned = True
-          message = (f"step {step}: the sampler's and the loss's log-probabilities of the same "
-                     f"sampled tokens differ by up to {m['sampler_logprob_diff_max']:.3g} (more "
-                     f"than {gkd.MISMATCH_WARN}): numerics (e.g. bfloat16) make the samples "
-                     "slightly off-policy; see sampler_logprob_* in metrics.jsonl")
+          message = (
+              f"step {step}: the sampler's and the loss's log-probabilities of the same "
+              f"sampled tokens differ by up to {m['sampler_logprob_diff_max']:.3g} (more "
+              f"than {gkd.MISMATCH_WARN}): numerics (e.g. bfloat16) make the samples "
+              "slightly off-policy; see sampler_logprob_* in metrics.jsonl"
+          )
           logging.warning(message)
           progress.write("warning: " + message)
       else:
@@ -464,17 +566,21 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
   progress.close()
   if stopped:
     writer.close()
-    raise SystemExit(f"stopped by SIGTERM/preemption at step {step}; checkpoint saved, run the "
-                     "same command again to resume")
+    raise SystemExit(
+        f"stopped by SIGTERM/preemption at step {step}; checkpoint saved, run the "
+        "same command again to resume"
+    )
   final = evaluate(run, state.params, eval_fn)
   writer.write(step, final)
   writer.close()
   summary["student_after"] = final.get("eval/accuracy")
   summary["eval_after"] = final
   if c.train.export_final:  # every process takes part (the arrays span all of them)
-    workdir_lib.replace_dir(os.path.join(workdir, "student"),
-                            lambda tmp: save_pretrained(tmp, run.student, state.params),
-                            lead=jax.process_index() == 0)
+    workdir_lib.replace_dir(
+        os.path.join(workdir, "student"),
+        lambda tmp: save_pretrained(tmp, run.student, state.params),
+        lead=jax.process_index() == 0,
+    )
   if jax.process_index() == 0:
     workdir_lib.write_json(summary_path, summary)
     _plot(workdir)
@@ -489,12 +595,25 @@ def _plot(workdir: str) -> None:
   def values(key):
     return {r[key] for r in records if isinstance(r.get(key), float)}
 
-  keys = [k for k in ("divergence", "cross_entropy", "on_policy_fraction", "eval/divergence",
-                      "eval/accuracy") if len(values(k)) > 1]  # constant curves say nothing
+  keys = [
+      k
+      for k in (
+          "divergence",
+          "cross_entropy",
+          "on_policy_fraction",
+          "eval/divergence",
+          "eval/accuracy",
+      )
+      if len(values(k)) > 1
+  ]  # constant curves say nothing
   if keys:
     tmp = os.path.join(workdir, "curves.tmp.png")
-    metrics.plot_metrics(os.path.join(workdir, metrics.METRICS_FILE), tmp, keys,
-                         title=os.path.basename(os.path.normpath(workdir)))
+    metrics.plot_metrics(
+        os.path.join(workdir, metrics.METRICS_FILE),
+        tmp,
+        keys,
+        title=os.path.basename(os.path.normpath(workdir)),
+    )
     os.replace(tmp, os.path.join(workdir, "curves.png"))
 
 

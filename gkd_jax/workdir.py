@@ -38,19 +38,46 @@ LOCK = "lock"
 RECORD = "config.json"
 CHECKPOINTS = "checkpoints"
 # What `restart` removes: every file a run writes (and nothing else the user keeps there).
-RUN_OUTPUTS = (CHECKPOINTS, CHECKPOINTS + ".damaged", "metrics.jsonl", "summary.json", "tb",
-               "student", "curves.png", RECORD)
+RUN_OUTPUTS = (
+    CHECKPOINTS,
+    CHECKPOINTS + ".damaged",
+    "metrics.jsonl",
+    "summary.json",
+    "tb",
+    "student",
+    "curves.png",
+    RECORD,
+)
 # Fields a resume may change (a trailing "." covers the whole group).
-SAFE_TO_CHANGE = ("train.log_every", "train.eval_every", "train.checkpoint_every",
-                  "train.keep_checkpoints", "train.async_checkpoints", "train.export_final",
-                  "train.max_nonfinite_steps", "train.preemption_check_every", "train.remat",
-                  "gkd.kernel_impl", "eval.",
-                  "data.eval_path", "task.name", "mesh.", "sharding_rules")
+SAFE_TO_CHANGE = (
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.async_checkpoints",
+    "train.export_final",
+    "train.max_nonfinite_steps",
+    "train.preemption_check_every",
+    "train.remat",
+    "gkd.kernel_impl",
+    "eval.",
+    "data.eval_path",
+    "task.name",
+    "mesh.",
+    "sharding_rules",
+)
 # Compared by the identity of what they point to, not by the path string.
 PATH_FIELDS = ("student.path", "teacher.path", "tokenizer.path", "data.train_path")
-_MODEL_FILES = (".safetensors", ".safetensors.index.json", "config.json", "tokenizer.model",
-                "tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                "special_tokens_map.json")
+_MODEL_FILES = (
+    ".safetensors",
+    ".safetensors.index.json",
+    "config.json",
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+)
 _HASHED_BYTES = 64 << 20
 
 
@@ -59,6 +86,7 @@ class WorkdirBusy(ValueError):
 
 
 # ------------------------------------------------------------------------------- atomic files
+
 
 def atomic_write(path: str, data) -> None:
   """Writes `data` (str or bytes) to `path` so that readers see the old file or the new one."""
@@ -108,6 +136,7 @@ def replace_dir(path: str, write, lead: bool = True) -> None:
 
 # ------------------------------------------------------------------------------- the directory
 
+
 def prepare(workdir: str) -> None:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir} exists and is not a directory")
@@ -133,6 +162,7 @@ def restart(workdir: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- the lock
+
 
 class Lock:
   """A held workdir lock; `release()` (or process exit) frees it."""
@@ -168,10 +198,15 @@ def _alive(pid: int) -> bool:
 
 
 def _busy(workdir: str, holder: Optional[dict]) -> WorkdirBusy:
-  who = (f"pid {holder.get('pid')} on host {holder.get('host')} (since {holder.get('since')})"
-         if holder else "another process")
-  return WorkdirBusy(f"--workdir={workdir} is in use by {who}; wait for that run to end or stop "
-                     f"it (its lock: {os.path.join(workdir, LOCK)})")
+  who = (
+      f"pid {holder.get('pid')} on host {holder.get('host')} (since {holder.get('since')})"
+      if holder
+      else "another process"
+  )
+  return WorkdirBusy(
+      f"--workdir={workdir} is in use by {who}; wait for that run to end or stop "
+      f"it (its lock: {os.path.join(workdir, LOCK)})"
+  )
 
 
 def acquire_lock(workdir: str) -> Lock:
@@ -189,16 +224,23 @@ def acquire_lock(workdir: str) -> Lock:
     if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
       raise
     holder = _holder(fd)
-    if holder and (holder.get("host") != host or
-                   (holder.get("pid") != os.getpid() and _alive(int(holder.get("pid", 0))))):
+    if holder and (
+        holder.get("host") != host
+        or (holder.get("pid") != os.getpid() and _alive(int(holder.get("pid", 0))))
+    ):
       os.close(fd)
       raise _busy(workdir, holder) from None
   previous = _holder(fd)
   if previous and previous.get("pid") != os.getpid():
-    logging.warning("%s: taking over the lock of pid %s on %s, which is no longer running",
-                    workdir, previous.get("pid"), previous.get("host"))
-  me = json.dumps({"pid": os.getpid(), "host": host,
-                   "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
+    logging.warning(
+        "%s: taking over the lock of pid %s on %s, which is no longer running",
+        workdir,
+        previous.get("pid"),
+        previous.get("host"),
+    )
+  me = json.dumps(
+      {"pid": os.getpid(), "host": host, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+  ).encode()
   os.ftruncate(fd, 0)
   os.pwrite(fd, me, 0)
   os.fsync(fd)
@@ -206,6 +248,7 @@ def acquire_lock(workdir: str) -> Lock:
 
 
 # --------------------------------------------------------------------------- the config record
+
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
   out = {}
@@ -231,15 +274,17 @@ def identity(path: str) -> Any:
     return None
   if os.path.isfile(path):
     return _file_identity(path)
-  return {name: _file_identity(os.path.join(path, name)) for name in sorted(os.listdir(path))
-          if name.endswith(_MODEL_FILES) and os.path.isfile(os.path.join(path, name))}
+  return {
+      name: _file_identity(os.path.join(path, name))
+      for name in sorted(os.listdir(path))
+      if name.endswith(_MODEL_FILES) and os.path.isfile(os.path.join(path, name))
+  }
 
 
 def describe(config) -> dict:
   """The record of a config: every field, and the identity of every path field."""
   fields = _flatten(config.to_dict())
-  return {"config": fields,
-          "identities": {f: identity(fields.get(f, "")) for f in PATH_FIELDS}}
+  return {"config": fields, "identities": {f: identity(fields.get(f, "")) for f in PATH_FIELDS}}
 
 
 def _safe(field: str) -> bool:
@@ -270,13 +315,15 @@ def differences(recorded: dict, current: dict) -> list[str]:
       continue
     if field == "train.num_steps" and _num_steps_safe(old, new):
       continue
-    note = (" (the learning-rate schedule depends on it)" if field == "train.num_steps" else "")
+    note = " (the learning-rate schedule depends on it)" if field == "train.num_steps" else ""
     out.append(f"{field}: {_short(a)} -> {_short(b)}{note}")
   old_ids, new_ids = recorded.get("identities", {}), current["identities"]
   for field in PATH_FIELDS:
     if old_ids.get(field) != new_ids.get(field):
-      out.append(f"{field}: the content differs from the recorded run's "
-                 f"({_short(old.get(field))} -> {_short(new.get(field))})")
+      out.append(
+          f"{field}: the content differs from the recorded run's "
+          f"({_short(old.get(field))} -> {_short(new.get(field))})"
+      )
   return out
 
 
@@ -291,8 +338,10 @@ def check_config(workdir: str, config, resuming: bool, write: bool = True) -> No
   if recorded is not None and resuming:
     diffs = differences(recorded, current)
     if diffs:
-      raise ValueError(f"--workdir={workdir} holds a run with another config ({'; '.join(diffs)}); "
-                       "resume it with the same config, or pass --restart to start over (deletes "
-                       "its checkpoints and metrics)")
+      raise ValueError(
+          f"--workdir={workdir} holds a run with another config ({'; '.join(diffs)}); "
+          "resume it with the same config, or pass --restart to start over (deletes "
+          "its checkpoints and metrics)"
+      )
   if write and recorded != current:
     write_json(path, current)

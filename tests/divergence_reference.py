@@ -11,8 +11,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd",
-         "sampled_reverse_kl")
+KINDS = (
+    "forward_kl",
+    "reverse_kl",
+    "jsd",
+    "skew_forward_kl",
+    "skew_reverse_kl",
+    "tvd",
+    "sampled_reverse_kl",
+)
 
 
 def _scale(z, cap, tau):
@@ -113,7 +120,9 @@ def ref_fused_value_and_grad(hs, Ws, ht, Wt, ct, **kw):
 def ref_student_probs(zs, tau=1.0, scap=None):
   """p_S = softmax(scale(zs)) in float64 numpy: the distribution the sampled tokens come from."""
   with jax.enable_x64(True):
-    return np.asarray(jax.nn.softmax(_scale(jnp.asarray(np.asarray(zs, np.float64)), scap, tau), -1))
+    return np.asarray(
+        jax.nn.softmax(_scale(jnp.asarray(np.asarray(zs, np.float64)), scap, tau), -1)
+    )
 
 
 def assert_close(actual, expected, rtol, what=""):

@@ -19,8 +19,9 @@ from gkd_jax.tokenizers import load_tokenizer
 
 
 def _mesh(shape):
-  return sharding.make_mesh(dict(zip(("data", "fsdp", "tensor"), shape)),
-                            jax.devices()[:int(np.prod(shape))])
+  return sharding.make_mesh(
+      dict(zip(("data", "fsdp", "tensor"), shape)), jax.devices()[: int(np.prod(shape))]
+  )
 
 
 def _state(seed, mesh):
@@ -29,8 +30,10 @@ def _state(seed, mesh):
   b = rng.normal(size=(6,)).astype(np.float32)
   return {
       "step": jnp.asarray(seed, jnp.int32),
-      "params": {"w": jax.device_put(w, NamedSharding(mesh, P(("data", "fsdp"), None))),
-                 "b": jax.device_put(jnp.asarray(b, jnp.bfloat16), NamedSharding(mesh, P()))},
+      "params": {
+          "w": jax.device_put(w, NamedSharding(mesh, P(("data", "fsdp"), None))),
+          "b": jax.device_put(jnp.asarray(b, jnp.bfloat16), NamedSharding(mesh, P())),
+      },
       "opt_state": [jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)],
   }
 
@@ -38,24 +41,29 @@ def _state(seed, mesh):
 def _abstract(state, mesh):
   """Restore targets on another mesh: w sharded over its second dim this time."""
   specs = {"step": P(), "params": {"w": P(None, "tensor"), "b": P("fsdp")}, "opt_state": [P()]}
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                        sharding=NamedSharding(mesh, s)),
-                      state, specs, is_leaf=lambda x: isinstance(x, P) or hasattr(x, "shape"))
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, s)),
+      state,
+      specs,
+      is_leaf=lambda x: isinstance(x, P) or hasattr(x, "shape"),
+  )
 
 
 @pytest.mark.parametrize("async_save", [False, True])
 def test_round_trip_exact_onto_another_mesh(tmp_path, async_save):
   state = _state(3, _mesh((2, 2, 2)))
-  manager = checkpoints.make_manager(tmp_path / "ckpt", keep=2, save_every=1,
-                                     async_save=async_save)
+  manager = checkpoints.make_manager(tmp_path / "ckpt", keep=2, save_every=1, async_save=async_save)
   assert checkpoints.restore_latest(manager, _abstract(state, _mesh((1, 2, 2)))) is None
   assert checkpoints.save(manager, 7, state)
   manager.wait_until_finished()
   target_mesh = _mesh((1, 2, 2))
   step, restored = checkpoints.restore_latest(manager, _abstract(state, target_mesh))
   assert step == 7
-  for want, got, spec in zip(jax.tree.leaves(state), jax.tree.leaves(restored),
-                             jax.tree.leaves(_abstract(state, target_mesh))):
+  for want, got, spec in zip(
+      jax.tree.leaves(state),
+      jax.tree.leaves(restored),
+      jax.tree.leaves(_abstract(state, target_mesh)),
+  ):
     assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
     assert got.sharding == spec.sharding
@@ -80,17 +88,27 @@ def test_keep_n_interval_and_latest(tmp_path):
   fresh = checkpoints.make_manager(tmp_path / "ckpt", keep=2, save_every=2)  # a restarted run
   step, restored = checkpoints.restore_latest(fresh, checkpoints.abstract_like(_state(0, mesh)))
   assert step == 7 and int(restored["step"]) == 7
-  np.testing.assert_array_equal(np.asarray(restored["params"]["w"]),
-                                np.asarray(_state(7, mesh)["params"]["w"]))
+  np.testing.assert_array_equal(
+      np.asarray(restored["params"]["w"]), np.asarray(_state(7, mesh)["params"]["w"])
+  )
 
 
 def test_data_iterator_saved_with_state(tmp_path):
   tok = load_tokenizer(asset_dir("arithmetic"))
   path = str(tmp_path / "d.jsonl")
   arithmetic.write_jsonl(path, arithmetic.generate_examples(20, seed=0))
-  make = lambda: iter(data.make_loader(path, tok, batch_size=4, max_prompt_len=16,
-                                       max_completion_len=8, seed=2, shard_index=0,
-                                       shard_count=1))
+  make = lambda: iter(
+      data.make_loader(
+          path,
+          tok,
+          batch_size=4,
+          max_prompt_len=16,
+          max_completion_len=8,
+          seed=2,
+          shard_index=0,
+          shard_count=1,
+      )
+  )
   it = make()
   state = {"x": jnp.arange(4.0)}
   manager = checkpoints.make_manager(tmp_path / "ckpt", keep=3, save_every=1)
@@ -143,8 +161,13 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   script = tmp_path / "loop.py"
   script.write_text(LOOP)
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "ckpt")], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+      [sys.executable, str(script), str(tmp_path / "ckpt")],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
   try:
     for line in proc.stdout:
       if line.startswith("step 5"):
@@ -157,9 +180,11 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   saved = int(out.strip().splitlines()[-1].split()[1])
   assert saved >= 5
   manager = checkpoints.make_manager(tmp_path / "ckpt", keep=2, save_every=1000)
-  abstract = {"w": jax.ShapeDtypeStruct((4,), jnp.float32,
-                                        sharding=jax.sharding.SingleDeviceSharding(
-                                            jax.devices()[0]))}
+  abstract = {
+      "w": jax.ShapeDtypeStruct(
+          (4,), jnp.float32, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      )
+  }
   step, state = checkpoints.restore_latest(manager, abstract)
   assert step == saved
   np.testing.assert_array_equal(np.asarray(state["w"]), np.full((4,), float(saved)))

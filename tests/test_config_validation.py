@@ -15,8 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _default_module():
-  spec = importlib.util.spec_from_file_location("default_cfg", os.path.join(ROOT, "configs",
-                                                                             "default.py"))
+  spec = importlib.util.spec_from_file_location(
+      "default_cfg", os.path.join(ROOT, "configs", "default.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -77,43 +78,57 @@ def test_default_config_is_valid_and_every_field_commented(config):
       assert "#" in line, f"field {m.group(1)} has no comment"
   # Every field the validator knows is in the default config, and vice versa.
   groups = {a for a in assigned if "." not in a}
-  fields = {a for a in assigned if "." in a} | {g for g in groups if not isinstance(
-      config[g], type(config.student))}
-  known = {f for f, _ in cv.FIELDS} | {"data.num_epochs", "sharding_rules"} | {
-      f"mesh.{a}" for a in sharding.MESH_AXES}
+  fields = {a for a in assigned if "." in a} | {
+      g for g in groups if not isinstance(config[g], type(config.student))
+  }
+  known = (
+      {f for f, _ in cv.FIELDS}
+      | {"data.num_epochs", "sharding_rules"}
+      | {f"mesh.{a}" for a in sharding.MESH_AXES}
+  )
   assert fields == known
 
 
-@pytest.mark.parametrize("field, value, expected", [
-    ("gkd.lmbda", 1.5, "gkd.lmbda=1.5 is outside [0, 1]"),
-    ("gkd.lmbda", -0.1, "gkd.lmbda=-0.1 is outside [0, 1]"),
-    ("gkd.loss", "kl", "gkd.loss='kl' is not one of forward_kl, reverse_kl, jsd, skew_forward_kl, "
-     "skew_reverse_kl, tvd, sampled_reverse_kl"),
-    ("gkd.mixing", "token", "gkd.mixing='token' is not one of batch, example"),
-    ("gkd.beta", 1.01, "gkd.beta=1.01 is outside [0, 1]"),
-    ("gkd.alpha", -1, "gkd.alpha=-1 is outside [0, 1]"),
-    ("gkd.temperature", 0.0, "gkd.temperature=0.0 must be > 0"),
-    ("gkd.ce_weight", -1.0, "gkd.ce_weight=-1.0 must be >= 0"),
-    ("gkd.kernel_impl", "cuda", "gkd.kernel_impl='cuda' is not one of auto, reference, chunked, "
-     "pallas"),
-    ("gkd.seq_kd", 1, "gkd.seq_kd=1 must be True or False"),
-    ("sampling.top_p", 0.0, "sampling.top_p=0.0 is outside (0, 1]"),
-    ("sampling.top_k", -3, "sampling.top_k=-3 must be >= 0"),
-    ("sampling.max_new_tokens", 0, "sampling.max_new_tokens=0 must be >= 1"),
-    ("optim.name", "lion", "optim.name='lion' is not one of adamw, adafactor, sgd"),
-    ("optim.learning_rate", 0, "optim.learning_rate=0 must be > 0"),
-    ("optim.b2", 1.0, "optim.b2=1.0 is outside [0, 1)"),
-    ("optim.grad_accum_steps", 0, "optim.grad_accum_steps=0 must be >= 1"),
-    ("train.batch_size", 2.5, "train.batch_size=2.5 must be an integer"),
-    ("train.num_steps", 0, "train.num_steps=0 must be >= 1"),
-    ("train.preemption_check_every", 0, "train.preemption_check_every=0 must be >= 1"),
-    ("student.dtype", "float16", "student.dtype='float16' is not one of float32, bfloat16"),
-    ("task.name", "gsm8k", "task.name='gsm8k' is not one of '', arithmetic"),
-    ("data.num_epochs", 0, "data.num_epochs=0 must be a positive integer or -1"),
-    ("data.max_prompt_len", 1, "data.max_prompt_len=1 must be >= 2"),
-    ("data.chat_family", "mistral", "data.chat_family='mistral' is not one of '', gemma"),
-    ("mesh.fsdp", 0, "mesh.fsdp=0 must be a positive integer or -1"),
-])
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("gkd.lmbda", 1.5, "gkd.lmbda=1.5 is outside [0, 1]"),
+        ("gkd.lmbda", -0.1, "gkd.lmbda=-0.1 is outside [0, 1]"),
+        (
+            "gkd.loss",
+            "kl",
+            "gkd.loss='kl' is not one of forward_kl, reverse_kl, jsd, skew_forward_kl, "
+            "skew_reverse_kl, tvd, sampled_reverse_kl",
+        ),
+        ("gkd.mixing", "token", "gkd.mixing='token' is not one of batch, example"),
+        ("gkd.beta", 1.01, "gkd.beta=1.01 is outside [0, 1]"),
+        ("gkd.alpha", -1, "gkd.alpha=-1 is outside [0, 1]"),
+        ("gkd.temperature", 0.0, "gkd.temperature=0.0 must be > 0"),
+        ("gkd.ce_weight", -1.0, "gkd.ce_weight=-1.0 must be >= 0"),
+        (
+            "gkd.kernel_impl",
+            "cuda",
+            "gkd.kernel_impl='cuda' is not one of auto, reference, chunked, " "pallas",
+        ),
+        ("gkd.seq_kd", 1, "gkd.seq_kd=1 must be True or False"),
+        ("sampling.top_p", 0.0, "sampling.top_p=0.0 is outside (0, 1]"),
+        ("sampling.top_k", -3, "sampling.top_k=-3 must be >= 0"),
+        ("sampling.max_new_tokens", 0, "sampling.max_new_tokens=0 must be >= 1"),
+        ("optim.name", "lion", "optim.name='lion' is not one of adamw, adafactor, sgd"),
+        ("optim.learning_rate", 0, "optim.learning_rate=0 must be > 0"),
+        ("optim.b2", 1.0, "optim.b2=1.0 is outside [0, 1)"),
+        ("optim.grad_accum_steps", 0, "optim.grad_accum_steps=0 must be >= 1"),
+        ("train.batch_size", 2.5, "train.batch_size=2.5 must be an integer"),
+        ("train.num_steps", 0, "train.num_steps=0 must be >= 1"),
+        ("train.preemption_check_every", 0, "train.preemption_check_every=0 must be >= 1"),
+        ("student.dtype", "float16", "student.dtype='float16' is not one of float32, bfloat16"),
+        ("task.name", "gsm8k", "task.name='gsm8k' is not one of '', arithmetic"),
+        ("data.num_epochs", 0, "data.num_epochs=0 must be a positive integer or -1"),
+        ("data.max_prompt_len", 1, "data.max_prompt_len=1 must be >= 2"),
+        ("data.chat_family", "mistral", "data.chat_family='mistral' is not one of '', gemma"),
+        ("mesh.fsdp", 0, "mesh.fsdp=0 must be a positive integer or -1"),
+    ],
+)
 def test_bad_field_names_field_value_and_range(config, field, value, expected):
   assert _error(_replaced(config, field, value)).startswith(expected)
 
@@ -191,24 +206,35 @@ def test_rules_missing_fields_and_sampling_length(config):
   assert _error(config).startswith("gkd.lmbda is missing from the config")
 
 
-@pytest.mark.parametrize("overrides, fields", [
-    # SFT with the default λ=1: the CE term skips on-policy rows, so nothing would be trained.
-    ({"gkd.divergence_weight": 0.0, "gkd.ce_weight": 1.0, "teacher.path": ""},
-     ["gkd.divergence_weight=0", "gkd.lmbda=1.0", "gkd.lmbda=0"]),
-    ({"gkd.divergence_weight": 0.0, "gkd.ce_weight": 1.0, "gkd.lmbda": 0.5},
-     ["gkd.divergence_weight=0", "gkd.lmbda=0.5"]),
-    # The single-sample reverse KL estimator is unbiased only on-policy at the loss temperature.
-    ({"gkd.loss": "sampled_reverse_kl", "gkd.lmbda": 0.5}, ["gkd.lmbda=0.5"]),
-    ({"gkd.loss": "sampled_reverse_kl", "gkd.seq_kd": True}, ["gkd.seq_kd=True"]),
-    ({"gkd.loss": "sampled_reverse_kl", "sampling.temperature": 0.7},
-     ["sampling.temperature=0.7", "(needs 1.0)"]),
-    ({"gkd.loss": "sampled_reverse_kl", "sampling.top_k": 5}, ["sampling.top_k=5"]),
-    ({"gkd.loss": "sampled_reverse_kl", "sampling.top_p": 0.9}, ["sampling.top_p=0.9"]),
-    # Example mixing that rounds to no on-policy row, or to all of them.
-    ({"gkd.mixing": "example", "gkd.lmbda": 0.05, "train.batch_size": 8},
-     ["gkd.mixing='example'", "train.batch_size=8", "round(λ·B)=0"]),
-    ({"gkd.mixing": "example", "gkd.lmbda": 0.95, "train.batch_size": 8}, ["round(λ·B)=8"]),
-])
+@pytest.mark.parametrize(
+    "overrides, fields",
+    [
+        # SFT with the default λ=1: the CE term skips on-policy rows, so nothing would be trained.
+        (
+            {"gkd.divergence_weight": 0.0, "gkd.ce_weight": 1.0, "teacher.path": ""},
+            ["gkd.divergence_weight=0", "gkd.lmbda=1.0", "gkd.lmbda=0"],
+        ),
+        (
+            {"gkd.divergence_weight": 0.0, "gkd.ce_weight": 1.0, "gkd.lmbda": 0.5},
+            ["gkd.divergence_weight=0", "gkd.lmbda=0.5"],
+        ),
+        # The single-sample reverse KL estimator is unbiased only on-policy at the loss temperature.
+        ({"gkd.loss": "sampled_reverse_kl", "gkd.lmbda": 0.5}, ["gkd.lmbda=0.5"]),
+        ({"gkd.loss": "sampled_reverse_kl", "gkd.seq_kd": True}, ["gkd.seq_kd=True"]),
+        (
+            {"gkd.loss": "sampled_reverse_kl", "sampling.temperature": 0.7},
+            ["sampling.temperature=0.7", "(needs 1.0)"],
+        ),
+        ({"gkd.loss": "sampled_reverse_kl", "sampling.top_k": 5}, ["sampling.top_k=5"]),
+        ({"gkd.loss": "sampled_reverse_kl", "sampling.top_p": 0.9}, ["sampling.top_p=0.9"]),
+        # Example mixing that rounds to no on-policy row, or to all of them.
+        (
+            {"gkd.mixing": "example", "gkd.lmbda": 0.05, "train.batch_size": 8},
+            ["gkd.mixing='example'", "train.batch_size=8", "round(λ·B)=0"],
+        ),
+        ({"gkd.mixing": "example", "gkd.lmbda": 0.95, "train.batch_size": 8}, ["round(λ·B)=8"]),
+    ],
+)
 def test_configs_that_would_run_another_experiment_are_refused(config, overrides, fields):
   for field, value in overrides.items():
     _set(config, field, value)
@@ -223,15 +249,22 @@ def test_the_experiments_next_to_the_traps_still_pass(config):
   cv.validate(config, num_devices=8, mode="eval")  # λ only matters to training
   _set(config, "gkd.divergence_weight", 1.0)
   _set(config, "gkd.ce_weight", 0.0)
-  for field, value in {"gkd.loss": "sampled_reverse_kl", "gkd.temperature": 0.7,
-                       "sampling.temperature": 0.7}.items():
+  for field, value in {
+      "gkd.loss": "sampled_reverse_kl",
+      "gkd.temperature": 0.7,
+      "sampling.temperature": 0.7,
+  }.items():
     _set(config, field, value)
   cv.validate(config, num_devices=8)  # on-policy at the loss temperature
   _set(config, "gkd.loss", "jsd")
   _set(config, "gkd.mixing", "example")
   _set(config, "gkd.lmbda", 0.5)
   cv.validate(config, num_devices=8)  # 4 of 8 rows on-policy
-  for field, value in {"gkd.divergence_weight": 0.0, "gkd.ce_weight": 1.0, "gkd.lmbda": 0.0,
-                       "gkd.seq_kd": True}.items():
+  for field, value in {
+      "gkd.divergence_weight": 0.0,
+      "gkd.ce_weight": 1.0,
+      "gkd.lmbda": 0.0,
+      "gkd.seq_kd": True,
+  }.items():
     _set(config, field, value)
   cv.validate(config, num_devices=8)  # SeqKD as SFT on the teacher's samples

@@ -11,8 +11,9 @@ import pytest
 from gkd_jax.config_validation import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-                 if not p.endswith("__init__.py"))
+CONFIGS = sorted(
+    p for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) if not p.endswith("__init__.py")
+)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
@@ -41,7 +42,13 @@ for path in {CONFIGS!r}:
   flags.FLAGS.unparse_flags()
 print("loaded", len({CONFIGS!r}))
 """
-  out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=120, env=dict(os.environ, PYTHONPATH=""))
+  out = subprocess.run(
+      [sys.executable, "-c", script],
+      cwd=tmp_path,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      env=dict(os.environ, PYTHONPATH=""),
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.split() == ["loaded", str(len(CONFIGS))]

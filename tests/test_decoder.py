@@ -101,7 +101,7 @@ def ref_forward(cfg, params, tokens_T, mask_T):
     if cfg.activation == "silu":
       g = g / (1 + np.exp(-g))
     else:
-      g = 0.5 * g * (1 + np.tanh(math.sqrt(2 / math.pi) * (g + 0.044715 * g ** 3)))
+      g = 0.5 * g * (1 + np.tanh(math.sqrt(2 / math.pi) * (g + 0.044715 * g**3)))
     m = (g * (h @ L["mlp"]["up"])) @ L["mlp"]["down"]
     if cfg.post_mlp_norm:
       m = ref_norm(m, L["post_mlp_norm"]["scale"], cfg)
@@ -139,8 +139,7 @@ def test_score_matches_float64_reference(family):
     ok = mask[b] == 1
     assert np.abs(ref[ok]).max() > 0.5  # non-trivial logits
     np.testing.assert_allclose(logits[b][ok], ref[ok], rtol=1e-5, atol=2e-5 * np.abs(ref).max())
-    np.testing.assert_allclose(hidden[b][ok], ref_h[ok], rtol=1e-5,
-                               atol=2e-5 * np.abs(ref_h).max())
+    np.testing.assert_allclose(hidden[b][ok], ref_h[ok], rtol=1e-5, atol=2e-5 * np.abs(ref_h).max())
 
 
 def test_reference_catches_a_wrong_detail():
@@ -188,8 +187,9 @@ def test_init_draws_every_matrix_and_places_it_where_asked():
   cfg = tiny_config("qwen2", embed_dim=64, mlp_dim=128, qk_norm=True)
   model = build(cfg)
   params = init(model, jax.random.key(3))
-  named = {jax.tree_util.keystr(p): np.asarray(x)
-           for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  named = {
+      jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(params)
+  }
   drawn = [x for n, x in named.items() if "norm" not in n and "bias" not in n]
   assert len(drawn) == 2 + 7 * cfg.num_layers  # embed, lm_head, q/k/v/o, gate/up/down
   values = np.concatenate([x.ravel() for x in drawn])
@@ -205,8 +205,9 @@ def test_init_draws_every_matrix_and_places_it_where_asked():
       assert np.all(x == 1.0), n
   assert not np.array_equal(named["['embed']"], np.asarray(init(model, jax.random.key(4))["embed"]))
   mesh, _ = sharded_2x2x2(model, params)
-  shardings = sharding.tree_shardings(mesh, logical_axes(model), TP_FSDP_RULES,
-                                      shapes=param_shapes(model))
+  shardings = sharding.tree_shardings(
+      mesh, logical_axes(model), TP_FSDP_RULES, shapes=param_shapes(model)
+  )
   placed = init(model, jax.random.key(3), shardings=shardings)
   for x, y, sh in zip(jax.tree.leaves(params), jax.tree.leaves(placed), jax.tree.leaves(shardings)):
     assert y.sharding == sh

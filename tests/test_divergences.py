@@ -25,18 +25,33 @@ def _ours(zs, zt, ct, tok, **kw):
   def f(a):
     d = divergences.token_divergence(a, jnp.asarray(zt), tokens=jnp.asarray(tok), **kw)
     return jnp.sum(d * ct), d
-  (_, d), g = jax.value_and_grad(f, has_aux=True)(jnp.asarray(zs))  # eager: op caches shared by cases
+
+  (_, d), g = jax.value_and_grad(f, has_aux=True)(
+      jnp.asarray(zs)
+  )  # eager: op caches shared by cases
   return np.asarray(d), np.asarray(g)
 
 
 def _ref_kw(spec, tau, caps):
-  return dict(kind=spec["kind"], beta=spec.get("beta", 0.5), alpha=spec.get("alpha", 0.1), tau=tau,
-              scap=caps[0], tcap=caps[1])
+  return dict(
+      kind=spec["kind"],
+      beta=spec.get("beta", 0.5),
+      alpha=spec.get("alpha", 0.1),
+      tau=tau,
+      scap=caps[0],
+      tcap=caps[1],
+  )
 
 
 def _our_kw(spec, tau, caps):
-  return dict(kind=spec["kind"], beta=spec.get("beta", 0.5), alpha=spec.get("alpha", 0.1),
-              temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1])
+  return dict(
+      kind=spec["kind"],
+      beta=spec.get("beta", 0.5),
+      alpha=spec.get("alpha", 0.1),
+      temperature=tau,
+      student_softcap=caps[0],
+      teacher_softcap=caps[1],
+  )
 
 
 @pytest.mark.parametrize("spec", grid(), ids=lambda s: "-".join(map(str, s.values())))
@@ -61,9 +76,12 @@ def test_masked_vocab_entries(kind):
   zt[:, ~keep] = -np.inf
   for tau, caps in ((1.0, (None, None)), (0.5, (3.0, 5.0))):
     kw = dict(kind=kind, beta=0.3, alpha=0.2)
-    d, g = _ours(zs, zt, ct, tok, temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1], **kw)
-    d_ref, g_ref = ref_value_and_grad(zs, zt, ct, keep_cols=keep, tokens=tok, tau=tau, scap=caps[0],
-                                      tcap=caps[1], **kw)
+    d, g = _ours(
+        zs, zt, ct, tok, temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1], **kw
+    )
+    d_ref, g_ref = ref_value_and_grad(
+        zs, zt, ct, keep_cols=keep, tokens=tok, tau=tau, scap=caps[0], tcap=caps[1], **kw
+    )
     assert_close(d, d_ref, 1e-5, "value")
     assert_close(g, g_ref, 1e-5, "grad")
     assert np.all(g[:, ~keep] == 0)
@@ -87,9 +105,12 @@ def test_large_magnitude_logits(kind):
     zs, zt, ct, tok = _inputs(4, scale=scale, offset=offset)
     for tau, caps in ((0.5, (None, None)), (2.0, (30.0, 50.0))):
       kw = dict(kind=kind, beta=0.5, alpha=0.1)
-      d, g = _ours(zs, zt, ct, tok, temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1],
-                   **kw)
-      d_ref, g_ref = ref_value_and_grad(zs, zt, ct, tokens=tok, tau=tau, scap=caps[0], tcap=caps[1], **kw)
+      d, g = _ours(
+          zs, zt, ct, tok, temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1], **kw
+      )
+      d_ref, g_ref = ref_value_and_grad(
+          zs, zt, ct, tokens=tok, tau=tau, scap=caps[0], tcap=caps[1], **kw
+      )
       # sampled_reverse_kl's gradient is d (onehot - p_S) * dscale with |d| ~ 30 here: the float32
       # soft-cap derivative 1 - tanh^2 (2e-4 relative at z / c ~ 4) is no longer hidden by the 1e-3 floor.
       g_tol = 5e-4 if kind == "sampled_reverse_kl" and caps[0] is not None else 1e-5
@@ -115,21 +136,27 @@ def test_jsd_ends_are_exactly_the_kls():
   kw = dict(temperature=0.7, student_softcap=4.0)
   fkl = divergences.token_divergence(zs, zt, kind="forward_kl", **kw)
   rkl = divergences.token_divergence(zs, zt, kind="reverse_kl", **kw)
-  np.testing.assert_array_equal(divergences.token_divergence(zs, zt, kind="jsd", beta=0.0, **kw), fkl)
-  np.testing.assert_array_equal(divergences.token_divergence(zs, zt, kind="jsd", beta=1.0, **kw), rkl)
+  np.testing.assert_array_equal(
+      divergences.token_divergence(zs, zt, kind="jsd", beta=0.0, **kw), fkl
+  )
+  np.testing.assert_array_equal(
+      divergences.token_divergence(zs, zt, kind="jsd", beta=1.0, **kw), rkl
+  )
   # A traced beta selects the same ends.
   jsd_traced = jax.jit(lambda b: divergences.token_divergence(zs, zt, kind="jsd", beta=b, **kw))
   np.testing.assert_allclose(jsd_traced(0.0), fkl, rtol=1e-6)
   np.testing.assert_allclose(jsd_traced(1.0), rkl, rtol=1e-6)
-  np.testing.assert_allclose(jsd_traced(0.3), divergences.token_divergence(zs, zt, kind="jsd", beta=0.3,
-                                                                          **kw), rtol=1e-5)
+  np.testing.assert_allclose(
+      jsd_traced(0.3), divergences.token_divergence(zs, zt, kind="jsd", beta=0.3, **kw), rtol=1e-5
+  )
 
 
 def test_leading_dims_and_masked_mean():
   zs, zt, ct, tok = _inputs(7, n=6)
   d2 = divergences.token_divergence(jnp.asarray(zs), jnp.asarray(zt), kind="jsd")
-  d3 = divergences.token_divergence(jnp.asarray(zs).reshape(2, 3, -1), jnp.asarray(zt).reshape(2, 3, -1),
-                                    kind="jsd")
+  d3 = divergences.token_divergence(
+      jnp.asarray(zs).reshape(2, 3, -1), jnp.asarray(zt).reshape(2, 3, -1), kind="jsd"
+  )
   assert d3.shape == (2, 3)
   np.testing.assert_allclose(np.asarray(d3).reshape(-1), d2, rtol=1e-6)
   mask = np.array([[1, 1, 0], [1, 0, 0]], np.float32)
@@ -146,7 +173,8 @@ SAMPLED_CASES = ((1.0, (None, None)), (0.7, (3.0, 5.0)), (2.0, (None, 4.0)))
 @pytest.mark.parametrize("tau, caps", SAMPLED_CASES, ids=str)
 def test_sampled_reverse_kl_gradient_is_unbiased(tau, caps):
   """E_{y ~ p_S}[grad of sampled_reverse_kl at y], by enumerating every y, is grad KL(p_S || p_T);
-  its value's expectation is KL(p_S || p_T). (The pathwise gradient onehot(y) - p_S averages to 0.)"""
+  its value's expectation is KL(p_S || p_T). (The pathwise gradient onehot(y) - p_S averages to 0.)
+  """
   r = np.random.default_rng(11)
   n, v = 4, 7
   zs = (2.0 * r.normal(size=(n, v))).astype(np.float32)
@@ -180,20 +208,25 @@ def test_sampled_reverse_kl_teacher_ruled_out_token():
   d, g = _ours(zs, zt, ct, tok, kind="sampled_reverse_kl")
   assert np.isposinf(d[0]) and np.all(np.isfinite(d[1:]))
   assert np.all(g[0] == 0) and np.all(np.isfinite(g))
-  d_ref, g_ref = ref_value_and_grad(zs[1:], zt[1:], ct[1:], tokens=tok[1:], kind="sampled_reverse_kl")
+  d_ref, g_ref = ref_value_and_grad(
+      zs[1:], zt[1:], ct[1:], tokens=tok[1:], kind="sampled_reverse_kl"
+  )
   assert_close(g[1:], g_ref, 1e-5, "other tokens")
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    (dict(kind="jsd", beta=1.5), "beta=1.5"),
-    (dict(kind="jsd", beta=-0.1), "beta=-0.1"),
-    (dict(kind="skew_forward_kl", alpha=2.0), "alpha=2.0"),
-    (dict(kind="jsd", temperature=0.0), "temperature=0.0"),
-    (dict(kind="jsd", temperature=-1.0), "temperature=-1.0"),
-    (dict(kind="jsd", student_softcap=0.0), "student_softcap=0.0"),
-    (dict(kind="kl"), "kind='kl'"),
-    (dict(kind="sampled_reverse_kl"), "tokens=None"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(kind="jsd", beta=1.5), "beta=1.5"),
+        (dict(kind="jsd", beta=-0.1), "beta=-0.1"),
+        (dict(kind="skew_forward_kl", alpha=2.0), "alpha=2.0"),
+        (dict(kind="jsd", temperature=0.0), "temperature=0.0"),
+        (dict(kind="jsd", temperature=-1.0), "temperature=-1.0"),
+        (dict(kind="jsd", student_softcap=0.0), "student_softcap=0.0"),
+        (dict(kind="kl"), "kind='kl'"),
+        (dict(kind="sampled_reverse_kl"), "tokens=None"),
+    ],
+)
 def test_bad_arguments(kwargs, needle):
   z = jnp.ones((2, 5))
   with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace("[", r"\[")):

@@ -18,14 +18,22 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "trl", "generalize
 
 def test_jsd_matches_trl_generalized_jsd_loss():
   fx = np.load(FIXTURE)
-  zs, zt, ct = jnp.asarray(fx["student"]), jnp.asarray(fx["teacher"]), jnp.asarray(fx["ct"], jnp.float32)
+  zs, zt, ct = (
+      jnp.asarray(fx["student"]),
+      jnp.asarray(fx["teacher"]),
+      jnp.asarray(fx["ct"], jnp.float32),
+  )
   mask = jnp.asarray(fx["labels"] != -100)
   k = 0
   for beta in fx["betas"]:
     for tau in fx["taus"]:
+
       def f(a):
-        d = divergences.token_divergence(a, zt, kind="jsd", beta=float(beta), temperature=float(tau))
+        d = divergences.token_divergence(
+            a, zt, kind="jsd", beta=float(beta), temperature=float(tau)
+        )
         return jnp.sum(d * ct), d
+
       (_, d), g = jax.value_and_grad(f, has_aux=True)(zs)
       where = f"beta={beta} tau={tau}"
       assert_close(d, fx["per_token"][k], 1e-5, "per-token " + where)
@@ -37,7 +45,13 @@ def test_jsd_matches_trl_generalized_jsd_loss():
 def test_streaming_jsd_matches_trl():
   fx = np.load(FIXTURE)
   k = 1 * len(fx["taus"]) + 2  # beta=0.1, tau=2
-  d = kernels.vocab_divergence(jnp.asarray(fx["student"]), jnp.asarray(fx["teacher"]), kind="jsd",
-                               beta=float(fx["betas"][1]), temperature=float(fx["taus"][2]),
-                               impl="chunked", vocab_block=4)
+  d = kernels.vocab_divergence(
+      jnp.asarray(fx["student"]),
+      jnp.asarray(fx["teacher"]),
+      kind="jsd",
+      beta=float(fx["betas"][1]),
+      temperature=float(fx["taus"][2]),
+      impl="chunked",
+      vocab_block=4,
+  )
   assert_close(d, fx["per_token"][k], 1e-5, "chunked per-token")

@@ -30,6 +30,7 @@ def _config(**eval_fields):
 @pytest.fixture(scope="module")
 def run():
   import jax  # pylint: disable=import-outside-toplevel
+
   return train.build(_config(num_samples=3), mode="eval", devices=jax.devices()[:1])
 
 
@@ -55,8 +56,14 @@ def test_sampled_metrics_are_the_mean_over_k_samples_and_pass_at_k(run):
   assert m["sampled/pass_at_k"] >= max(s["accuracy"] for s in per_sample)
   prompts, comps = train.eval_completions(run, run.student, run.params, 0.0, c.seed)
   assert m["accuracy"] == slip_addition.accuracy(prompts, comps) > 0.1  # an SFT'd student
-  by_digits = {d: [slip_addition.is_correct(p, x) for p, x in zip(prompts, comps)
-                   if slip_addition.difficulty(p) == d] for d in range(3, 8)}
+  by_digits = {
+      d: [
+          slip_addition.is_correct(p, x)
+          for p, x in zip(prompts, comps)
+          if slip_addition.difficulty(p) == d
+      ]
+      for d in range(3, 8)
+  }
   for d, hits in by_digits.items():
     if hits:
       assert m[f"accuracy_d{d}"] == pytest.approx(np.mean(hits))
@@ -65,25 +72,56 @@ def test_sampled_metrics_are_the_mean_over_k_samples_and_pass_at_k(run):
 @pytest.mark.slow
 def test_task_metrics_reach_metrics_summary_and_compare(tmp_path):
   workdir = tmp_path / "run"
-  overrides = ["--config.teacher.path=", "--config.gkd.lmbda=0", "--config.gkd.divergence_weight=0",
-               "--config.gkd.ce_weight=1", "--config.train.num_steps=2",
-               "--config.train.batch_size=8", "--config.eval.num_examples=16",
-               "--config.eval.batch_size=8", "--config.eval.num_samples=2",
-               "--config.train.export_final=False", "--config.train.async_checkpoints=False"]
+  overrides = [
+      "--config.teacher.path=",
+      "--config.gkd.lmbda=0",
+      "--config.gkd.divergence_weight=0",
+      "--config.gkd.ce_weight=1",
+      "--config.train.num_steps=2",
+      "--config.train.batch_size=8",
+      "--config.eval.num_examples=16",
+      "--config.eval.batch_size=8",
+      "--config.eval.num_samples=2",
+      "--config.train.export_final=False",
+      "--config.train.async_checkpoints=False",
+  ]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  proc = subprocess.run([sys.executable, "-m", "gkd_jax.main", "train",
-                         f"--config={ROOT}/configs/paper_table.py", f"--workdir={workdir}",
-                         *overrides], env=env, cwd=ROOT, capture_output=True, text=True)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "gkd_jax.main",
+          "train",
+          f"--config={ROOT}/configs/paper_table.py",
+          f"--workdir={workdir}",
+          *overrides,
+      ],
+      env=env,
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   summary = json.loads((workdir / "summary.json").read_text())
-  for key in ("eval/accuracy", "eval/accuracy_d5", "eval/repair_rate", "eval/sampled/accuracy",
-              "eval/sampled/pass_at_k", "eval/sampled/first_error_frac"):
+  for key in (
+      "eval/accuracy",
+      "eval/accuracy_d5",
+      "eval/repair_rate",
+      "eval/sampled/accuracy",
+      "eval/sampled/pass_at_k",
+      "eval/sampled/first_error_frac",
+  ):
     assert key in summary["eval_before"] and key in summary["eval_after"], key
   assert summary["student_after"] == summary["eval_after"]["eval/accuracy"]
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert {"eval/sampled/accuracy", "eval/accuracy_d3"} <= set(lines[0]) and lines[0]["step"] == 0
   table = report.compare_table([str(workdir)])
   assert "student init" in table and "after run" in table and "sampled" in table
-  bad = subprocess.run([sys.executable, "-m", "gkd_jax.main", "compare", str(tmp_path / "nope")],
-                       env=env, cwd=ROOT, capture_output=True, text=True)
+  bad = subprocess.run(
+      [sys.executable, "-m", "gkd_jax.main", "compare", str(tmp_path / "nope")],
+      env=env,
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+  )
   assert bad.returncode == 2 and "summary.json" in bad.stderr

@@ -24,13 +24,16 @@ def test_heldout_metrics_are_means_over_tokens_whatever_the_eval_batch(run_files
     config.eval.batch_size = batch_size
     run = train.build(config, devices=jax.devices()[:1])
     if batch_size == 4:
-      loader = train._loader(run, config.data.eval_path, batch_size=4, shuffle=False,
-                             num_epochs=1)
+      loader = train._loader(run, config.data.eval_path, batch_size=4, shuffle=False, num_epochs=1)
       tokens = [int(b["completion_mask"].sum()) for _, b in zip(range(4), loader)]
     results[batch_size] = train._heldout(run, run.params, train.compile_steps(run).eval_step)
   assert len(set(tokens)) > 1, tokens  # batches of unequal token counts: the weighting matters
-  assert set(results[4]) == {"eval/divergence", "eval/cross_entropy", "eval/teacher_entropy",
-                             "eval/student_entropy"}
+  assert set(results[4]) == {
+      "eval/divergence",
+      "eval/cross_entropy",
+      "eval/teacher_entropy",
+      "eval/student_entropy",
+  }
   for key, want in results[16].items():
     np.testing.assert_allclose(results[4][key], want, rtol=1e-5, err_msg=key)
 
@@ -38,6 +41,7 @@ def test_heldout_metrics_are_means_over_tokens_whatever_the_eval_batch(run_files
 def _teacher_with_tokenizer(tmp_path, run_files, swap):
   """The tiny teacher plus a tokenizer.json holding the student's tokens, two ids swapped."""
   import tokenizers  # pylint: disable=import-outside-toplevel
+
   d = tmp_path / ("swapped" if swap else "same")
   shutil.copytree(run_files["teacher"], d)
   sp = load_tokenizer(f"{ASSETS}/tokenizer.model")

@@ -38,8 +38,11 @@ def test_round_trip_is_exact(name, tmp_path):
   model = models.build(cfg)
   params = testing.normal_params(model, seed=len(name))
   gkd_jax.save_pretrained(tmp_path, model, params)
-  assert sorted(os.listdir(tmp_path)) == ["config.json", "generation_config.json",
-                                          "model.safetensors"]
+  assert sorted(os.listdir(tmp_path)) == [
+      "config.json",
+      "generation_config.json",
+      "model.safetensors",
+  ]
   model2, params2 = gkd_jax.load_pretrained(tmp_path)
   assert model2.config == cfg
   _assert_same_tree(params, params2)
@@ -58,8 +61,7 @@ def test_bf16_and_sharded_round_trip(tmp_path):
   with open(tmp_path / hf.INDEX) as f:
     index = json.load(f)
   assert set(index["weight_map"].values()) == set(shards)
-  assert index["metadata"]["total_size"] == sum(
-      x.size * 2 for x in jax.tree.leaves(params))
+  assert index["metadata"]["total_size"] == sum(x.size * 2 for x in jax.tree.leaves(params))
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["dtype"] == "bfloat16"
   model2, params2 = gkd_jax.load_pretrained(tmp_path, dtype=jnp.bfloat16)
@@ -116,9 +118,18 @@ def test_load_places_each_tensor_with_given_shardings(tmp_path):
 def test_load_streams_one_tensor_at_a_time(tmp_path):
   """Host memory while loading stays near one tensor, not the checkpoint size."""
   import tracemalloc
+
   cfg = models.get_preset("tiny_llama").replace(
-      vocab_size=2048, embed_dim=128, mlp_dim=512, num_layers=4, num_heads=4, num_kv_heads=2,
-      head_dim=64, tie_embeddings=False, layer_types=())
+      vocab_size=2048,
+      embed_dim=128,
+      mlp_dim=512,
+      num_layers=4,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=64,
+      tie_embeddings=False,
+      layer_types=(),
+  )
   model = models.build(cfg)
   hf.save_pretrained(tmp_path, model, testing.normal_params(model, 5))
   total = os.path.getsize(tmp_path / "model.safetensors")
@@ -153,6 +164,7 @@ def test_multimodal_gemma3_loads_its_language_model(tmp_path):
 
 # ------------------------------------------------------------------------------------ bad input
 
+
 def _copy(name, tmp_path):
   dst = tmp_path / name
   shutil.copytree(os.path.join(FIXTURES, name), dst)
@@ -177,29 +189,34 @@ def _edit_config(folder, fn):
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 
 
-@pytest.mark.parametrize("case, exc, words", [
-    ("unknown_model_type", ValueError, ["model_type", "gpt2", "qwen3"]),
-    ("unsupported_rope", ValueError, ["rope_scaling", "yarn"]),
-    ("attention_bias", ValueError, ["attention_bias"]),
-    ("bad_activation", ValueError, ["hidden_act", "relu"]),
-    ("missing_tensor", ValueError, ["missing", Q0]),
-    ("extra_tensor", ValueError, ["unexpected", "model.layers.0.self_attn.q_proj.bias"]),
-    ("wrong_shape", ValueError, [Q0, "shape", "[64, 32]"]),
-    ("int_tensor", ValueError, [Q0, "I32", "float"]),
-    ("missing_config", FileNotFoundError, ["config.json"]),
-    ("no_weights", FileNotFoundError, ["safetensors"]),
-    ("index_missing_shard", FileNotFoundError, ["model-00002-of-00002.safetensors"]),
-    ("index_wrong_shard", ValueError, ["model.norm.weight", "model.safetensors"]),
-    ("tied_head_differs", ValueError, ["lm_head.weight", "tie_word_embeddings"]),
-])
+@pytest.mark.parametrize(
+    "case, exc, words",
+    [
+        ("unknown_model_type", ValueError, ["model_type", "gpt2", "qwen3"]),
+        ("unsupported_rope", ValueError, ["rope_scaling", "yarn"]),
+        ("attention_bias", ValueError, ["attention_bias"]),
+        ("bad_activation", ValueError, ["hidden_act", "relu"]),
+        ("missing_tensor", ValueError, ["missing", Q0]),
+        ("extra_tensor", ValueError, ["unexpected", "model.layers.0.self_attn.q_proj.bias"]),
+        ("wrong_shape", ValueError, [Q0, "shape", "[64, 32]"]),
+        ("int_tensor", ValueError, [Q0, "I32", "float"]),
+        ("missing_config", FileNotFoundError, ["config.json"]),
+        ("no_weights", FileNotFoundError, ["safetensors"]),
+        ("index_missing_shard", FileNotFoundError, ["model-00002-of-00002.safetensors"]),
+        ("index_wrong_shard", ValueError, ["model.norm.weight", "model.safetensors"]),
+        ("tied_head_differs", ValueError, ["lm_head.weight", "tie_word_embeddings"]),
+    ],
+)
 def test_bad_checkpoint_gives_one_clear_error(case, exc, words, tmp_path):
   folder = _copy("llama", tmp_path)
   if case == "unknown_model_type":
     _edit_config(folder, lambda d: d.update(model_type="gpt2"))
   elif case == "unsupported_rope":
+
     def fn(d):
       d.pop("rope_parameters")
       d.update(rope_theta=1e4, rope_scaling={"rope_type": "yarn", "factor": 4.0})
+
     _edit_config(folder, fn)
   elif case == "attention_bias":
     _edit_config(folder, lambda d: d.update(attention_bias=True))
@@ -208,8 +225,10 @@ def test_bad_checkpoint_gives_one_clear_error(case, exc, words, tmp_path):
   elif case == "missing_tensor":
     _edit_tensors(folder, lambda t: t.pop(Q0))
   elif case == "extra_tensor":
-    _edit_tensors(folder, lambda t: t.update(
-        {"model.layers.0.self_attn.q_proj.bias": np.ones(32, np.float32)}))
+    _edit_tensors(
+        folder,
+        lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": np.ones(32, np.float32)}),
+    )
   elif case == "wrong_shape":
     _edit_tensors(folder, lambda t: t.update({Q0: np.ones((64, 32), np.float32)}))
   elif case == "int_tensor":

@@ -45,15 +45,20 @@ def loaded():
   def get(family, dialect, tmp_path):
     if (family, dialect) not in cache:
       model, params = gkd_jax.load_pretrained(_folder(family, dialect, tmp_path))
-      cache[family, dialect] = (model, params,
-                                dict(np.load(os.path.join(FIXTURES, family, "expected.npz"))))
+      cache[family, dialect] = (
+          model,
+          params,
+          dict(np.load(os.path.join(FIXTURES, family, "expected.npz"))),
+      )
     return cache[family, dialect]
+
   return get
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dialects_parse_to_the_same_config(family):
   import json
+
   with open(os.path.join(FIXTURES, family, "config.json")) as f:
     v5 = json.load(f)
   with open(os.path.join(FIXTURES, family, "config.v4.json")) as f:
@@ -68,8 +73,9 @@ def test_dialects_parse_to_the_same_config(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_logits_match_transformers(family, dialect, loaded, tmp_path):
   model, params, exp = loaded(family, dialect, tmp_path)
-  logits = np.asarray(gkd_jax.score(model, params, jnp.asarray(exp["tokens"]),
-                                    jnp.asarray(exp["mask"])))
+  logits = np.asarray(
+      gkd_jax.score(model, params, jnp.asarray(exp["tokens"]), jnp.asarray(exp["mask"]))
+  )
   assert logits.dtype == np.float32 and logits.shape == exp["logits"].shape
   valid = exp["mask"].astype(bool)
   assert not valid.all() and valid[0].all()  # padded rows are really exercised
@@ -82,8 +88,9 @@ def test_hidden_states_match_transformers(family, loaded, tmp_path):
   """return_hidden=True gives transformers' final-norm hidden states; unembedding maps them to
   the logits (the path the fused divergence kernel takes)."""
   model, params, exp = loaded(family, "v5", tmp_path)
-  hidden = gkd_jax.score(model, params, jnp.asarray(exp["tokens"]), jnp.asarray(exp["mask"]),
-                         return_hidden=True)
+  hidden = gkd_jax.score(
+      model, params, jnp.asarray(exp["tokens"]), jnp.asarray(exp["mask"]), return_hidden=True
+  )
   valid = exp["mask"].astype(bool)
   np.testing.assert_allclose(np.asarray(hidden)[valid], exp["hidden"][valid], atol=TOL, rtol=0)
   logits = jnp.einsum("btd,dv->btv", hidden, gkd_jax.models.unembedding(model, params))
@@ -98,14 +105,22 @@ def test_hidden_states_match_transformers(family, loaded, tmp_path):
 def test_greedy_continuation_matches_transformers(family, dialect, loaded, tmp_path):
   model, params, exp = loaded(family, dialect, tmp_path)
   want = exp["greedy_tokens"]
-  out = gkd_jax.sample(model, params, jnp.asarray(exp["prompt_tokens"]),
-                       jnp.asarray(exp["prompt_mask"]), jax.random.key(0),
-                       max_new_tokens=want.shape[1], temperature=0.0, eos_id=())
+  out = gkd_jax.sample(
+      model,
+      params,
+      jnp.asarray(exp["prompt_tokens"]),
+      jnp.asarray(exp["prompt_mask"]),
+      jax.random.key(0),
+      max_new_tokens=want.shape[1],
+      temperature=0.0,
+      eos_id=(),
+  )
   assert want.shape[1] >= 16
   prompt_len = exp["prompt_tokens"].shape[1]
   window = model.config.sliding_window
   if window:  # the decode must run past the sliding window for the cache to be tested
     assert prompt_len + want.shape[1] > 2 * window
-  np.testing.assert_array_equal(np.asarray(out.tokens), want,
-                                err_msg=f"{family} ({dialect}) greedy continuation differs")
+  np.testing.assert_array_equal(
+      np.asarray(out.tokens), want, err_msg=f"{family} ({dialect}) greedy continuation differs"
+  )
   assert np.asarray(out.mask).all()

@@ -7,8 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from divergence_reference import (KINDS, assert_close, grid, ref_fused_value_and_grad,
-                                  ref_student_probs, ref_value_and_grad)
+from divergence_reference import (
+    KINDS,
+    assert_close,
+    grid,
+    ref_fused_value_and_grad,
+    ref_student_probs,
+    ref_value_and_grad,
+)
 from gkd_jax import kernels
 from gkd_jax.divergences import DivergenceSpec
 from gkd_jax.kernels import chunked, common
@@ -32,9 +38,11 @@ def fused_inputs(seed, dtype=np.float32, n=N, v=V):
 
 def fused_value_and_grads(impl, hs, ws, ht, wt, ct, tok, dtype=jnp.float32, **kw):
   """(d [N], d/d hs, d/d ws, d/d ht, d/d wt) of sum(ct * d), jitted."""
+
   def f(a, b, c, e):
     d = kernels.fused_linear_divergence(a, b, c, e, tokens=jnp.asarray(tok), impl=impl, **kw)
     return jnp.sum(d * ct), d
+
   args = [jnp.asarray(x, dtype) for x in (hs, ws, ht, wt)]
   (_, d), grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3), has_aux=True))(*args)
   return (np.asarray(d),) + tuple(np.asarray(g, np.float32) for g in grads)
@@ -44,10 +52,23 @@ def check_fused(impl, spec, tau, caps, seed=0, dtype=jnp.float32, rtol=1e-5, **b
   hs, ws, ht, wt, ct, tok = fused_inputs(seed, dtype)
   kw = dict(kind=spec["kind"], beta=spec.get("beta", 0.5), alpha=spec.get("alpha", 0.1))
   d, dhs, dws, dht, dwt = fused_value_and_grads(
-      impl, hs, ws, ht, wt, ct, tok, dtype=dtype, temperature=tau, student_softcap=caps[0],
-      teacher_softcap=caps[1], **kw, **blocks)
+      impl,
+      hs,
+      ws,
+      ht,
+      wt,
+      ct,
+      tok,
+      dtype=dtype,
+      temperature=tau,
+      student_softcap=caps[0],
+      teacher_softcap=caps[1],
+      **kw,
+      **blocks,
+  )
   d_ref, dhs_ref, dws_ref = ref_fused_value_and_grad(
-      hs, ws, ht, wt, ct, tokens=tok, tau=tau, scap=caps[0], tcap=caps[1], **kw)
+      hs, ws, ht, wt, ct, tokens=tok, tau=tau, scap=caps[0], tcap=caps[1], **kw
+  )
   where = f"{impl} {spec} tau={tau} caps={caps}"
   assert d.dtype == np.float32 and d.shape == (hs.shape[0],)
   assert_close(d, d_ref, rtol, "value " + where)
@@ -59,9 +80,11 @@ def check_fused(impl, spec, tau, caps, seed=0, dtype=jnp.float32, rtol=1e-5, **b
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _chunked_split_value_and_grads(struct, bv, values, hs, ws, ht, wt, ct, tok):
   """chunked.fused_split with the hyperparameters as runtime values: one compile per structure."""
+
   def f(a, b, c, e):
     d = chunked.fused_split(struct, bv, values, a, b, c, e, tok)[0]
     return jnp.sum(d * ct), d
+
   (_, d), grads = jax.value_and_grad(f, argnums=(0, 1, 2, 3), has_aux=True)(hs, ws, ht, wt)
   return (d,) + grads
 
@@ -74,13 +97,17 @@ def test_fused_chunked_full_grid(kind):
     for tau in TAUS:
       for caps in CAPS:
         kw = dict(kind=kind, beta=spec.get("beta", 0.5), alpha=spec.get("alpha", 0.1))
-        full = DivergenceSpec(temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1],
-                              **kw)
+        full = DivergenceSpec(
+            temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1], **kw
+        )
         struct, values = common.split(full)
-        out = _chunked_split_value_and_grads(struct, 8, values, hs, ws, ht, wt, ct, jnp.asarray(tok))
+        out = _chunked_split_value_and_grads(
+            struct, 8, values, hs, ws, ht, wt, ct, jnp.asarray(tok)
+        )
         d, dhs, dws, dht, dwt = (np.asarray(x) for x in out)
         d_ref, dhs_ref, dws_ref = ref_fused_value_and_grad(
-            hs, ws, ht, wt, ct, tokens=tok, tau=tau, scap=caps[0], tcap=caps[1], **kw)
+            hs, ws, ht, wt, ct, tokens=tok, tau=tau, scap=caps[0], tcap=caps[1], **kw
+        )
         where = f"{spec} tau={tau} caps={caps}"
         assert_close(d, d_ref, 1e-5, "value " + where)
         assert_close(dhs, dhs_ref, 1e-5, "d student_hidden " + where)
@@ -88,9 +115,16 @@ def test_fused_chunked_full_grid(kind):
         assert not dht.any() and not dwt.any()
 
 
-@pytest.mark.parametrize("spec", [dict(kind="jsd", beta=0.0), dict(kind="jsd", beta=0.9),
-                                  dict(kind="skew_forward_kl", alpha=1.0), dict(kind="tvd")],
-                         ids=str)
+@pytest.mark.parametrize(
+    "spec",
+    [
+        dict(kind="jsd", beta=0.0),
+        dict(kind="jsd", beta=0.9),
+        dict(kind="skew_forward_kl", alpha=1.0),
+        dict(kind="tvd"),
+    ],
+    ids=str,
+)
 def test_fused_chunked_public_api(spec):
   """The public entry point (static hyperparameters) on a few grid points."""
   check_fused("chunked", spec, 0.5, CAPS[1], vocab_block=8)
@@ -103,8 +137,15 @@ def test_fused_reference_impl(kind):
 
 @pytest.mark.parametrize("kind", ["forward_kl", "jsd", "skew_reverse_kl", "sampled_reverse_kl"])
 def test_fused_chunked_bf16(kind):
-  check_fused("chunked", dict(kind=kind, beta=0.5, alpha=0.1), 1.0, CAPS[1], dtype=jnp.bfloat16,
-              rtol=1e-2, vocab_block=16)
+  check_fused(
+      "chunked",
+      dict(kind=kind, beta=0.5, alpha=0.1),
+      1.0,
+      CAPS[1],
+      dtype=jnp.bfloat16,
+      rtol=1e-2,
+      vocab_block=16,
+  )
 
 
 def check_sampled_reverse_kl_unbiased(impl, tau, caps, **blocks):
@@ -119,9 +160,19 @@ def check_sampled_reverse_kl_unbiased(impl, tau, caps, **blocks):
   @jax.jit
   def grads(ct, tok):
     def f(a, b):
-      d = kernels.fused_linear_divergence(a, b, jnp.asarray(ht), jnp.asarray(wt), tokens=tok,
-                                          kind="sampled_reverse_kl", impl=impl, **kw, **blocks)
+      d = kernels.fused_linear_divergence(
+          a,
+          b,
+          jnp.asarray(ht),
+          jnp.asarray(wt),
+          tokens=tok,
+          kind="sampled_reverse_kl",
+          impl=impl,
+          **kw,
+          **blocks,
+      )
       return jnp.sum(d * ct), d
+
     return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(jnp.asarray(hs), jnp.asarray(ws))
 
   p = ref_student_probs(np.asarray(hs, np.float64) @ ws, tau, caps[0])
@@ -131,8 +182,9 @@ def check_sampled_reverse_kl_unbiased(impl, tau, caps, **blocks):
     mean_d += p[:, y] * np.asarray(d)
     mean_dh += np.asarray(dh)
     mean_dw += np.asarray(dw)
-  kl, dh_kl, dw_kl = ref_fused_value_and_grad(hs, ws, ht, wt, np.ones(n), kind="reverse_kl", tau=tau,
-                                              scap=caps[0], tcap=caps[1])
+  kl, dh_kl, dw_kl = ref_fused_value_and_grad(
+      hs, ws, ht, wt, np.ones(n), kind="reverse_kl", tau=tau, scap=caps[0], tcap=caps[1]
+  )
   assert np.abs(dw_kl).max() > 1e-2
   assert_close(mean_d, kl, 1e-5, "E[value]")
   assert_close(mean_dh, dh_kl, 1e-5, "E[d student_hidden]")
@@ -142,20 +194,38 @@ def check_sampled_reverse_kl_unbiased(impl, tau, caps, **blocks):
 @pytest.mark.parametrize("tau, caps", [(1.0, CAPS[0]), (0.7, CAPS[1])], ids=str)
 @pytest.mark.parametrize("impl", ["chunked", "reference"])
 def test_sampled_reverse_kl_gradient_is_unbiased(impl, tau, caps):
-  check_sampled_reverse_kl_unbiased(impl, tau, caps, **({"vocab_block": 3} if impl == "chunked" else {}))
+  check_sampled_reverse_kl_unbiased(
+      impl, tau, caps, **({"vocab_block": 3} if impl == "chunked" else {})
+  )
 
 
 def test_sampled_reverse_kl_logits_gradient_is_unbiased():
   """The logits entry point (chunked.from_logits): same identity, float32 against float64."""
   n, v, tau, caps = 4, 7, 0.7, (3.0, 5.0)
   zs, zt, _, _ = _logit_inputs(22, n=(n,), v=v)
-  kw = dict(kind="sampled_reverse_kl", temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1])
-  grad = jax.jit(jax.grad(lambda a, ct, tok: jnp.sum(
-      kernels.vocab_divergence(a, jnp.asarray(zt), tokens=tok, impl="chunked", vocab_block=3, **kw) * ct)))
+  kw = dict(
+      kind="sampled_reverse_kl", temperature=tau, student_softcap=caps[0], teacher_softcap=caps[1]
+  )
+  grad = jax.jit(
+      jax.grad(
+          lambda a, ct, tok: jnp.sum(
+              kernels.vocab_divergence(
+                  a, jnp.asarray(zt), tokens=tok, impl="chunked", vocab_block=3, **kw
+              )
+              * ct
+          )
+      )
+  )
   p = ref_student_probs(zs, tau, caps[0])
-  mean_g = sum(np.asarray(grad(jnp.asarray(zs), jnp.asarray(p[:, y], jnp.float32),
-                               jnp.full((n,), y, jnp.int32))) for y in range(v))
-  _, g_kl = ref_value_and_grad(zs, zt, np.ones(n), kind="reverse_kl", tau=tau, scap=caps[0], tcap=caps[1])
+  mean_g = sum(
+      np.asarray(
+          grad(jnp.asarray(zs), jnp.asarray(p[:, y], jnp.float32), jnp.full((n,), y, jnp.int32))
+      )
+      for y in range(v)
+  )
+  _, g_kl = ref_value_and_grad(
+      zs, zt, np.ones(n), kind="reverse_kl", tau=tau, scap=caps[0], tcap=caps[1]
+  )
   assert_close(mean_g, g_kl, 1e-5, "E[grad]")
 
 
@@ -163,8 +233,14 @@ def test_sampled_reverse_kl_teacher_ruled_out_token():
   """A sampled token the teacher masks: value +inf for it, finite gradients (0 from that token)."""
   zs, zt, ct, tok = _logit_inputs(23, n=(6,))
   zt[0, tok[0]] = -np.inf
-  f = lambda a: kernels.vocab_divergence(a, jnp.asarray(zt), kind="sampled_reverse_kl",  # noqa: E731
-                                         tokens=jnp.asarray(tok), impl="chunked", vocab_block=8)
+  f = lambda a: kernels.vocab_divergence(
+      a,
+      jnp.asarray(zt),
+      kind="sampled_reverse_kl",  # noqa: E731
+      tokens=jnp.asarray(tok),
+      impl="chunked",
+      vocab_block=8,
+  )
   d, vjp = jax.vjp(f, jnp.asarray(zs))
   (g,) = vjp(jnp.asarray(ct))
   d, g = np.asarray(d), np.asarray(g)
@@ -191,8 +267,11 @@ def _logit_inputs(seed, n=(2, 3), v=V):
 @functools.partial(jax.jit, static_argnums=0)
 def _logits_value_and_grad(struct, values, zs, zt, ct, tok):
   def f(x):
-    d = chunked.from_logits_split(struct, 8, values, x.reshape(6, V), zt.reshape(6, V), tok.reshape(6))
+    d = chunked.from_logits_split(
+        struct, 8, values, x.reshape(6, V), zt.reshape(6, V), tok.reshape(6)
+    )
     return jnp.sum(d.reshape(ct.shape) * ct), d.reshape(ct.shape)
+
   (_, d), g = jax.value_and_grad(f, has_aux=True)(zs)
   return d, g
 
@@ -217,8 +296,17 @@ def test_vocab_divergence_masked_and_large(kind):
     if kc is not None:
       a = np.where(kc, a, 0.0)
       b = np.where(kc, b, 0.0)
-    d_ref, g_ref = ref_value_and_grad(a.reshape(6, V), b.reshape(6, V), ct.reshape(6), keep_cols=kc,
-                                      tokens=tok.reshape(6), tau=tau, scap=caps[0], tcap=caps[1], **kw)
+    d_ref, g_ref = ref_value_and_grad(
+        a.reshape(6, V),
+        b.reshape(6, V),
+        ct.reshape(6),
+        keep_cols=kc,
+        tokens=tok.reshape(6),
+        tau=tau,
+        scap=caps[0],
+        tcap=caps[1],
+        **kw,
+    )
     assert_close(np.asarray(d).reshape(6), d_ref, 1e-5, f"value tau={tau}")
     assert_close(np.asarray(g).reshape(6, V), g_ref, 1e-5, f"grad tau={tau}")
     if kc is not None:
@@ -232,10 +320,12 @@ def test_vocab_divergence_public_api():
 
   def f(a, b, impl):
     return jnp.sum(kernels.vocab_divergence(a, b, impl=impl, vocab_block=16, **kw) * ct)
+
   g = jax.jit(jax.value_and_grad(f, argnums=(0, 1)), static_argnums=2)
   v, (gs, gt) = g(jnp.asarray(zs), jnp.asarray(zt), "auto")
-  v_ref, g_ref = ref_value_and_grad(zs.reshape(6, V), zt.reshape(6, V), ct.reshape(6), tau=2.0,
-                                    scap=3.0, kind="jsd", beta=0.1)
+  v_ref, g_ref = ref_value_and_grad(
+      zs.reshape(6, V), zt.reshape(6, V), ct.reshape(6), tau=2.0, scap=3.0, kind="jsd", beta=0.1
+  )
   assert_close(v, np.sum(v_ref * ct.reshape(6)), 1e-5, "value")
   assert_close(np.asarray(gs).reshape(6, V), g_ref, 1e-5, "grad")
   assert not np.asarray(gt).any()
@@ -249,14 +339,16 @@ def test_mixed_dtypes_float32_student_bf16_teacher():
   ht16, wt16 = jnp.asarray(ht, jnp.bfloat16), jnp.asarray(wt, jnp.bfloat16)
 
   def f(a, b):
-    d = kernels.fused_linear_divergence(a, b, ht16, wt16, kind="jsd", beta=0.1, impl="chunked",
-                                        vocab_block=8)
+    d = kernels.fused_linear_divergence(
+        a, b, ht16, wt16, kind="jsd", beta=0.1, impl="chunked", vocab_block=8
+    )
     return jnp.sum(d * ct), d
+
   (_, d), (dh, dw) = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(hs, ws)
   assert dh.dtype == jnp.float32 and dw.dtype == jnp.float32
-  d_ref, dh_ref, dw_ref = ref_fused_value_and_grad(hs, ws, np.asarray(ht16, np.float32),
-                                                   np.asarray(wt16, np.float32), ct, kind="jsd",
-                                                   beta=0.1)
+  d_ref, dh_ref, dw_ref = ref_fused_value_and_grad(
+      hs, ws, np.asarray(ht16, np.float32), np.asarray(wt16, np.float32), ct, kind="jsd", beta=0.1
+  )
   assert_close(d, d_ref, 1e-5, "value")
   assert_close(dh, dh_ref, 1e-5, "d hidden")
   assert_close(dw, dw_ref, 1e-5, "d unembed")

@@ -31,13 +31,15 @@ def test_cross_entropy_and_entropy_match_dense(softcap, block):
   for temperature in (0.5, 2.0):
     z, lse, p = _dense_ref(h, w, softcap, temperature)
     ent_ref = -(p * np.log(p)).sum(-1)
-    ent = kernels.entropy(jnp.asarray(h), jnp.asarray(w), softcap=softcap,
-                         temperature=temperature, vocab_block=block)
+    ent = kernels.entropy(
+        jnp.asarray(h), jnp.asarray(w), softcap=softcap, temperature=temperature, vocab_block=block
+    )
     np.testing.assert_allclose(ent, ent_ref, rtol=1e-5, atol=1e-5)
   z, lse, p = _dense_ref(h, w, softcap, 1.0)
   ce_ref = lse - z[np.arange(n), y]
-  ce = kernels.cross_entropy(jnp.asarray(h), jnp.asarray(w), jnp.asarray(y), softcap=softcap,
-                            vocab_block=block)
+  ce = kernels.cross_entropy(
+      jnp.asarray(h), jnp.asarray(w), jnp.asarray(y), softcap=softcap, vocab_block=block
+  )
   np.testing.assert_allclose(ce, ce_ref, rtol=1e-5, atol=1e-5)
 
 
@@ -48,8 +50,8 @@ def test_cross_entropy_gradient_matches_dense_formula():
   w = rng.normal(size=(d, v)).astype(np.float32)
   y = rng.integers(0, v, size=n)
   gh, gw = jax.grad(
-      lambda h, w: kernels.cross_entropy(h, w, jnp.asarray(y), vocab_block=8).sum(),
-      argnums=(0, 1))(jnp.asarray(h), jnp.asarray(w))
+      lambda h, w: kernels.cross_entropy(h, w, jnp.asarray(y), vocab_block=8).sum(), argnums=(0, 1)
+  )(jnp.asarray(h), jnp.asarray(w))
   _, _, p = _dense_ref(h, w, None, 1.0)
   dz = p.copy()
   dz[np.arange(n), y] -= 1.0  # d(lse - z_y)/dz
@@ -80,10 +82,25 @@ def test_divergence_kernels_return_entropies_and_token_logprob(impl):
   f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
   y = rng.integers(0, v, size=n)
   _, stats = kernels.fused_linear_divergence(
-      f32(hs), f32(ws), f32(ht), f32(wt), kind="jsd", beta=0.3, temperature=1.7,
-      student_softcap=3.0, teacher_softcap=2.0, tokens=jnp.asarray(y), impl=impl, vocab_block=16,
-      token_block=8, return_stats=True)
-  for got, h, w, cap in ((stats.student_entropy, hs, ws, 3.0), (stats.teacher_entropy, ht, wt, 2.0)):
+      f32(hs),
+      f32(ws),
+      f32(ht),
+      f32(wt),
+      kind="jsd",
+      beta=0.3,
+      temperature=1.7,
+      student_softcap=3.0,
+      teacher_softcap=2.0,
+      tokens=jnp.asarray(y),
+      impl=impl,
+      vocab_block=16,
+      token_block=8,
+      return_stats=True,
+  )
+  for got, h, w, cap in (
+      (stats.student_entropy, hs, ws, 3.0),
+      (stats.teacher_entropy, ht, wt, 2.0),
+  ):
     _, _, p = _dense_ref(h, w, cap, 1.7)
     np.testing.assert_allclose(got, -(p * np.log(p)).sum(-1), rtol=1e-5, atol=1e-5)
   z, lse, _ = _dense_ref(hs, ws, 3.0, 1.7)

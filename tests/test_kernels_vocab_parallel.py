@@ -24,9 +24,11 @@ def _mesh(shape):
 
 def _run(mesh, kw, hs, ws, ht, wt, ct, tok):
   def f(a, b):
-    d = kernels.fused_linear_divergence(a, b, jnp.asarray(ht), wt_s, tokens=jnp.asarray(tok), **kw,
-                                        **extra)
+    d = kernels.fused_linear_divergence(
+        a, b, jnp.asarray(ht), wt_s, tokens=jnp.asarray(tok), **kw, **extra
+    )
     return jnp.sum(d * ct), d
+
   extra = {} if mesh is None else dict(layout=Layout(mesh, "tensor"), vocab_block=3)
   col = None if mesh is None else NamedSharding(mesh, P(None, "tensor"))
   put = (lambda x: jnp.asarray(x)) if mesh is None else (lambda x: jax.device_put(x, col))  # noqa: E731
@@ -40,8 +42,9 @@ def _run(mesh, kw, hs, ws, ht, wt, ct, tok):
 @pytest.mark.parametrize("kind", ["jsd", "sampled_reverse_kl"])
 def test_vocab_parallel_matches_single_device(shape, kind):
   hs, ws, ht, wt, ct, tok = fused_inputs(3, v=V)
-  kw = dict(kind=kind, beta=0.3, temperature=0.5, student_softcap=3.0, teacher_softcap=5.0,
-            impl="chunked")
+  kw = dict(
+      kind=kind, beta=0.3, temperature=0.5, student_softcap=3.0, teacher_softcap=5.0, impl="chunked"
+  )
   mesh = _mesh(shape)
   fn, args, d, dh, dw, sharding = _run(mesh, kw, hs, ws, ht, wt, ct, tok)
   _, _, d1, dh1, dw1, _ = _run(None, kw, hs, ws, ht, wt, ct, tok)
@@ -49,8 +52,9 @@ def test_vocab_parallel_matches_single_device(shape, kind):
   np.testing.assert_allclose(dh, dh1, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(dw, dw1, rtol=1e-5, atol=1e-6)
   assert sharding.spec == P(None, "tensor")  # the unembedding gradient stays sharded
-  d_ref, dh_ref, dw_ref = ref_fused_value_and_grad(hs, ws, ht, wt, ct, tokens=tok, kind=kind,
-                                                   beta=0.3, tau=0.5, scap=3.0, tcap=5.0)
+  d_ref, dh_ref, dw_ref = ref_fused_value_and_grad(
+      hs, ws, ht, wt, ct, tokens=tok, kind=kind, beta=0.3, tau=0.5, scap=3.0, tcap=5.0
+  )
   assert_close(d, d_ref, 1e-5, "value")
   assert_close(dh, dh_ref, 1e-5, "d hidden")
   assert_close(dw, dw_ref, 1e-5, "d unembed")
@@ -73,11 +77,16 @@ def test_vocab_parallel_with_token_sharding(shape):
   def f(a, b, c, e, **extra):
     d = kernels.fused_linear_divergence(a, b, c, e, **kw, **extra)
     return jnp.sum(d * ct), d
+
   g = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)
   (_, d1), (dh1, dw1) = jax.jit(g)(hs, ws, ht, wt)
   sharded = functools.partial(g, layout=Layout(mesh, "tensor", ("data",)), vocab_block=3)
-  args = (jax.device_put(hs, rows), jax.device_put(ws, cols), jax.device_put(ht, rows),
-          jax.device_put(wt, cols))
+  args = (
+      jax.device_put(hs, rows),
+      jax.device_put(ws, cols),
+      jax.device_put(ht, rows),
+      jax.device_put(wt, cols),
+  )
   fn = jax.jit(sharded)
   (_, d), (dh, dw) = fn(*args)
   np.testing.assert_allclose(d, d1, rtol=1e-5, atol=1e-6)
@@ -93,11 +102,14 @@ def test_vocab_parallel_bad_axis():
     kernels.fused_linear_divergence(hs, ws, ht, wt, kind="jsd", layout=Layout(_mesh((8,)), "model"))
   hs, ws, ht, wt, _, _ = fused_inputs(3, v=60)
   with pytest.raises(ValueError, match="not divisible"):
-    kernels.fused_linear_divergence(hs, ws, ht, wt, kind="jsd", layout=Layout(_mesh((8,)), "tensor"))
+    kernels.fused_linear_divergence(
+        hs, ws, ht, wt, kind="jsd", layout=Layout(_mesh((8,)), "tensor")
+    )
   hs, ws, ht, wt, _, _ = fused_inputs(3, n=5, v=V)
   with pytest.raises(ValueError, match="not divisible by the 2 shards"):
-    kernels.fused_linear_divergence(hs, ws, ht, wt, kind="jsd",
-                                    layout=Layout(_mesh((2, 4)), "tensor", ("data",)))
+    kernels.fused_linear_divergence(
+        hs, ws, ht, wt, kind="jsd", layout=Layout(_mesh((2, 4)), "tensor", ("data",))
+    )
 
 
 def test_vocab_parallel_token_stats_match_one_device():
@@ -105,10 +117,17 @@ def test_vocab_parallel_token_stats_match_one_device():
   sampled token's column lives on one shard only)."""
   hs, ws, ht, wt, _, tok = fused_inputs(4, n=8, v=V)
   mesh = _mesh((2, 4))
-  kw = dict(kind="jsd", beta=0.3, temperature=1.3, tokens=jnp.asarray(tok), vocab_block=3,
-            return_stats=True)
+  kw = dict(
+      kind="jsd",
+      beta=0.3,
+      temperature=1.3,
+      tokens=jnp.asarray(tok),
+      vocab_block=3,
+      return_stats=True,
+  )
   _, one = kernels.fused_linear_divergence(*(jnp.asarray(x) for x in (hs, ws, ht, wt)), **kw)
-  _, sharded = jax.jit(lambda *a: kernels.fused_linear_divergence(
-      *a, layout=Layout(mesh, "tensor", ("data",)), **kw))(hs, ws, ht, wt)
+  _, sharded = jax.jit(
+      lambda *a: kernels.fused_linear_divergence(*a, layout=Layout(mesh, "tensor", ("data",)), **kw)
+  )(hs, ws, ht, wt)
   for a, b in zip(one, sharded):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

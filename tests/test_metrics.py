@@ -15,14 +15,15 @@ from gkd_jax import metrics
 def _tb_scalars(logdir):
   """Reads TensorBoard event files (TFRecord framing + Event protos): {tag: [(step, value)]}."""
   from tensorboardX.proto import event_pb2
+
   out = {}
   for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
     with open(path, "rb") as f:
       buf = f.read()
     pos = 0
     while pos < len(buf):
-      (length,) = struct.unpack("<Q", buf[pos:pos + 8])
-      event = event_pb2.Event.FromString(buf[pos + 12:pos + 12 + length])
+      (length,) = struct.unpack("<Q", buf[pos : pos + 8])
+      event = event_pb2.Event.FromString(buf[pos + 12 : pos + 12 + length])
       pos += 12 + length + 4
       for v in event.summary.value:
         out.setdefault(v.tag, []).append((event.step, v.simple_value))
@@ -31,14 +32,24 @@ def _tb_scalars(logdir):
 
 def test_jsonl_and_tensorboard(tmp_path):
   rng = np.random.default_rng(0)
-  rows = [(s, {"loss": float(rng.normal()), "divergence": np.float32(rng.random()),
-               "acc": jnp.asarray(rng.random(), jnp.float32), "note": "hi"}) for s in (1, 2, 5)]
+  rows = [
+      (
+          s,
+          {
+              "loss": float(rng.normal()),
+              "divergence": np.float32(rng.random()),
+              "acc": jnp.asarray(rng.random(), jnp.float32),
+              "note": "hi",
+          },
+      )
+      for s in (1, 2, 5)
+  ]
   with metrics.MetricWriter(str(tmp_path), process_index=0) as w:
     for step, m in rows:
       w.write(step, m)
   got = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in got] == [1, 2, 5]
-  for r, (step, m) in zip(got, rows):
+  for r, (_, m) in zip(got, rows):
     assert r["loss"] == m["loss"]
     assert r["divergence"] == pytest.approx(float(m["divergence"]), rel=1e-7)
     assert r["acc"] == pytest.approx(float(m["acc"]), rel=1e-7)
@@ -97,6 +108,7 @@ def test_progress_bar_postfix_and_eta():
 
 def test_plot_metrics(tmp_path):
   import matplotlib.image
+
   w = metrics.MetricWriter(str(tmp_path), 0, tensorboard=False)
   rng = np.random.default_rng(1)
   for step in range(1, 21):
@@ -104,8 +116,12 @@ def test_plot_metrics(tmp_path):
     if step % 5 == 0:
       w.write(step, {"eval/accuracy": float(rng.random())})
   w.close()
-  png = metrics.plot_metrics(str(tmp_path / "metrics.jsonl"), str(tmp_path / "p" / "m.png"),
-                             ["loss", "eval/accuracy"], title="demo")
+  png = metrics.plot_metrics(
+      str(tmp_path / "metrics.jsonl"),
+      str(tmp_path / "p" / "m.png"),
+      ["loss", "eval/accuracy"],
+      title="demo",
+  )
   img = matplotlib.image.imread(png)
   assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300
   assert img[..., :3].std() > 0.01  # not a blank canvas

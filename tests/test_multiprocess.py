@@ -26,9 +26,18 @@ from gkd_jax.models.hf import load_pretrained
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = tasks.asset_dir("arithmetic")
 STEPS, CHECK_EVERY = 20, 4
-COMPARED = ("loss", "divergence", "on_policy_fraction", "completion_length", "grad_norm",
-            "student_entropy", "teacher_entropy", "eval/divergence", "eval/cross_entropy",
-            "eval/accuracy")
+COMPARED = (
+    "loss",
+    "divergence",
+    "on_policy_fraction",
+    "completion_length",
+    "grad_norm",
+    "student_entropy",
+    "teacher_entropy",
+    "eval/divergence",
+    "eval/cross_entropy",
+    "eval/accuracy",
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +46,7 @@ def config_file(tmp_path_factory):
   student = testing.save_tiny_llama(d / "student", seed=1, num_layers=1)
   teacher = testing.save_tiny_llama(d / "teacher", seed=2, num_layers=2)
   path = d / "config.py"
-  path.write_text(f'''
+  path.write_text(f"""
 from configs import arithmetic
 def get_config():
   c = arithmetic.get_config()
@@ -51,7 +60,7 @@ def get_config():
   c.eval.batch_size, c.eval.num_examples = 8, 16
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 1
   return c
-''')
+""")
   return str(path)
 
 
@@ -62,18 +71,37 @@ def _free_port():
 
 
 def _train(config, workdir, devices, *flags):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "gkd_jax.main", "train", f"--config={config}",
-         f"--workdir={workdir}", *flags]
-  return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          cwd=ROOT)
+  env = dict(
+      os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+  )
+  cmd = [
+      sys.executable,
+      "-m",
+      "gkd_jax.main",
+      "train",
+      f"--config={config}",
+      f"--workdir={workdir}",
+      *flags,
+  ]
+  return subprocess.Popen(
+      cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+  )
 
 
 def _two_processes(config, workdir):
   port = _free_port()
-  return [_train(config, workdir, 2, "--multihost", f"--coordinator=127.0.0.1:{port}",
-                 "--num_processes=2", f"--process_id={i}") for i in range(2)]
+  return [
+      _train(
+          config,
+          workdir,
+          2,
+          "--multihost",
+          f"--coordinator=127.0.0.1:{port}",
+          "--num_processes=2",
+          f"--process_id={i}",
+      )
+      for i in range(2)
+  ]
 
 
 def _finish(procs, timeout=900):
@@ -113,8 +141,7 @@ def test_two_processes_reproduce_one_process_through_sigterm_and_resume(config_f
   metrics_file = work / "metrics.jsonl"
   sent = False
   while time.time() < deadline and all(p.poll() is None for p in procs):
-    if metrics_file.exists() and any(r.get("step", 0) > 8 and "loss" in r
-                                     for r in _records(work)):
+    if metrics_file.exists() and any(r.get("step", 0) > 8 and "loss" in r for r in _records(work)):
       procs[1].send_signal(signal.SIGTERM)  # one process only: the other must stop with it
       sent = True
       break
@@ -129,7 +156,7 @@ def test_two_processes_reproduce_one_process_through_sigterm_and_resume(config_f
   assert stopped[0] % CHECK_EVERY == 0  # only check steps sync
 
   outs = _finish(_two_processes(config_file, work))
-  for (_, err) in outs:
+  for _, err in outs:
     assert "Traceback" not in err, err[-3000:]
   wall = time.time() - start
 
@@ -143,21 +170,25 @@ def test_two_processes_reproduce_one_process_through_sigterm_and_resume(config_f
   for step in a:
     for key in COMPARED:
       if key in a[step]:
-        np.testing.assert_allclose(b[step][key], a[step][key], rtol=2e-6, atol=1e-7,
-                                   err_msg=f"step {step} {key}")
+        np.testing.assert_allclose(
+            b[step][key], a[step][key], rtol=2e-6, atol=1e-7, err_msg=f"step {step} {key}"
+        )
   _, pa = load_pretrained(str(tmp_path / "single" / "student"))
   _, pb = load_pretrained(str(work / "student"))
   jax.tree.map(lambda x, y: np.testing.assert_allclose(y, x, rtol=2e-6, atol=1e-7), pa, pb)
   print(f"multi-process test wall time {wall:.0f} s")
 
 
-@pytest.mark.parametrize("args, message", [
-    (("127.0.0.1:1234", None, 0), "--num_processes missing"),
-    (("", 2, 0), "--coordinator missing"),
-    (("localhost", 2, 0), "must be HOST:PORT"),
-    (("127.0.0.1:1234", 2, 2), "--process_id=2 must be in [0, --num_processes=2)"),
-    (("127.0.0.1:1234", 0, 0), "--num_processes=0 must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("127.0.0.1:1234", None, 0), "--num_processes missing"),
+        (("", 2, 0), "--coordinator missing"),
+        (("localhost", 2, 0), "must be HOST:PORT"),
+        (("127.0.0.1:1234", 2, 2), "--process_id=2 must be in [0, --num_processes=2)"),
+        (("127.0.0.1:1234", 0, 0), "--num_processes=0 must be >= 1"),
+    ],
+)
 def test_bad_multihost_flags_are_one_clear_error(args, message):
   with pytest.raises(ValueError) as e:
     distributed.check_args(*args)

@@ -26,6 +26,7 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
   code = [c for c in nb.cells if c.cell_type == "code"]
   assert all(c.execution_count for c in code), "committed notebooks carry their outputs"
   assert any(o.output_type == "display_data" for c in code for o in c.outputs), "and figures"
-  NotebookClient(nb, timeout=600, kernel_name="python3",
-                 resources={"metadata": {"path": NOTEBOOKS}}).execute()  # raises on any error
+  NotebookClient(
+      nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": NOTEBOOKS}}
+  ).execute()  # raises on any error
   assert list(tmp_path.glob("*.png")), "a notebook saves its figures"

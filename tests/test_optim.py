@@ -11,8 +11,17 @@ from gkd_jax import optim
 
 
 def _tx(num_steps=10, **kw):
-  fields = dict(name="adamw", learning_rate=0.1, schedule="constant", warmup_steps=0,
-                weight_decay=0.0, b1=0.9, b2=0.99, grad_clip=0.0, grad_accum_steps=1)
+  fields = dict(
+      name="adamw",
+      learning_rate=0.1,
+      schedule="constant",
+      warmup_steps=0,
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.99,
+      grad_clip=0.0,
+      grad_accum_steps=1,
+  )
   fields.update(kw)
   return optim.OptimConfig(**fields).build(num_steps)
 
@@ -35,9 +44,15 @@ def test_learning_rate_is_warmup_then_the_schedule(schedule):
   want = []
   for t in range(steps):
     frac = (t - warmup) / (steps - warmup)
-    want.append(lr * t / warmup if t < warmup else {
-        "constant": lr, "cosine": 0.5 * lr * (1 + math.cos(math.pi * frac)),
-        "linear": lr * (1 - frac)}[schedule])
+    want.append(
+        lr * t / warmup
+        if t < warmup
+        else {
+            "constant": lr,
+            "cosine": 0.5 * lr * (1 + math.cos(math.pi * frac)),
+            "linear": lr * (1 - frac),
+        }[schedule]
+    )
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
 
 

@@ -30,10 +30,16 @@ def config_file(tmp_path_factory):
   d = tmp_path_factory.mktemp("plan")
   student = _write_model(d / "student", "tiny_gemma2")  # soft-capped logits, vocab 256
   teacher = _write_model(d / "teacher", "tiny_gemma2", num_hidden_layers=3)
-  big = _write_model(d / "big", "tiny_llama", vocab_size=256000, hidden_size=8192,
-                     intermediate_size=256, num_hidden_layers=1)
+  big = _write_model(
+      d / "big",
+      "tiny_llama",
+      vocab_size=256000,
+      hidden_size=8192,
+      intermediate_size=256,
+      num_hidden_layers=1,
+  )
   path = d / "config.py"
-  path.write_text(f'''
+  path.write_text(f"""
 from configs import default
 def get_config():
   c = default.get_config()
@@ -45,12 +51,13 @@ def get_config():
   c.train.batch_size = c.eval.batch_size = 8
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
   return c
-''')
+""")
   return dict(config=str(path), big=big)
 
 
 def _config(config_file, mesh):
   import runpy  # pylint: disable=import-outside-toplevel
+
   c = runpy.run_path(config_file["config"])["get_config"]()
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
   return c
@@ -91,10 +98,17 @@ def test_plan_command_fits_and_reports_json(config_file):
 def test_plan_that_does_not_fit_exits_1_and_replans_the_knobs(config_file):
   # A 2B-parameter one-layer model (8192 x 256000 embedding) replicated over data=4: f32 weights,
   # gradients and Adam moments (~34 GB) exceed v5e's 16 GiB; FSDP over the 4 chips (~8.4 GB) fits.
-  proc = _cli(config_file["config"], "--topology=v5e:2x2", "--json",
-              f"--config.student.path={config_file['big']}", "--config.gkd.divergence_weight=0",
-              "--config.gkd.ce_weight=1", "--config.gkd.lmbda=0", "--config.mesh.data=4",
-              "--config.mesh.fsdp=1")
+  proc = _cli(
+      config_file["config"],
+      "--topology=v5e:2x2",
+      "--json",
+      f"--config.student.path={config_file['big']}",
+      "--config.gkd.divergence_weight=0",
+      "--config.gkd.ce_weight=1",
+      "--config.gkd.lmbda=0",
+      "--config.mesh.data=4",
+      "--config.mesh.fsdp=1",
+  )
   assert proc.returncode == 1, proc.stderr[-3000:]
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
   assert summary["fits"] is False
@@ -113,13 +127,16 @@ def test_plan_command_bad_input_is_one_line_and_exit_2(config_file):
   assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("topology, changes, message", [
-    ("v5p-6", {}, "not a standard v5p slice"),
-    ("", {}, "needs --topology"),
-    ("v5p-8", {"mesh": (1, 3, 1)}, "mesh"),
-    ("v5p-8", {"teacher.path": "/nonexistent"}, "teacher.path='/nonexistent'"),
-    ("v5p-8", {"student.preset": "gemma9"}, "student.preset='gemma9' is not a preset"),
-])
+@pytest.mark.parametrize(
+    "topology, changes, message",
+    [
+        ("v5p-6", {}, "not a standard v5p slice"),
+        ("", {}, "needs --topology"),
+        ("v5p-8", {"mesh": (1, 3, 1)}, "mesh"),
+        ("v5p-8", {"teacher.path": "/nonexistent"}, "teacher.path='/nonexistent'"),
+        ("v5p-8", {"student.preset": "gemma9"}, "student.preset='gemma9' is not a preset"),
+    ],
+)
 def test_plan_bad_input_is_one_line_and_exit_2(config_file, capsys, topology, changes, message):
   config = _config(config_file, changes.pop("mesh", (1, -1, 1)))
   for dotted, value in changes.items():

@@ -67,8 +67,12 @@ def _restore_all(run_files, wd):
   manager = checkpoints.make_manager(wd / "checkpoints")
   out = []
   for step in sorted(manager.all_steps(), reverse=True):
-    restored = manager.restore(step, args=checkpoints.ocp.args.Composite(
-        state=checkpoints.ocp.args.StandardRestore(steps.abstract_state)))
+    restored = manager.restore(
+        step,
+        args=checkpoints.ocp.args.Composite(
+            state=checkpoints.ocp.args.StandardRestore(steps.abstract_state)
+        ),
+    )
     out.append((step, restored["state"]))
   return out
 
@@ -92,8 +96,13 @@ def test_a_non_finite_step_stops_the_run_and_nothing_non_finite_is_written(run_f
 
 def test_up_to_max_nonfinite_steps_are_skipped_and_counted(run_files, tmp_path):
   wd = tmp_path / "skip"
-  rc, err = _run(run_files, wd, "--config.optim.learning_rate=1e9", "--config.optim.grad_clip=0",
-                 "--config.train.max_nonfinite_steps=2")
+  rc, err = _run(
+      run_files,
+      wd,
+      "--config.optim.learning_rate=1e9",
+      "--config.optim.grad_clip=0",
+      "--config.train.max_nonfinite_steps=2",
+  )
   assert rc == 3, err[-3000:]
   assert len(re.findall(r"update skipped \((\d) of train.max_nonfinite_steps=2\)", err)) == 2
   assert "2 earlier bad step(s) were skipped" in _last_line(err)
@@ -103,8 +112,9 @@ def test_up_to_max_nonfinite_steps_are_skipped_and_counted(run_files, tmp_path):
   assert sum(skipped) >= 2  # the logged steps whose update was not applied
 
 
-def test_a_live_lock_refuses_a_second_run_and_a_dead_holders_lock_is_taken_over(run_files,
-                                                                               tmp_path):
+def test_a_live_lock_refuses_a_second_run_and_a_dead_holders_lock_is_taken_over(
+    run_files, tmp_path
+):
   wd = tmp_path / "locked"
   wd.mkdir()
   lock = workdir.acquire_lock(str(wd))  # this test process is the live holder
@@ -124,23 +134,36 @@ def test_a_live_lock_refuses_a_second_run_and_a_dead_holders_lock_is_taken_over(
 
 
 def test_resume_with_another_experiment_is_refused_safe_changes_resume_restart_starts_over(
-    run_files, tmp_path):
+    run_files, tmp_path
+):
   wd = tmp_path / "run"
   rc, err = _run(run_files, wd, "--config.train.num_steps=4")
   assert rc == 0, err[-3000:]
   before = _files(wd)
-  rc, err = _run(run_files, wd, "--config.train.num_steps=4", "--config.gkd.lmbda=0.7",
-                 "--config.train.batch_size=16")
+  rc, err = _run(
+      run_files,
+      wd,
+      "--config.train.num_steps=4",
+      "--config.gkd.lmbda=0.7",
+      "--config.train.batch_size=16",
+  )
   assert rc == 2, err[-3000:]
   last = _last_line(err)
-  assert ("gkd.lmbda: 0.5 -> 0.7" in last and "train.batch_size: 8 -> 16" in last
-          and "--restart" in last), last
+  assert (
+      "gkd.lmbda: 0.5 -> 0.7" in last
+      and "train.batch_size: 8 -> 16" in last
+      and "--restart" in last
+  ), last
   assert _files(wd) == before
-  rc, err = _run(run_files, wd, "--config.train.num_steps=4", "--config.train.log_every=2",
-                 "--config.train.keep_checkpoints=5")
+  rc, err = _run(
+      run_files,
+      wd,
+      "--config.train.num_steps=4",
+      "--config.train.log_every=2",
+      "--config.train.keep_checkpoints=5",
+  )
   assert rc == 0, err[-3000:]
-  rc, err = _run(run_files, wd, "--config.train.num_steps=4", "--config.gkd.lmbda=0.7",
-                 "--restart")
+  rc, err = _run(run_files, wd, "--config.train.num_steps=4", "--config.gkd.lmbda=0.7", "--restart")
   assert rc == 0, err[-3000:]
   assert json.loads((wd / "config.json").read_text())["config"]["gkd.lmbda"] == 0.7
   steps = [json.loads(l)["step"] for l in open(wd / "metrics.jsonl") if '"loss"' in l]
@@ -153,12 +176,13 @@ def _damage(ckpt, how):
   if how == "flip":
     raw[100:164] = bytes(b ^ 0xFF for b in raw[100:164])
   else:
-    raw = raw[:len(raw) // 2]
+    raw = raw[: len(raw) // 2]
   biggest.write_bytes(bytes(raw))
 
 
-def test_damaged_newest_checkpoint_and_torn_files_resume_to_the_same_run(run_files, straight,
-                                                                         tmp_path):
+def test_damaged_newest_checkpoint_and_torn_files_resume_to_the_same_run(
+    run_files, straight, tmp_path
+):
   wd = tmp_path / "run"
   shutil.copytree(straight, wd)
   for how in ("flip", "truncate"):
@@ -178,11 +202,23 @@ def test_damaged_newest_checkpoint_and_torn_files_resume_to_the_same_run(run_fil
 
 def test_sample_cuts_an_over_long_prompt_with_a_warning(run_files):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  proc = subprocess.run([sys.executable, "-m", "gkd_jax.main", "sample",
-                         f"--config={run_files['config']}", "--config.sampling.temperature=0",
-                         "--config.sampling.max_new_tokens=4"],
-                        input="Q: " + "1+" * 40 + "1\\nA:\n", capture_output=True, text=True,
-                        env=env, cwd=ROOT, timeout=300)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "gkd_jax.main",
+          "sample",
+          f"--config={run_files['config']}",
+          "--config.sampling.temperature=0",
+          "--config.sampling.max_new_tokens=4",
+      ],
+      input="Q: " + "1+" * 40 + "1\\nA:\n",
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=ROOT,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "keeping its last 16" in proc.stderr
   assert len(proc.stdout.splitlines()) == 1
@@ -201,26 +237,40 @@ def _bad_student(tmp_path, run_files, how):
     (d / "model.safetensors").write_bytes(os.urandom(4096))
   elif how == "escaping_index":
     os.rename(d / "model.safetensors", tmp_path / "outside.safetensors")
-    names = json.loads(subprocess.run(
-        [sys.executable, "-c", "import json,sys; from safetensors import safe_open; "
-         f"print(json.dumps(list(safe_open({str(tmp_path / 'outside.safetensors')!r}, "
-         "'np').keys())))"], capture_output=True, text=True, check=True).stdout)
-    (d / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {n: "../outside.safetensors" for n in names}}))
+    names = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import json,sys; from safetensors import safe_open; "
+                f"print(json.dumps(list(safe_open({str(tmp_path / 'outside.safetensors')!r}, "
+                "'np').keys())))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {n: "../outside.safetensors" for n in names}})
+    )
   return str(d)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("non_utf8_jsonl", "bad.jsonl:2: not UTF-8"),
-    ("invalid_json", "config.json"),
-    ("bad_field", "config.json (student.path)"),
-    ("garbage_weights", "model.safetensors: not a readable safetensors file"),
-    ("escaping_index", "is not a file name in the checkpoint folder"),
-    ("typo_field", "--config.gkd.lmbd: no such config field"),
-    ("missing_config", "nonexistent.py: no such file"),
-    ("workdir_is_a_file", "exists and is not a directory"),
-    ("prompts_is_a_dir", "is not a file"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("non_utf8_jsonl", "bad.jsonl:2: not UTF-8"),
+        ("invalid_json", "config.json"),
+        ("bad_field", "config.json (student.path)"),
+        ("garbage_weights", "model.safetensors: not a readable safetensors file"),
+        ("escaping_index", "is not a file name in the checkpoint folder"),
+        ("typo_field", "--config.gkd.lmbd: no such config field"),
+        ("missing_config", "nonexistent.py: no such file"),
+        ("workdir_is_a_file", "exists and is not a directory"),
+        ("prompts_is_a_dir", "is not a file"),
+    ],
+)
 def test_bad_input_is_one_line_with_exit_code_2(run_files, tmp_path, case, message):
   wd = tmp_path / "existing"
   wd.mkdir()
@@ -241,7 +291,7 @@ def test_bad_input_is_one_line_with_exit_code_2(run_files, tmp_path, case, messa
     before = {}
   elif case == "prompts_is_a_dir":
     command, flags = "sample", [f"--prompts={tmp_path}"]
-  config = (str(tmp_path / "nonexistent.py") if case == "missing_config" else run_files["config"])
+  config = str(tmp_path / "nonexistent.py") if case == "missing_config" else run_files["config"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   cmd = [sys.executable, "-m", "gkd_jax.main", command, f"--config={config}", *flags]
   if command == "train":
@@ -283,19 +333,25 @@ KILLER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_kill_9_at_any_moment_then_resume_reproduces_the_uninterrupted_run(run_files, straight,
-                                                                           tmp_path):
+def test_kill_9_at_any_moment_then_resume_reproduces_the_uninterrupted_run(
+    run_files, straight, tmp_path
+):
   script = tmp_path / "killer.py"
   script.write_text(KILLER)
   wd = tmp_path / "killed"
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  cmd = [sys.executable, str(script), "train", f"--config={run_files['config']}",
-         f"--workdir={wd}"]
+  cmd = [sys.executable, str(script), "train", f"--config={run_files['config']}", f"--workdir={wd}"]
   # Orbax saves steps 1, 4, 8, 12: the 2nd finalize is step 4's; on the resume from step 1 the 1st
   # digest verifies step 1 and the 2nd records step 4's checksums.
   for point, nth in (("checkpoint_finalize", 2), ("checksums", 2), ("metrics", 0), ("export", 1)):
-    proc = subprocess.Popen(cmd, env=dict(env, KILL_AT=point, KILL_NTH=str(nth)), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=dict(env, KILL_AT=point, KILL_NTH=str(nth)),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if point == "metrics":  # a moment of the loop itself, from outside
       start = max(_train_records_tolerant(wd), default=0)
       deadline = time.time() + 300
@@ -313,4 +369,5 @@ def test_kill_9_at_any_moment_then_resume_reproduces_the_uninterrupted_run(run_f
 
 def _train_records_tolerant(wd):
   from gkd_jax import metrics  # pylint: disable=import-outside-toplevel
+
   return {r["step"] for r in metrics.read_metrics(str(wd / "metrics.jsonl")) if "loss" in r}

@@ -18,7 +18,7 @@ def _prompts(vocab, lengths, P, seed=0, side="left"):
   mask = np.zeros((len(lengths), P), np.int32)
   for b, n in enumerate(lengths):
     if side == "left":
-      mask[b, P - n:] = 1
+      mask[b, P - n :] = 1
     else:
       mask[b, :n] = 1
   return tokens, mask
@@ -43,12 +43,21 @@ def test_kv_cache_decode_logits_equal_score_at_every_step(family):
   V, N = model.config.vocab_size, 12
   prompt, pmask = _prompts(V, [9, 6, 9], 9)
   pmask[2] = np.r_[np.ones(5), np.zeros(4)]  # one right-padded row (sample left-aligns it)
-  out, logits = gkd_jax.sample(model, params, prompt, pmask, jax.random.key(0), max_new_tokens=N,
-                               temperature=0.0, eos_id=None, return_logits=True)
+  out, logits = gkd_jax.sample(
+      model,
+      params,
+      prompt,
+      pmask,
+      jax.random.key(0),
+      max_new_tokens=N,
+      temperature=0.0,
+      eos_id=None,
+      return_logits=True,
+  )
   gen = np.asarray(out.tokens)
   assert (np.asarray(out.mask) == 1).all()
   seq, smask = _concat_left_aligned(prompt, pmask, gen)
-  ref = np.asarray(gkd_jax.score(model, params, seq, smask))[:, -N - 1:-1]  # predicts gen[:, i]
+  ref = np.asarray(gkd_jax.score(model, params, seq, smask))[:, -N - 1 : -1]  # predicts gen[:, i]
   np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4, rtol=1e-4)
   chosen = np.take_along_axis(ref, gen[..., None], -1)[..., 0]
   assert (chosen >= ref.max(-1) - 1e-4).all()  # greedy (up to float ties)
@@ -61,19 +70,35 @@ def test_mixed_prompt_lengths_give_the_same_greedy_output_as_each_prompt_alone()
   model, params = tiny("gemma2")
   lengths = [9, 3]
   prompt, pmask = _prompts(model.config.vocab_size, lengths, 9, seed=3)
-  batch = gkd_jax.sample(model, params, prompt, pmask, jax.random.key(1), max_new_tokens=10,
-                         temperature=0.0)
+  batch = gkd_jax.sample(
+      model, params, prompt, pmask, jax.random.key(1), max_new_tokens=10, temperature=0.0
+  )
   for b, n in enumerate(lengths):
-    alone = gkd_jax.sample(model, params, prompt[b:b + 1, 9 - n:], pmask[b:b + 1, 9 - n:],
-                           jax.random.key(1), max_new_tokens=10, temperature=0.0)
+    alone = gkd_jax.sample(
+        model,
+        params,
+        prompt[b : b + 1, 9 - n :],
+        pmask[b : b + 1, 9 - n :],
+        jax.random.key(1),
+        max_new_tokens=10,
+        temperature=0.0,
+    )
     np.testing.assert_array_equal(np.asarray(batch.tokens[b]), np.asarray(alone.tokens[0]))
 
 
 def _first_token_draws(model, params, n, temperature, **kw):
   prompt, pmask = _prompts(model.config.vocab_size, [5], 5, seed=7)
   logits = np.asarray(gkd_jax.score(model, params, prompt, pmask))[0, -1].astype(np.float64)
-  out = gkd_jax.sample(model, params, np.repeat(prompt, n, 0), np.repeat(pmask, n, 0),
-                       jax.random.key(42), max_new_tokens=1, temperature=temperature, **kw)
+  out = gkd_jax.sample(
+      model,
+      params,
+      np.repeat(prompt, n, 0),
+      np.repeat(pmask, n, 0),
+      jax.random.key(42),
+      max_new_tokens=1,
+      temperature=temperature,
+      **kw,
+  )
   return logits, np.asarray(out.tokens[:, 0]), np.asarray(out.logprobs[:, 0])
 
 
@@ -127,9 +152,19 @@ def test_top_k_top_p_draw_only_from_the_allowed_set_with_renormalised_probs(top_
 def test_top_k_every_step_stays_in_the_step_top_k():
   model, params = tiny("gemma3", seed=2)
   prompt, pmask = _prompts(model.config.vocab_size, [6, 3] * 64, 6, seed=2)
-  out, logits = gkd_jax.sample(model, params, prompt, pmask, jax.random.key(3), max_new_tokens=6,
-                               temperature=1.5, top_k=3, top_p=0.95, eos_id=None,
-                               return_logits=True)
+  out, logits = gkd_jax.sample(
+      model,
+      params,
+      prompt,
+      pmask,
+      jax.random.key(3),
+      max_new_tokens=6,
+      temperature=1.5,
+      top_k=3,
+      top_p=0.95,
+      eos_id=None,
+      return_logits=True,
+  )
   top3 = np.argsort(-np.asarray(logits), axis=-1)[..., :3]
   assert (top3 == np.asarray(out.tokens)[..., None]).any(-1).all()
 
@@ -160,31 +195,52 @@ def test_decode_loop_stops_once_every_row_has_finished():
   model, params = tiny("qwen3")
   V = model.config.vocab_size
   prompt, pmask = _prompts(V, [4, 2], 4)
-  out, logits = gkd_jax.sample(model, params, prompt, pmask, jax.random.key(0), max_new_tokens=8,
-                               eos_id=list(range(V)), return_logits=True)
+  out, logits = gkd_jax.sample(
+      model,
+      params,
+      prompt,
+      pmask,
+      jax.random.key(0),
+      max_new_tokens=8,
+      eos_id=list(range(V)),
+      return_logits=True,
+  )
   np.testing.assert_array_equal(np.asarray(out.mask), [[1] + [0] * 7] * 2)
   assert np.abs(np.asarray(logits)[:, 1:]).max() == 0  # no decode step ran
   # Another temperature, rng and prompt of the same shape reuse the compiled program.
   from gkd_jax.sampling import _sample
+
   compiled = _sample._cache_size()
-  gkd_jax.sample(model, params, prompt[::-1], pmask[::-1], jax.random.key(5), max_new_tokens=8,
-                 temperature=0.3, eos_id=list(range(V)), return_logits=True)
+  gkd_jax.sample(
+      model,
+      params,
+      prompt[::-1],
+      pmask[::-1],
+      jax.random.key(5),
+      max_new_tokens=8,
+      temperature=0.3,
+      eos_id=list(range(V)),
+      return_logits=True,
+  )
   assert _sample._cache_size() == compiled
 
 
 def test_bad_arguments_raise():
   model, params = tiny("qwen3")
   prompt, pmask = _prompts(model.config.vocab_size, [4], 4)
-  for kw, field in [(dict(max_new_tokens=0), "max_new_tokens"),
-                    (dict(max_new_tokens=2, top_p=0.0), "top_p"),
-                    (dict(max_new_tokens=2, top_k=-1), "top_k"),
-                    (dict(max_new_tokens=2, temperature=-1.0), "temperature")]:
+  for kw, field in [
+      (dict(max_new_tokens=0), "max_new_tokens"),
+      (dict(max_new_tokens=2, top_p=0.0), "top_p"),
+      (dict(max_new_tokens=2, top_k=-1), "top_k"),
+      (dict(max_new_tokens=2, temperature=-1.0), "temperature"),
+  ]:
     with pytest.raises(ValueError, match=field):
       gkd_jax.sample(model, params, prompt, pmask, jax.random.key(0), **kw)
 
 
 def test_sample_under_jit_with_params_sharded_by_logical_axes():
   from jax.sharding import NamedSharding, PartitionSpec as P
+
   model, params = tiny("gemma2")
   mesh, sharded = sharded_2x2x2(model, params)
   assert len(sharded["layers"][0]["attn"]["q"].sharding.device_set) == 8
@@ -210,8 +266,17 @@ def test_bfloat16_decode_tracks_bfloat16_score():
   bf = build(model.config, jnp.bfloat16)
   params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
   prompt, pmask = _prompts(model.config.vocab_size, [7, 4], 7, seed=6)
-  out, logits = gkd_jax.sample(bf, params, prompt, pmask, jax.random.key(0), max_new_tokens=6,
-                               temperature=0.0, eos_id=None, return_logits=True)
+  out, logits = gkd_jax.sample(
+      bf,
+      params,
+      prompt,
+      pmask,
+      jax.random.key(0),
+      max_new_tokens=6,
+      temperature=0.0,
+      eos_id=None,
+      return_logits=True,
+  )
   assert out.tokens.dtype == jnp.int32 and logits.dtype == jnp.float32
   seq, smask = _concat_left_aligned(prompt, pmask, np.asarray(out.tokens))
   ref = np.asarray(gkd_jax.score(bf, params, seq, smask))[:, -7:-1]

@@ -85,8 +85,10 @@ def test_score_under_jit_with_params_sharded_by_logical_axes():
   tokens, mask = _batch(model.config)
   tokens, mask = np.concatenate([tokens, tokens[:1]]), np.concatenate([mask, mask[:1]])
   data = NamedSharding(mesh, P("data", None))
-  fn = jax.jit(lambda p, t, m: gkd_jax.score(model, p, t, m),
-               out_shardings=NamedSharding(mesh, P("data", None, "tensor")))
+  fn = jax.jit(
+      lambda p, t, m: gkd_jax.score(model, p, t, m),
+      out_shardings=NamedSharding(mesh, P("data", None, "tensor")),
+  )
   got = fn(sharded, jax.device_put(tokens, data), jax.device_put(mask, data))
   assert got.sharding.spec == P("data", None, "tensor")
   want = gkd_jax.score(model, params, tokens, mask)
@@ -107,10 +109,11 @@ def test_output_from_runs_the_last_layer_only_where_asked():
 
     def loss(p, k):
       h = gkd_jax.score(model, p, tokens, mask, return_hidden=True, output_from=k)
-      return jnp.sum(h[:, 6 - k:] * w)
+      return jnp.sum(h[:, 6 - k :] * w)
 
     g_full, g_part = jax.grad(loss)(params, 0), jax.grad(loss)(params, 6)
     for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_part)):
       # float32 sums in another order: differences of ~1e-5 of the gradient's scale
-      np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-5 * float(np.abs(a).max()),
-                                 err_msg=family)
+      np.testing.assert_allclose(
+          b, a, rtol=1e-4, atol=2e-5 * float(np.abs(a).max()), err_msg=family
+      )

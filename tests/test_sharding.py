@@ -7,8 +7,15 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gkd_jax import models, sharding, testing
 
-RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
-         ("kv_heads", "tensor"), ("head_dim", None), ("vocab", "tensor"))
+RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+)
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 4, 2)]
 
 
@@ -23,7 +30,8 @@ def test_make_mesh_shapes(shape):
   assert mesh.axis_names == ("data", "fsdp", "tensor")
   assert tuple(mesh.shape.values()) == shape
   assert sorted(d.id for d in mesh.devices.flat) == sorted(
-      d.id for d in jax.devices()[:int(np.prod(shape))])
+      d.id for d in jax.devices()[: int(np.prod(shape))]
+  )
 
 
 def test_fill_rule_and_errors():
@@ -41,8 +49,9 @@ def test_logical_to_pspec():
   assert sharding.logical_to_pspec(("embed", "mlp"), RULES) == P("fsdp", "tensor")
   assert sharding.logical_to_pspec(("vocab", "embed"), RULES) == P("tensor", "fsdp")
   # An axis used twice in one spec is dropped the second time.
-  assert sharding.logical_to_pspec(("heads", "kv_heads", "head_dim"), RULES) == P("tensor", None,
-                                                                                  None)
+  assert sharding.logical_to_pspec(("heads", "kv_heads", "head_dim"), RULES) == P(
+      "tensor", None, None
+  )
   assert sharding.logical_to_pspec(("batch", None), RULES) == P(("data", "fsdp"), None)
   assert sharding.logical_to_pspec(("batch", "embed"), RULES) == P(("data", "fsdp"), None)
   assert sharding.logical_to_pspec(("unknown", "embed"), RULES) == P(None, "fsdp")
@@ -66,12 +75,18 @@ def _check_placement(x, arr, mesh, spec):
 def test_tree_shardings_place_arrays(shape):
   mesh = _mesh(shape)
   rng = np.random.default_rng(0)
-  logical = {"embed": P("vocab", "embed"), "layers": [{"q": ("embed", "heads", "head_dim"),
-                                                       "up": ("embed", "mlp")}],
-             "norm": ("embed",), "scalar": ()}
-  params = {"embed": rng.normal(size=(32, 16)), "layers": [{"q": rng.normal(size=(16, 8, 4)),
-                                                             "up": rng.normal(size=(16, 24))}],
-            "norm": rng.normal(size=(16,)), "scalar": rng.normal(size=())}
+  logical = {
+      "embed": P("vocab", "embed"),
+      "layers": [{"q": ("embed", "heads", "head_dim"), "up": ("embed", "mlp")}],
+      "norm": ("embed",),
+      "scalar": (),
+  }
+  params = {
+      "embed": rng.normal(size=(32, 16)),
+      "layers": [{"q": rng.normal(size=(16, 8, 4)), "up": rng.normal(size=(16, 24))}],
+      "norm": rng.normal(size=(16,)),
+      "scalar": rng.normal(size=()),
+  }
   params = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
   sh = sharding.tree_shardings(mesh, logical, RULES, shapes=params)
   assert jax.tree.structure(sh) == jax.tree.structure(params)
@@ -91,8 +106,10 @@ def test_indivisible_dims_fall_back():
   assert fit(P("tensor"), (4, 3), mesh) == P("tensor", None)
   mesh8 = _mesh((1, 8, 1))
   logical = {"w": ("embed", "mlp"), "b": ("mlp",)}
-  shapes = {"w": jax.ShapeDtypeStruct((12, 24), np.float32),
-            "b": jax.ShapeDtypeStruct((24,), np.float32)}
+  shapes = {
+      "w": jax.ShapeDtypeStruct((12, 24), np.float32),
+      "b": jax.ShapeDtypeStruct((24,), np.float32),
+  }
   sh = sharding.tree_shardings(mesh8, logical, RULES, shapes=shapes)
   assert sh["w"].spec == P(None, "tensor") and sh["b"].spec == P("tensor")  # tensor has size 1
   x = np.random.default_rng(1).normal(size=(12, 24)).astype(np.float32)
@@ -116,7 +133,8 @@ def test_rules_can_name_every_logical_axis_a_model_uses():
   used = {"batch"}
   for family in testing.FAMILIES:
     cfg = testing.tiny_config(family, tie_embeddings=False, qkv_bias=True, qk_norm=True)
-    specs = jax.tree.leaves(models.logical_axes(models.build(cfg)),
-                            is_leaf=lambda x: isinstance(x, P))
+    specs = jax.tree.leaves(
+        models.logical_axes(models.build(cfg)), is_leaf=lambda x: isinstance(x, P)
+    )
     used |= {name for spec in specs for name in spec}
   assert used == set(sharding.LOGICAL_AXES)

@@ -37,8 +37,10 @@ def test_documented_example():
 
 def test_completions_are_correct_column_additions():
   rng = random.Random(0)
-  pairs = [(rng.randint(0, 10**rng.randint(1, 5)), rng.randint(0, 10**rng.randint(1, 5)))
-           for _ in range(300)] + [(9999, 9999), (9999, 1), (0, 0), (5, 5), (10, 90)]
+  pairs = [
+      (rng.randint(0, 10 ** rng.randint(1, 5)), rng.randint(0, 10 ** rng.randint(1, 5)))
+      for _ in range(300)
+  ] + [(9999, 9999), (9999, 1), (0, 0), (5, 5), (10, 90)]
   for a, b in pairs:
     _check_steps(a, b, arithmetic.make_completion(a, b))
 
@@ -56,8 +58,9 @@ def test_generate_examples_distinct_deterministic_in_range():
       lengths.add(len(str(v)))
     _check_steps(a, b, e["completion"])
   assert lengths == {2, 3}
-  excluded = arithmetic.generate_examples(50, seed=3, min_digits=2, max_digits=3,
-                                          exclude=[e["prompt"] for e in ex[:10]])
+  excluded = arithmetic.generate_examples(
+      50, seed=3, min_digits=2, max_digits=3, exclude=[e["prompt"] for e in ex[:10]]
+  )
   assert not {e["prompt"] for e in excluded} & {e["prompt"] for e in ex[:10]}
   with pytest.raises(ValueError):
     arithmetic.generate_examples(101, seed=0, min_digits=1, max_digits=1)  # only 100 exist
@@ -117,8 +120,9 @@ def test_bundled_assets_are_rebuilt_exactly(tmp_path):
     assert e["completion"] == arithmetic.make_completion(a, b)
   # The committed files are what the documented builder writes (defaults: seed 0, 5000/500).
   eval_ex = arithmetic.generate_examples(len(evals), 1, 2, 4)
-  train_ex = arithmetic.generate_examples(len(train), 0, 2, 4,
-                                          exclude=[e["prompt"] for e in eval_ex])
+  train_ex = arithmetic.generate_examples(
+      len(train), 0, 2, 4, exclude=[e["prompt"] for e in eval_ex]
+  )
   arithmetic.write_jsonl(tmp_path / "t.jsonl", train_ex)
   arithmetic.write_jsonl(tmp_path / "e.jsonl", eval_ex)
   for mine, theirs in (("t.jsonl", "train.jsonl"), ("e.jsonl", "eval.jsonl")):

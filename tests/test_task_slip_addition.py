@@ -33,8 +33,9 @@ def _parse(completion):
     m = STEP.fullmatch(s)
     assert m, s
     g = m.groups()
-    steps.append([(int(g[2 * k]), None if g[2 * k + 1] is None else int(g[2 * k + 1]))
-                  for k in range(4)])
+    steps.append(
+        [(int(g[2 * k]), None if g[2 * k + 1] is None else int(g[2 * k + 1])) for k in range(4)]
+    )
   return steps, answer
 
 
@@ -42,7 +43,7 @@ def test_documented_example_and_clean_completions():
   assert task.make_completion(472, 389) == " 2+9+0=11|7+8+1=16|4+3+1=8|=861"
   rng = random.Random(0)
   for _ in range(300):
-    a, b = rng.randrange(10**rng.randint(1, 8)), rng.randrange(10**rng.randint(1, 8))
+    a, b = rng.randrange(10 ** rng.randint(1, 8)), rng.randrange(10 ** rng.randint(1, 8))
     steps, answer = _parse(task.make_completion(a, b))
     assert answer == str(a + b)
     assert [tuple(w for w, _ in s) for s in steps] == _columns(a, b)
@@ -81,16 +82,19 @@ def test_generate_problems_distinct_deterministic_disjoint():
     task.generate_problems(1, 0, 4, 3)
 
 
-@pytest.mark.parametrize("completion,correct", [
-    (" 2+9+0=11|7+8+1=16|4+3+1=8|=861", True),
-    (" 2+9+0=12/11|7+8+1=16|4+3+1=8|=861", True),  # corrected slip
-    (" 2+9+0=11|7+8+1=16|4+3+1=8|=86/861", True),  # corrections resolve anywhere
-    (" 2+9+0=11|7+8+1=16|4+3+1=8|=851", False),
-    (" 2+9+0=11|7+8+1=16|4+3+1=8|=861/851", False),  # "corrected" to a wrong answer
-    (" 2+9+0=11|7+8+1=16|4+3+1=8|=8612", False),
-    (" 2+9+0=11|7+8+1=16|4+3+1=8", False),  # no answer
-    ("", False),
-])
+@pytest.mark.parametrize(
+    "completion,correct",
+    [
+        (" 2+9+0=11|7+8+1=16|4+3+1=8|=861", True),
+        (" 2+9+0=12/11|7+8+1=16|4+3+1=8|=861", True),  # corrected slip
+        (" 2+9+0=11|7+8+1=16|4+3+1=8|=86/861", True),  # corrections resolve anywhere
+        (" 2+9+0=11|7+8+1=16|4+3+1=8|=851", False),
+        (" 2+9+0=11|7+8+1=16|4+3+1=8|=861/851", False),  # "corrected" to a wrong answer
+        (" 2+9+0=11|7+8+1=16|4+3+1=8|=8612", False),
+        (" 2+9+0=11|7+8+1=16|4+3+1=8", False),  # no answer
+        ("", False),
+    ],
+)
 def test_scorer_resolves_corrections_and_rejects_wrong_answers(completion, correct):
   assert task.is_correct("Q: 472+389\nA:", completion) is correct
 
@@ -108,15 +112,20 @@ def test_analyse_counts_slips_repairs_and_first_error():
   garbage = task.analyse(p, " 2+9+0=11|7+8")
   assert garbage["first_error"] == 1
   assert task.analyse(p, " 2+9+0=11|7+8+1=16|4+3+1=8|0+0+1=1|=861")["first_error"] == 3
-  hist = task.first_error_histogram([p] * 3, [" 2+9+0=11|7+8", " 2+9+0=12|7+8+1=16|4+3+1=8|=861",
-                                              " 2+9+0=11|7+8+1=16|4+3+1=8|=861"])
+  hist = task.first_error_histogram(
+      [p] * 3,
+      [" 2+9+0=11|7+8", " 2+9+0=12|7+8+1=16|4+3+1=8|=861", " 2+9+0=11|7+8+1=16|4+3+1=8|=861"],
+  )
   assert hist == [1, 1, 0, 0]
 
 
 def test_evaluate_reports_per_difficulty_and_rates():
   prompts = ["Q: 472+389\nA:", "Q: 1234+8\nA:", "Q: 1000+2000\nA:"]
-  completions = [" 2+9+0=12/11|7+8+1=16|4+3+1=8|=861", " 4+8+0=12|3+0+1=4|2+0+0=2|1+0+0=1|=1242",
-                 " 0+0+0=0|0+0+0=1|0+0+1=1|1+2+0=3|=3110"]
+  completions = [
+      " 2+9+0=12/11|7+8+1=16|4+3+1=8|=861",
+      " 4+8+0=12|3+0+1=4|2+0+0=2|1+0+0=1|=1242",
+      " 0+0+0=0|0+0+0=1|0+0+1=1|1+2+0=3|=3110",
+  ]
   m = get_task("slip_addition").evaluate(prompts, completions)
   assert m["accuracy"] == pytest.approx(2 / 3)
   assert (m["accuracy_d3"], m["accuracy_d4"]) == (1.0, 0.5)

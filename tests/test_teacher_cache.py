@@ -32,8 +32,12 @@ def files(tmp_path_factory):
   prompt_only = json.dumps({"prompt": json.loads(lines[0])["prompt"]}) + "\n"
   train = d / "train.jsonl"
   train.write_text("".join(lines[:4]) + "\n" + prompt_only + "".join(lines[4:]))  # a blank line too
-  return dict(dir=d, train=str(train), teacher=testing.save_tiny_llama(d / "teacher", seed=2),
-              other_teacher=testing.save_tiny_llama(d / "other_teacher", seed=3))
+  return dict(
+      dir=d,
+      train=str(train),
+      teacher=testing.save_tiny_llama(d / "teacher", seed=2),
+      other_teacher=testing.save_tiny_llama(d / "other_teacher", seed=3),
+  )
 
 
 def _config(files, **changes):
@@ -59,7 +63,7 @@ def _direct_topk(files):
     row = tokenize.map(record)
     tokens = np.concatenate([row["prompt_tokens"], row["completion_tokens"]])[None]
     mask = np.concatenate([row["prompt_mask"], row["completion_mask"]])[None]
-    logits_CxV = score(model, params, tokens, mask)[0, P - 1:-1]
+    logits_CxV = score(model, params, tokens, mask)[0, P - 1 : -1]
     logp, ids = jax.lax.top_k(jax.nn.log_softmax(logits_CxV / TAU, axis=-1), K)
     n = int(row["completion_mask"].sum())
     out.append((np.asarray(ids)[:n], np.asarray(logp)[:n], row["completion_tokens"][:n]))
@@ -136,13 +140,19 @@ def test_every_mismatch_is_refused_with_one_line(files, written):
   with open(edited, "a") as f:
     f.write(json.dumps({"prompt": "1+1=", "completion": "2"}) + "\n")
   cases = [
-      (dict(data__train_path=edited), r"data \(data.train_path and its tokenization\) differs "
-       r"\(sha256: cache [0-9a-f]{12}, run [0-9a-f]{12}\)"),
+      (
+          dict(data__train_path=edited),
+          r"data \(data.train_path and its tokenization\) differs "
+          r"\(sha256: cache [0-9a-f]{12}, run [0-9a-f]{12}\)",
+      ),
       (dict(data__max_completion_len=C + 1), "max_completion_len: cache 12, run 13"),
       (dict(tokenizer__path=_other_tokenizer(files)), "tokenizer differs"),
       (dict(teacher__path=files["other_teacher"]), r"teacher \(teacher.path\) differs"),
       (dict(gkd__teacher_cache_k=K + 1), r"k \(gkd.teacher_cache_k\) differs \(cache 4, run 5\)"),
-      (dict(gkd__temperature=1.0), r"temperature \(gkd.temperature\) differs \(cache 0.7, run 1.0\)"),
+      (
+          dict(gkd__temperature=1.0),
+          r"temperature \(gkd.temperature\) differs \(cache 0.7, run 1.0\)",
+      ),
   ]
   for changes, needle in cases:
     with pytest.raises(ValueError, match=needle) as e:
@@ -168,7 +178,7 @@ def test_bad_cache_directories(files, tmp_path):
 def test_cli_cache_teacher(files, written, tmp_path):
   """`gkd-jax cache-teacher` writes the same cache (one shard here); no --out is a usage error."""
   config = tmp_path / "config.py"
-  config.write_text(f'''
+  config.write_text(f"""
 from configs import arithmetic
 def get_config():
   c = arithmetic.get_config()
@@ -178,7 +188,7 @@ def get_config():
   c.eval.batch_size = 4
   c.sampling.max_new_tokens = c.eval.max_new_tokens = {C}
   return c
-''')
+""")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   cmd = [sys.executable, "-m", "gkd_jax.main", "cache-teacher", f"--config={config}"]
   bad = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
@@ -191,5 +201,6 @@ def get_config():
   assert a.metadata["data"] == b.metadata["data"] and a.metadata["teacher"] == b.metadata["teacher"]
   for i in range(len(b)):
     np.testing.assert_array_equal(a[i]["teacher_topk_ids"], b[i]["teacher_topk_ids"])
-    np.testing.assert_allclose(a[i]["teacher_topk_logprobs"], b[i]["teacher_topk_logprobs"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        a[i]["teacher_topk_logprobs"], b[i]["teacher_topk_logprobs"], rtol=1e-6
+    )

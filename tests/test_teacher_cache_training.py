@@ -14,7 +14,9 @@ V = 32  # the arithmetic tokenizer's vocabulary
 
 def _config(d, **gkd):
   c = arithmetic.get_config()
-  c.student.path, c.teacher.path = testing.save_tiny_llama(d / "student", seed=1, num_layers=1), str(d / "teacher")
+  c.student.path, c.teacher.path = testing.save_tiny_llama(
+      d / "student", seed=1, num_layers=1
+  ), str(d / "teacher")
   c.gkd.lmbda, c.gkd.loss, c.gkd.temperature = 0.0, "jsd", 1.3
   c.gkd.teacher_cache_k = V
   c.train.batch_size, c.train.num_steps, c.train.log_every = 8, 4, 1
@@ -45,8 +47,9 @@ def test_cache_run_never_loads_the_teacher_and_matches_the_live_teacher(cached, 
   train.train(live, str(cached / "live"))
   loads = []
   original = train._load  # pylint: disable=protected-access
-  monkeypatch.setattr(train, "_load", lambda section, name, *a: (loads.append(name),
-                                                                 original(section, name, *a))[1])
+  monkeypatch.setattr(
+      train, "_load", lambda section, name, *a: (loads.append(name), original(section, name, *a))[1]
+  )
   train.train(_config(cached, teacher_cache=str(cached / "cache")), str(cached / "cached"))
   assert loads == ["student"]  # the teacher is never read
   want, got = _losses(cached / "live"), _losses(cached / "cached")

@@ -10,8 +10,12 @@ from gkd_jax import testing
 from gkd_jax import tokenizers as tk
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "chat_templates", "rendered.json")
-SAMPLES = ["Hello world, the student learns.", "12345 + 678 = ?", "  two  spaces\nnew line",
-           "distillation"]
+SAMPLES = [
+    "Hello world, the student learns.",
+    "12345 + 678 = ?",
+    "  two  spaces\nnew line",
+    "distillation",
+]
 
 
 def _write_json(directory, name, obj):
@@ -28,6 +32,7 @@ def sp_dir(tmp_path_factory):
 
 def test_sentencepiece_encode_decode(sp_dir):
   import sentencepiece as spm
+
   ref = spm.SentencePieceProcessor(model_file=os.path.join(sp_dir, "tokenizer.model"))
   for path in (sp_dir, os.path.join(sp_dir, "tokenizer.model")):
     tok = tk.load_tokenizer(path)
@@ -47,13 +52,15 @@ def test_sentencepiece_encode_decode(sp_dir):
 
 def test_special_ids_preference_order(tmp_path, sp_dir):
   import shutil
+
   d = str(tmp_path / "ckpt")
   shutil.copytree(sp_dir, d)
   tok = tk.load_tokenizer(d)
   eot = tok.token_to_id("<end_of_turn>")
   # config.json beats the model ...
-  _write_json(d, "config.json", {"text_config": {"eos_token_id": 5}, "pad_token_id": 7,
-                                 "bos_token_id": 2})
+  _write_json(
+      d, "config.json", {"text_config": {"eos_token_id": 5}, "pad_token_id": 7, "bos_token_id": 2}
+  )
   tok = tk.load_tokenizer(d)
   assert (tok.eos_id, tok.pad_id) == (5, 7)
   # ... generation_config.json beats config.json (and lists every stop id) ...
@@ -62,8 +69,11 @@ def test_special_ids_preference_order(tmp_path, sp_dir):
   assert tok.eos_id == 9 and tok.stop_ids[:2] == (9, eot) and 5 in tok.stop_ids
   assert tok.pad_id == 7
   # ... and tokenizer_config.json's token strings beat both.
-  _write_json(d, "tokenizer_config.json", {"eos_token": {"content": "<end_of_turn>"},
-                                           "pad_token": "<pad>", "bos_token": "<s>"})
+  _write_json(
+      d,
+      "tokenizer_config.json",
+      {"eos_token": {"content": "<end_of_turn>"}, "pad_token": "<pad>", "bos_token": "<s>"},
+  )
   tok = tk.load_tokenizer(d)
   assert (tok.bos_id, tok.eos_id, tok.pad_id) == (2, eot, 0)
   assert tok.stop_ids[0] == eot and 9 in tok.stop_ids
@@ -72,6 +82,7 @@ def test_special_ids_preference_order(tmp_path, sp_dir):
 @pytest.mark.parametrize("family", ["chatml", "llama3", "gemma"])
 def test_tokenizer_json(tmp_path, family):
   from tokenizers import Tokenizer
+
   path = testing.build_tokenizer_json(str(tmp_path / family), family)
   ref = Tokenizer.from_file(path)
   tok = tk.load_tokenizer(os.path.dirname(path))
@@ -96,11 +107,19 @@ def test_tokenizer_json(tmp_path, family):
 
 
 def test_pickle_round_trip(tmp_path, sp_dir):
-  for tok in (tk.load_tokenizer(sp_dir), tk.load_tokenizer(os.path.dirname(
-      testing.build_tokenizer_json(str(tmp_path / "j"), "chatml")))):
+  for tok in (
+      tk.load_tokenizer(sp_dir),
+      tk.load_tokenizer(
+          os.path.dirname(testing.build_tokenizer_json(str(tmp_path / "j"), "chatml"))
+      ),
+  ):
     copy = pickle.loads(pickle.dumps(tok))
     assert (copy.bos_id, copy.eos_id, copy.pad_id, copy.vocab_size) == (
-        tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size)
+        tok.bos_id,
+        tok.eos_id,
+        tok.pad_id,
+        tok.vocab_size,
+    )
     for text in SAMPLES:
       assert copy.encode(text) == tok.encode(text)
 
@@ -121,9 +140,10 @@ def _cases():
 def test_chat_template_matches_reference_jinja(case):
   """Fixtures: the checkpoints' own Jinja templates rendered by transformers."""
   assert case["rendered"].startswith(case["bos_text"])
-  want = case["rendered"][len(case["bos_text"]):]
-  got = tk.apply_chat_template(case["messages"], case["family"],
-                               add_generation_prompt=case["add_generation_prompt"])
+  want = case["rendered"][len(case["bos_text"]) :]
+  got = tk.apply_chat_template(
+      case["messages"], case["family"], add_generation_prompt=case["add_generation_prompt"]
+  )
   assert got == want
 
 
@@ -133,19 +153,24 @@ def test_chat_fixture_covers_every_family():
 
 @pytest.mark.parametrize("family", ["chatml", "llama3", "gemma"])
 def test_chat_round_trip_through_tokenizer(tmp_path, family):
-  tok = tk.load_tokenizer(os.path.dirname(
-      testing.build_tokenizer_json(str(tmp_path / family), family)))
-  messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"},
-              {"role": "assistant", "content": "Hello student."},
-              {"role": "user", "content": "Numbers 12345?"}]
+  tok = tk.load_tokenizer(
+      os.path.dirname(testing.build_tokenizer_json(str(tmp_path / family), family))
+  )
+  messages = [
+      {"role": "system", "content": "Be brief."},
+      {"role": "user", "content": "Hello"},
+      {"role": "assistant", "content": "Hello student."},
+      {"role": "user", "content": "Numbers 12345?"},
+  ]
   text = tk.apply_chat_template(messages, family)
   ids = tok.encode(text, add_bos=True)
   bos_text = "" if tok.bos_id is None else tok.id_to_token(tok.bos_id)
   assert tok.decode(ids, skip_special=False) == bos_text + text
   end = tok.token_to_id(tk.end_of_turn_token(family))
   assert ids.count(end) == len(messages) - (1 if family == "gemma" else 0)  # gemma: system merged
-  opener = {"chatml": "<|im_start|>", "llama3": "<|start_header_id|>",
-            "gemma": "<start_of_turn>"}[family]
+  opener = {"chatml": "<|im_start|>", "llama3": "<|start_header_id|>", "gemma": "<start_of_turn>"}[
+      family
+  ]
   assert text.endswith(tk.apply_chat_template([messages[-1]], family).split(opener)[-1])
 
 
@@ -153,8 +178,9 @@ def test_chat_template_errors():
   with pytest.raises(ValueError, match="unknown chat family"):
     tk.apply_chat_template([{"role": "user", "content": "x"}], "mistral")
   with pytest.raises(ValueError, match="only allowed first"):
-    tk.apply_chat_template([{"role": "user", "content": "x"},
-                            {"role": "system", "content": "y"}], "gemma")
+    tk.apply_chat_template(
+        [{"role": "user", "content": "x"}, {"role": "system", "content": "y"}], "gemma"
+    )
   with pytest.raises(ValueError, match=r"messages\[0\]"):
     tk.apply_chat_template([{"role": "user", "content": 3}], "llama3")
   with pytest.raises(ValueError, match="non-empty"):

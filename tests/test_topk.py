@@ -75,8 +75,9 @@ def _np_bucket(tokens, ids):
   return np.where(hit.any(-1), hit.argmax(-1), ids.shape[-1])
 
 
-def ref_value_and_grad(zs, ids, lp, ct, *, kind, beta=0.5, alpha=0.1, tau=1.0, cap=None, tokens=None,
-                       h=1e-5):
+def ref_value_and_grad(
+    zs, ids, lp, ct, *, kind, beta=0.5, alpha=0.1, tau=1.0, cap=None, tokens=None, h=1e-5
+):
   """(values [N], d sum(ct * values) / d zs [N, V]) in float64; sampled_reverse_kl's gradient is the
   policy-gradient estimator ct * d * d/dz log P_S(bucket)."""
   zs = np.asarray(zs, np.float64)
@@ -133,6 +134,7 @@ def _dense_value_and_grad(zs, ids, lp, ct, tok, **kw):
   def f(z):
     d = divergences.topk_divergence(z, ids, lp, tokens=tok, **kw)
     return jnp.sum(d * ct), d
+
   (_, d), g = jax.value_and_grad(f, has_aux=True)(jnp.asarray(zs))
   return np.asarray(d), np.asarray(g)
 
@@ -143,8 +145,11 @@ def _dense_value_and_grad(zs, ids, lp, ct, tok, **kw):
 
 # every kind at an interior beta / alpha, and jsd's exact ends (the full grid of ends is
 # `token_divergence`'s, tested in test_divergences.py, and reached through the same call)
-SPECS = ([dict(kind=kind, beta=0.3, alpha=0.2) for kind in KINDS]
-         + [dict(kind="jsd", beta=0.0), dict(kind="jsd", beta=1.0), dict(kind="skew_forward_kl", alpha=1.0)])
+SPECS = [dict(kind=kind, beta=0.3, alpha=0.2) for kind in KINDS] + [
+    dict(kind="jsd", beta=0.0),
+    dict(kind="jsd", beta=1.0),
+    dict(kind="skew_forward_kl", alpha=1.0),
+]
 
 
 @pytest.mark.parametrize("k", [1, 8, V])
@@ -153,9 +158,12 @@ def test_dense_against_float64_reference(spec, k):
   for tau, scap, tcap in CASES:
     zs, ids, lp, ct, tok = _inputs(k, k, tau, tcap)
     tokens = tok if spec["kind"] == "sampled_reverse_kl" else None
-    d, g = _dense_value_and_grad(zs, ids, lp, ct, tokens, temperature=tau, student_softcap=scap,
-                                 **_kw(spec))
-    d_ref, g_ref = ref_value_and_grad(zs, ids, lp, ct, tau=tau, cap=scap, tokens=tokens, **_kw(spec))
+    d, g = _dense_value_and_grad(
+        zs, ids, lp, ct, tokens, temperature=tau, student_softcap=scap, **_kw(spec)
+    )
+    d_ref, g_ref = ref_value_and_grad(
+        zs, ids, lp, ct, tau=tau, cap=scap, tokens=tokens, **_kw(spec)
+    )
     where = f"{spec} k={k} tau={tau} cap={scap}"
     assert d.dtype == np.float32 and d.shape == (N,)
     assert_close(d, d_ref, 1e-5, "value " + where)
@@ -175,12 +183,14 @@ def test_k_equal_v_is_the_full_divergence(kind):
   lp = jnp.take_along_axis(lt, ids, -1)
   tok = jnp.asarray(r.integers(0, V, size=N))
   kw = dict(kind=kind, beta=0.3, alpha=0.2, temperature=tau, student_softcap=scap, tokens=tok)
+
   def per_token_and_grad(f):
     (_, d), g = jax.value_and_grad(lambda z: (lambda d: (d.sum(), d))(f(z)), has_aux=True)(zs)
     return d, g
 
   d_full, g_full = per_token_and_grad(
-      lambda z: divergences.token_divergence(z, zt, teacher_softcap=tcap, **kw))
+      lambda z: divergences.token_divergence(z, zt, teacher_softcap=tcap, **kw)
+  )
   d_topk, g_topk = per_token_and_grad(lambda z: divergences.topk_divergence(z, ids, lp, **kw))
   np.testing.assert_allclose(d_topk, d_full, rtol=2e-6, atol=1e-6)
   np.testing.assert_allclose(g_topk, g_full, rtol=2e-5, atol=1e-6)
@@ -230,25 +240,32 @@ def test_jit_and_leading_dims():
   zs, ids, lp, _, _ = _inputs(7, 8, 1.0, None, n=6)
   flat = divergences.topk_divergence(jnp.asarray(zs), ids, lp, kind="tvd")
   shaped = jax.jit(lambda z, i, p: divergences.topk_divergence(z, i, p, kind="tvd"))(
-      zs.reshape(2, 3, V), ids.reshape(2, 3, 8), lp.reshape(2, 3, 8))
+      zs.reshape(2, 3, V), ids.reshape(2, 3, 8), lp.reshape(2, 3, 8)
+  )
   assert shaped.shape == (2, 3)
   np.testing.assert_allclose(np.asarray(shaped).reshape(-1), flat, rtol=1e-6)
 
 
-@pytest.mark.parametrize("change, needle", [
-    (dict(ids=np.zeros((N, V + 1), np.int32)), r"k=38 must be in \[1, V=37\]"),
-    (dict(ids=np.full((N, 2), V, np.int32)), r"outside \[0, V=37\)"),
-    (dict(ids=np.full((N, 2), -1, np.int32)), r"outside \[0, V=37\)"),
-    (dict(ids=np.zeros((N, 2), np.int32)), "repeated id"),
-    (dict(ids=np.zeros((N + 1, 2), np.int32)), r"teacher_topk_ids.shape=\(5, 2\) must be \(4,\)"),
-    (dict(lp=np.full((N, 3), -1.0, np.float32)), r"teacher_topk_logprobs.shape=\(4, 3\) !="),
-    (dict(lp=np.full((N, 2), -0.1, np.float32)), "exp sums to 1.8"),
-    (dict(lp=np.full((N, 2), np.nan, np.float32)), "not NaN"),
-    (dict(ids=np.tile(np.arange(2.0), (N, 1))), "must be an integer type"),
-    (dict(kind="sampled_reverse_kl"), "tokens=None"),
-    (dict(kind="kl"), "kind='kl'"),
-    (dict(beta=2.0), "beta=2.0"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (dict(ids=np.zeros((N, V + 1), np.int32)), r"k=38 must be in \[1, V=37\]"),
+        (dict(ids=np.full((N, 2), V, np.int32)), r"outside \[0, V=37\)"),
+        (dict(ids=np.full((N, 2), -1, np.int32)), r"outside \[0, V=37\)"),
+        (dict(ids=np.zeros((N, 2), np.int32)), "repeated id"),
+        (
+            dict(ids=np.zeros((N + 1, 2), np.int32)),
+            r"teacher_topk_ids.shape=\(5, 2\) must be \(4,\)",
+        ),
+        (dict(lp=np.full((N, 3), -1.0, np.float32)), r"teacher_topk_logprobs.shape=\(4, 3\) !="),
+        (dict(lp=np.full((N, 2), -0.1, np.float32)), "exp sums to 1.8"),
+        (dict(lp=np.full((N, 2), np.nan, np.float32)), "not NaN"),
+        (dict(ids=np.tile(np.arange(2.0), (N, 1))), "must be an integer type"),
+        (dict(kind="sampled_reverse_kl"), "tokens=None"),
+        (dict(kind="kl"), "kind='kl'"),
+        (dict(beta=2.0), "beta=2.0"),
+    ],
+)
 @pytest.mark.parametrize("entry", ["dense", "fused"])
 def test_bad_input(change, needle, entry):
   r = np.random.default_rng(8)
@@ -260,8 +277,9 @@ def test_bad_input(change, needle, entry):
     if entry == "dense":
       divergences.topk_divergence(jnp.asarray(r.normal(size=(N, V))), args["ids"], args["lp"], **kw)
     else:
-      kernels.fused_linear_topk_divergence(jnp.ones((N, D)), jnp.ones((D, V)), args["ids"], args["lp"],
-                                           **kw)
+      kernels.fused_linear_topk_divergence(
+          jnp.ones((N, D)), jnp.ones((D, V)), args["ids"], args["lp"], **kw
+      )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -321,8 +339,11 @@ def test_fused_student_statistics_vjp(k):
 
 # The kernel's own part (the student statistics and their VJP) is kind-agnostic and tested above for
 # every k; end to end, a few kinds suffice.
-FUSED_CASES = (dict(kind="jsd", beta=0.3, k=8), dict(kind="forward_kl", k=V),
-               dict(kind="sampled_reverse_kl", k=1))
+FUSED_CASES = (
+    dict(kind="jsd", beta=0.3, k=8),
+    dict(kind="forward_kl", k=V),
+    dict(kind="sampled_reverse_kl", k=1),
+)
 
 
 @pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: "-".join(map(str, c.values())))
@@ -335,16 +356,26 @@ def test_fused_equals_dense(case):
   hs, ws, ids, lp, ct, tok = _fused_inputs(10 + k, k, tau, tcap)
   tokens = tok if case["kind"] == "sampled_reverse_kl" else None
   kw = dict(temperature=tau, student_softcap=scap, tokens=tokens, **case)
-  d_f, dh_f, dw_f = _grads(lambda a, b: kernels.fused_linear_topk_divergence(
-      a, b, ids, lp, vocab_block=8, **kw), hs, ws, ct)
-  d_d, dh_d, dw_d = _grads(lambda a, b: divergences.topk_divergence(
-      jnp.dot(a, b, precision="highest"), ids, lp, **kw), hs, ws, ct, jit=False)
+  d_f, dh_f, dw_f = _grads(
+      lambda a, b: kernels.fused_linear_topk_divergence(a, b, ids, lp, vocab_block=8, **kw),
+      hs,
+      ws,
+      ct,
+  )
+  d_d, dh_d, dw_d = _grads(
+      lambda a, b: divergences.topk_divergence(jnp.dot(a, b, precision="highest"), ids, lp, **kw),
+      hs,
+      ws,
+      ct,
+      jit=False,
+  )
   assert d_f.dtype == np.float32 and d_f.shape == (N,)
   assert_close(d_f, d_d, 1e-5, f"value {case} k={k}")
   assert_close(dh_f, dh_d, 1e-5, f"d hidden {case} k={k}")
   assert_close(dw_f, dw_d, 1e-5, f"d unembed {case} k={k}")
-  d_ref, g_ref = ref_value_and_grad(hs.astype(np.float64) @ ws, ids, lp, ct, tau=tau, cap=scap,
-                                    tokens=tokens, **case)
+  d_ref, g_ref = ref_value_and_grad(
+      hs.astype(np.float64) @ ws, ids, lp, ct, tau=tau, cap=scap, tokens=tokens, **case
+  )
   assert_close(d_f, d_ref, 1e-5, "value vs reference")
   assert_close(dh_f, g_ref @ ws.T.astype(np.float64), 1e-5, "d hidden vs reference")
   assert_close(dw_f, hs.astype(np.float64).T @ g_ref, 1e-5, "d unembed vs reference")
@@ -357,17 +388,28 @@ def test_fused_token_parallel_layout_and_spec():
   hs, ws, ids, lp, ct, _ = _fused_inputs(40, 8, 0.7, None, n=n)
   spec = divergences.DivergenceSpec(kind="jsd", beta=0.3, temperature=0.7, student_softcap=3.0)
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]).reshape(4, 1), ("data", "tensor"))
-  one = _grads(lambda a, b: kernels.fused_linear_topk_divergence(
-      a, b, ids, lp, kind="jsd", beta=0.3, temperature=0.7, student_softcap=3.0, vocab_block=8),
-      hs, ws, ct)
-  sharded = _grads(lambda a, b: kernels.fused_linear_topk_divergence(
-      a, b, ids, lp, spec, vocab_block=8, layout=kernels.Layout(mesh, token_axes=("data",))),
-      hs, ws, ct)
+  one = _grads(
+      lambda a, b: kernels.fused_linear_topk_divergence(
+          a, b, ids, lp, kind="jsd", beta=0.3, temperature=0.7, student_softcap=3.0, vocab_block=8
+      ),
+      hs,
+      ws,
+      ct,
+  )
+  sharded = _grads(
+      lambda a, b: kernels.fused_linear_topk_divergence(
+          a, b, ids, lp, spec, vocab_block=8, layout=kernels.Layout(mesh, token_axes=("data",))
+      ),
+      hs,
+      ws,
+      ct,
+  )
   for x, y, what in zip(one, sharded, ("value", "d hidden", "d unembed")):
     assert_close(y, x, 1e-6, what)
   with pytest.raises(ValueError, match="does not support a sharded vocabulary"):
-    kernels.fused_linear_topk_divergence(hs, ws, ids, lp, spec,
-                                         layout=kernels.Layout(mesh, vocab_axis="tensor"))
+    kernels.fused_linear_topk_divergence(
+        hs, ws, ids, lp, spec, layout=kernels.Layout(mesh, vocab_axis="tensor")
+    )
 
 
 def test_fused_default_block_and_bf16():
@@ -378,8 +420,15 @@ def test_fused_default_block_and_bf16():
   assert d.dtype == np.float32 and dh.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
   hs32 = np.asarray(jnp.asarray(hs, jnp.bfloat16), np.float32)
   ws32 = np.asarray(jnp.asarray(ws, jnp.bfloat16), np.float32)
-  d_ref, dh_ref, dw_ref = _grads(lambda a, b: divergences.topk_divergence(
-      jnp.dot(a, b, precision="highest"), ids, lp, kind="forward_kl"), hs32, ws32, ct, jit=False)
+  d_ref, dh_ref, dw_ref = _grads(
+      lambda a, b: divergences.topk_divergence(
+          jnp.dot(a, b, precision="highest"), ids, lp, kind="forward_kl"
+      ),
+      hs32,
+      ws32,
+      ct,
+      jit=False,
+  )
   assert_close(d, d_ref, 1e-2, "bf16 value")
   assert_close(np.asarray(dh, np.float32), dh_ref, 1e-2, "bf16 d hidden")
   assert_close(np.asarray(dw, np.float32), dw_ref, 1e-2, "bf16 d unembed")
@@ -388,12 +437,17 @@ def test_fused_default_block_and_bf16():
 def test_fused_memory_stays_far_below_nxv():
   """Compiled temporaries of the fused value-and-grad at N=2048, V=32768 (N*V*4 bytes = 256 MiB)."""
   n, d, v, k = 2048, 64, 32768, 8
-  structs = (jax.ShapeDtypeStruct((n, d), jnp.float32), jax.ShapeDtypeStruct((d, v), jnp.float32),
-             jax.ShapeDtypeStruct((n, k), jnp.int32), jax.ShapeDtypeStruct((n, k), jnp.float32))
+  structs = (
+      jax.ShapeDtypeStruct((n, d), jnp.float32),
+      jax.ShapeDtypeStruct((d, v), jnp.float32),
+      jax.ShapeDtypeStruct((n, k), jnp.int32),
+      jax.ShapeDtypeStruct((n, k), jnp.float32),
+  )
 
   def loss(hs, ws, ids, lp):
-    return kernels.fused_linear_topk_divergence(hs, ws, ids, lp, kind="jsd", student_softcap=30.0,
-                                                vocab_block=512).sum()
+    return kernels.fused_linear_topk_divergence(
+        hs, ws, ids, lp, kind="jsd", student_softcap=30.0, vocab_block=512
+    ).sum()
 
   def dense_loss(hs, ws, ids, lp):
     return divergences.topk_divergence(hs @ ws, ids, lp, kind="jsd", student_softcap=30.0).sum()

@@ -36,14 +36,30 @@ def _compile(chip, kind, shapes, student_dtype=jnp.bfloat16, teacher_dtype=jnp.b
   rep = NamedSharding(Mesh([device], ("x",)), P())
   n, v, ds, dt = shapes["N"], shapes["V"], shapes["Ds"], shapes["Dt"]
   S = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=rep)  # noqa: E731
-  args = (S((n, ds), student_dtype), S((ds, v), student_dtype), S((n, dt), teacher_dtype),
-          S((dt, v), teacher_dtype), S((n,), jnp.int32))
+  args = (
+      S((n, ds), student_dtype),
+      S((ds, v), student_dtype),
+      S((n, dt), teacher_dtype),
+      S((dt, v), teacher_dtype),
+      S((n,), jnp.int32),
+  )
 
   def loss(hs, ws, ht, wt, tok):
     d = kernels.fused_linear_divergence(
-        hs, ws, ht, wt, kind=kind, beta=0.3, alpha=0.2, temperature=0.7, student_softcap=30.0,
-        teacher_softcap=30.0, tokens=tok if kind == "sampled_reverse_kl" else None,
-        impl="pallas", interpret=False)
+        hs,
+        ws,
+        ht,
+        wt,
+        kind=kind,
+        beta=0.3,
+        alpha=0.2,
+        temperature=0.7,
+        student_softcap=30.0,
+        teacher_softcap=30.0,
+        tokens=tok if kind == "sampled_reverse_kl" else None,
+        impl="pallas",
+        interpret=False,
+    )
     return d.mean()
 
   compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*args).compile()
@@ -85,15 +101,23 @@ def test_float32_student_compiles_within_v5p_vmem(kind):
 
 
 @pytest.mark.parametrize("chip", sorted(TOPOLOGIES))
-@pytest.mark.parametrize("shapes, dtypes", [
-    (GEMMA2, (2, 2)), (GEMMA2, (4, 2)), (GEMMA2, (4, 4)), (LLAMA3, (2, 2)), (QWEN3, (4, 2)),
-    (dict(N=8192, V=256000, Ds=3584, Dt=4608), (4, 2)),  # Gemma 2 9B student f32, 27B teacher
-])
+@pytest.mark.parametrize(
+    "shapes, dtypes",
+    [
+        (GEMMA2, (2, 2)),
+        (GEMMA2, (4, 2)),
+        (GEMMA2, (4, 4)),
+        (LLAMA3, (2, 2)),
+        (QWEN3, (4, 2)),
+        (dict(N=8192, V=256000, Ds=3584, Dt=4608), (4, 2)),  # Gemma 2 9B student f32, 27B teacher
+    ],
+)
 def test_requested_vmem_limit_fits_the_chip(chip, shapes, dtypes):
   version = pltpu.ChipVersion(chip)
   vmem = pltpu.get_tpu_info_for_chip(version, 1).vmem_capacity_bytes  # per TensorCore
-  bn, bv = pallas.block_sizes(shapes["N"], shapes["V"], dims=(shapes["Ds"], shapes["Dt"]),
-                              itemsizes=dtypes)
+  bn, bv = pallas.block_sizes(
+      shapes["N"], shapes["V"], dims=(shapes["Ds"], shapes["Dt"]), itemsizes=dtypes
+  )
   need = pallas_tpu.vmem_bytes(bn, bv, shapes["Ds"], shapes["Dt"], *dtypes)
   limit = pallas_tpu.vmem_limit(need)
   assert need <= limit <= vmem, (bn, bv, need, limit, vmem)
@@ -104,6 +128,18 @@ def test_blocks_too_large_for_any_chip_are_a_clear_error():
   hs = jnp.zeros((16, 4096), jnp.float32)
   ws = jnp.zeros((4096, 4096), jnp.float32)
   with pytest.raises(ValueError, match="VMEM.*token_block / vocab_block"):
-    jax.eval_shape(lambda a, b: kernels.fused_linear_divergence(
-        a, b, a, b, kind="jsd", impl="pallas", interpret=False, token_block=1024,
-        vocab_block=4096), hs, ws)
+    jax.eval_shape(
+        lambda a, b: kernels.fused_linear_divergence(
+            a,
+            b,
+            a,
+            b,
+            kind="jsd",
+            impl="pallas",
+            interpret=False,
+            token_block=1024,
+            vocab_block=4096,
+        ),
+        hs,
+        ws,
+    )

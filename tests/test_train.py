@@ -16,8 +16,15 @@ from gkd_jax.models.hf import load_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = tasks.asset_dir("arithmetic")
-DETERMINISTIC = ("loss", "divergence", "on_policy_fraction", "completion_length", "grad_norm",
-                 "student_entropy", "teacher_entropy")
+DETERMINISTIC = (
+    "loss",
+    "divergence",
+    "on_policy_fraction",
+    "completion_length",
+    "grad_norm",
+    "student_entropy",
+    "teacher_entropy",
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +35,7 @@ def run_files(tmp_path_factory):
   teacher = testing.save_tiny_llama(d / "teacher", seed=2, num_layers=2)
   other_vocab = testing.save_tiny_llama(d / "teacher_v40", seed=3, num_layers=1, vocab_size=40)
   config = d / "config.py"
-  config.write_text(f'''
+  config.write_text(f"""
 from configs import arithmetic
 def get_config():
   c = arithmetic.get_config()
@@ -42,21 +49,30 @@ def get_config():
   c.data.eval_path, c.task.name = "", ""  # no evaluation: these tests are about the train loop
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 1, 1
   return c
-''')
+""")
   return dict(config=str(config), student=student, teacher=teacher, other_vocab=other_vocab)
 
 
 def _config(run_files):
   import runpy  # pylint: disable=import-outside-toplevel
+
   return runpy.run_path(run_files["config"])["get_config"]()
 
 
 def _cli(run_files, workdir, *flags, devices=1, **popen):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  cmd = [sys.executable, "-m", "gkd_jax.main", "train", f"--config={run_files['config']}",
-         f"--workdir={workdir}", *flags]
-  return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, cwd=ROOT, **popen)
+  cmd = [
+      sys.executable,
+      "-m",
+      "gkd_jax.main",
+      "train",
+      f"--config={run_files['config']}",
+      f"--workdir={workdir}",
+      *flags,
+  ]
+  return subprocess.Popen(
+      cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, **popen
+  )
 
 
 @pytest.mark.slow
@@ -65,19 +81,31 @@ def test_same_losses_on_every_mesh(run_files):
   results = {}
   for shape in [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 4, 2)]:
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = shape
-    devices = jax.devices()[:int(np.prod(shape))]
+    devices = jax.devices()[: int(np.prod(shape))]
     run = train.build(config, devices=devices)
-    assert (getattr(run.settings.layout, "vocab_axis", None) == "tensor") == (shape[2] > 1)  # vocab-parallel divergence
+    assert (getattr(run.settings.layout, "vocab_axis", None) == "tensor") == (
+        shape[2] > 1
+    )  # vocab-parallel divergence
     steps = train.compile_steps(run)
     state = steps.init_state(run.params)
-    it = iter(train._loader(run, config.data.train_path, batch_size=8, shuffle=True,
-                            num_epochs=-1))
+    it = iter(train._loader(run, config.data.train_path, batch_size=8, shuffle=True, num_epochs=-1))
     losses = []
     for _ in range(3):
-      state, m = steps.train_step(state, run.teacher_params, train._global_batch(run, next(it)),
-                                  jax.random.key(0))
-      losses.append([float(m[k]) for k in ("loss", "on_policy_fraction", "grad_norm",
-                                           "student_entropy", "teacher_entropy")])
+      state, m = steps.train_step(
+          state, run.teacher_params, train._global_batch(run, next(it)), jax.random.key(0)
+      )
+      losses.append(
+          [
+              float(m[k])
+              for k in (
+                  "loss",
+                  "on_policy_fraction",
+                  "grad_norm",
+                  "student_entropy",
+                  "teacher_entropy",
+              )
+          ]
+      )
     results[shape] = np.array(losses)
   base = results[(1, 1, 1)]
   assert np.all(base[:, 0] > 0)
@@ -137,21 +165,27 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run(run_files, tmp_pat
   jax.tree.map(np.testing.assert_array_equal, pa, pb)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--config.gkd.lmbda=1.5"], "gkd.lmbda=1.5"),
-    (["--config.gkd.loss=kl"], "gkd.loss"),
-    (["--config.teacher.path=/nonexistent/teacher"], "teacher.path"),
-    (["--config.train.batch_size=7"], "train.batch_size=7"),
-    (["--config.data.train_path={bad_jsonl}"], "bad.jsonl:3"),
-    (["--config.teacher.path={other_vocab}"], "vocabulary"),
-    (["--config.data.eval_path={bad_jsonl}"], "bad.jsonl:3"),
-])
-def test_bad_input_is_one_clear_error_and_leaves_the_workdir_alone(run_files, tmp_path, flags,
-                                                                   message):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--config.gkd.lmbda=1.5"], "gkd.lmbda=1.5"),
+        (["--config.gkd.loss=kl"], "gkd.loss"),
+        (["--config.teacher.path=/nonexistent/teacher"], "teacher.path"),
+        (["--config.train.batch_size=7"], "train.batch_size=7"),
+        (["--config.data.train_path={bad_jsonl}"], "bad.jsonl:3"),
+        (["--config.teacher.path={other_vocab}"], "vocabulary"),
+        (["--config.data.eval_path={bad_jsonl}"], "bad.jsonl:3"),
+    ],
+)
+def test_bad_input_is_one_clear_error_and_leaves_the_workdir_alone(
+    run_files, tmp_path, flags, message
+):
   bad_jsonl = tmp_path / "bad.jsonl"
-  bad_jsonl.write_text('{"prompt": "Q: 1+2\\nA:", "completion": " 1+2=3|=3"}\n'
-                       '{"prompt": "Q: 2+2\\nA:", "completion": " 2+2=4|=4"}\n'
-                       '{"prompt": "Q: 3+2\\nA:", "completion": \n')
+  bad_jsonl.write_text(
+      '{"prompt": "Q: 1+2\\nA:", "completion": " 1+2=3|=3"}\n'
+      '{"prompt": "Q: 2+2\\nA:", "completion": " 2+2=4|=4"}\n'
+      '{"prompt": "Q: 3+2\\nA:", "completion": \n'
+  )
   workdir = tmp_path / "existing"
   workdir.mkdir()
   (workdir / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
@@ -170,16 +204,33 @@ def test_sample_and_eval_commands(run_files, tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   base = [sys.executable, "-m", "gkd_jax.main"]
   config = f"--config={run_files['config']}"
-  proc = subprocess.run(base + ["sample", config, "--config.sampling.temperature=0"],
-                        input="Q: 12+34\\nA:\nQ: 5+6\\nA:\n", capture_output=True, text=True,
-                        env=env, cwd=ROOT, timeout=300)
+  proc = subprocess.run(
+      base + ["sample", config, "--config.sampling.temperature=0"],
+      input="Q: 12+34\\nA:\nQ: 5+6\\nA:\n",
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=ROOT,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [json.loads(l) for l in proc.stdout.splitlines()]
   assert [l["prompt"] for l in lines] == ["Q: 12+34\nA:", "Q: 5+6\nA:"]
   assert all(isinstance(l["completion"], str) for l in lines)
-  proc = subprocess.run(base + ["eval", config, f"--config.data.eval_path={ASSETS}/eval.jsonl",
-                                "--config.task.name=arithmetic"],
-                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  proc = subprocess.run(
+      base
+      + [
+          "eval",
+          config,
+          f"--config.data.eval_path={ASSETS}/eval.jsonl",
+          "--config.task.name=arithmetic",
+      ],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=ROOT,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout)
   assert 0.0 <= result["eval/accuracy"] <= 1.0 and result["eval/divergence"] > 0

@@ -22,12 +22,19 @@ HOLD = textwrap.dedent("""
 
 
 def _config(**over):
-  c = ml_collections.ConfigDict({
-      "seed": 0, "gkd": {"lmbda": 0.5, "kernel_impl": "auto"},
-      "optim": {"schedule": "cosine", "warmup_steps": 0, "grad_accum_steps": 1},
-      "train": {"num_steps": 10, "log_every": 1, "batch_size": 8},
-      "data": {"train_path": over.pop("train_path", "")}, "mesh": {"data": 1},
-      "student": {"path": ""}, "teacher": {"path": ""}, "tokenizer": {"path": ""}})
+  c = ml_collections.ConfigDict(
+      {
+          "seed": 0,
+          "gkd": {"lmbda": 0.5, "kernel_impl": "auto"},
+          "optim": {"schedule": "cosine", "warmup_steps": 0, "grad_accum_steps": 1},
+          "train": {"num_steps": 10, "log_every": 1, "batch_size": 8},
+          "data": {"train_path": over.pop("train_path", "")},
+          "mesh": {"data": 1},
+          "student": {"path": ""},
+          "teacher": {"path": ""},
+          "tokenizer": {"path": ""},
+      }
+  )
   for dotted, value in over.items():
     *group, name = dotted.split("__")
     (c[group[0]] if group else c)[name] = value
@@ -35,8 +42,9 @@ def _config(**over):
 
 
 def test_lock_held_by_a_live_process_refuses_and_a_dead_holder_is_taken_over(tmp_path):
-  holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE,
-                            text=True)
+  holder = subprocess.Popen(
+      [sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+  )
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(workdir.WorkdirBusy) as e:
@@ -59,26 +67,37 @@ def test_config_record_refuses_experiment_changes_and_allows_safe_ones(tmp_path)
   workdir.check_config(d, _config(train_path=str(data)), resuming=False)
   record = json.loads((tmp_path / "run" / "config.json").read_text())
   assert record["config"]["gkd.lmbda"] == 0.5
-  workdir.check_config(d, _config(train_path=str(data), train__log_every=5, mesh__data=2,
-                                  gkd__kernel_impl="chunked"), resuming=True)
+  workdir.check_config(
+      d,
+      _config(train_path=str(data), train__log_every=5, mesh__data=2, gkd__kernel_impl="chunked"),
+      resuming=True,
+  )
   moved = tmp_path / "moved.jsonl"
   moved.write_bytes(data.read_bytes())
   workdir.check_config(d, _config(train_path=str(moved)), resuming=True)  # same content
   with pytest.raises(ValueError) as e:
-    workdir.check_config(d, _config(train_path=str(moved), gkd__lmbda=0.7, seed=1),
-                         resuming=True)
+    workdir.check_config(d, _config(train_path=str(moved), gkd__lmbda=0.7, seed=1), resuming=True)
   message = str(e.value)
   assert "gkd.lmbda: 0.5 -> 0.7" in message and "--restart" in message and "\n" not in message
   with pytest.raises(ValueError, match="train.num_steps: 10 -> 20 .the learning-rate schedule"):
     workdir.check_config(d, _config(train_path=str(moved), train__num_steps=20), resuming=True)
-  workdir.check_config(d, _config(train_path=str(moved), train__num_steps=20,
-                                  optim__schedule="constant"), resuming=False)
-  workdir.check_config(d, _config(train_path=str(moved), train__num_steps=30,
-                                  optim__schedule="constant"), resuming=True)
+  workdir.check_config(
+      d,
+      _config(train_path=str(moved), train__num_steps=20, optim__schedule="constant"),
+      resuming=False,
+  )
+  workdir.check_config(
+      d,
+      _config(train_path=str(moved), train__num_steps=30, optim__schedule="constant"),
+      resuming=True,
+  )
   moved.write_text('{"prompt": "b"}\n')
   with pytest.raises(ValueError, match="data.train_path: the content differs"):
-    workdir.check_config(d, _config(train_path=str(moved), train__num_steps=30,
-                                    optim__schedule="constant"), resuming=True)
+    workdir.check_config(
+        d,
+        _config(train_path=str(moved), train__num_steps=30, optim__schedule="constant"),
+        resuming=True,
+    )
   (tmp_path / "run" / "config.json").write_text("")
   with pytest.raises(ValueError, match="config.json: empty"):
     workdir.check_config(d, _config(), resuming=True)

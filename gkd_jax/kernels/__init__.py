@@ -83,26 +83,37 @@ class TokenStats(NamedTuple):
 
 
 def _spec(spec, hyperparameters, tokens, student_vocab, teacher_vocab) -> DivergenceSpec:
-  spec = divergences.as_spec(spec, hyperparameters, tokens=tokens, student_vocab=student_vocab,
-                             teacher_vocab=teacher_vocab)
+  spec = divergences.as_spec(
+      spec, hyperparameters, tokens=tokens, student_vocab=student_vocab, teacher_vocab=teacher_vocab
+  )
   return common.require_numbers(spec)
 
 
 def _check_fused_shapes(hs, Ws, ht, Wt, tokens):
-  names = (("student_hidden", hs, 2), ("student_unembed", Ws, 2), ("teacher_hidden", ht, 2),
-           ("teacher_unembed", Wt, 2))
+  names = (
+      ("student_hidden", hs, 2),
+      ("student_unembed", Ws, 2),
+      ("teacher_hidden", ht, 2),
+      ("teacher_unembed", Wt, 2),
+  )
   for name, x, nd in names:
     if x.ndim != nd:
       raise ValueError(f"{name}.shape={tuple(x.shape)} must have {nd} dimensions")
   if hs.shape[1] != Ws.shape[0]:
-    raise ValueError(f"student_hidden.shape={tuple(hs.shape)} does not match "
-                     f"student_unembed.shape={tuple(Ws.shape)} (hidden size)")
+    raise ValueError(
+        f"student_hidden.shape={tuple(hs.shape)} does not match "
+        f"student_unembed.shape={tuple(Ws.shape)} (hidden size)"
+    )
   if ht.shape[1] != Wt.shape[0]:
-    raise ValueError(f"teacher_hidden.shape={tuple(ht.shape)} does not match "
-                     f"teacher_unembed.shape={tuple(Wt.shape)} (hidden size)")
+    raise ValueError(
+        f"teacher_hidden.shape={tuple(ht.shape)} does not match "
+        f"teacher_unembed.shape={tuple(Wt.shape)} (hidden size)"
+    )
   if hs.shape[0] != ht.shape[0]:
-    raise ValueError(f"student_hidden.shape={tuple(hs.shape)} and teacher_hidden.shape="
-                     f"{tuple(ht.shape)} have different numbers of tokens")
+    raise ValueError(
+        f"student_hidden.shape={tuple(hs.shape)} and teacher_hidden.shape="
+        f"{tuple(ht.shape)} have different numbers of tokens"
+    )
   if tokens is not None and tuple(tokens.shape) != (hs.shape[0],):
     raise ValueError(f"tokens.shape={tuple(tokens.shape)} must be ({hs.shape[0]},)")
 
@@ -123,7 +134,8 @@ def _dense(spec: DivergenceSpec, zs, zt, tokens):
   """impl="reference": the dense definitions on materialised logits (teacher without gradient)."""
   zt = jax.lax.stop_gradient(zt)
   d = divergences.token_divergence(
-      zs, zt, spec, tokens=tokens if spec.kind == "sampled_reverse_kl" else None)
+      zs, zt, spec, tokens=tokens if spec.kind == "sampled_reverse_kl" else None
+  )
 
   def logp(z, cap):
     return divergences.log_softmax(divergences.softcap_and_scale(z, cap, spec.temperature))
@@ -144,18 +156,42 @@ def _local(spec, impl, blocks, interpret, hs, Ws, ht, Wt, tok):
     return _dense(spec, common.dot(hs, Ws), common.dot(ht, Wt), tok)
   vocab_block, token_block, hidden_block = blocks
   if impl == "chunked":
-    return chunked.fused(spec, min(vocab_block or chunked.DEFAULT_VOCAB_BLOCK, Ws.shape[1]),
-                         hs, Ws, ht, Wt, tok)
+    return chunked.fused(
+        spec, min(vocab_block or chunked.DEFAULT_VOCAB_BLOCK, Ws.shape[1]), hs, Ws, ht, Wt, tok
+    )
   from gkd_jax.kernels import pallas  # pylint: disable=import-outside-toplevel  (imports Pallas)
-  return pallas.fused(spec, hs, Ws, ht, Wt, tok, vocab_block=vocab_block,
-                      token_block=token_block, hidden_block=hidden_block, interpret=interpret)
+
+  return pallas.fused(
+      spec,
+      hs,
+      Ws,
+      ht,
+      Wt,
+      tok,
+      vocab_block=vocab_block,
+      token_block=token_block,
+      hidden_block=hidden_block,
+      interpret=interpret,
+  )
 
 
-def fused_linear_divergence(student_hidden, student_unembed, teacher_hidden, teacher_unembed,
-                            spec: DivergenceSpec | None = None, *, tokens=None, impl="auto",
-                            vocab_block=None, token_block=None, hidden_block=None,
-                            layout: Layout | None = None, interpret=None,
-                            return_stats=False, **hyperparameters):
+def fused_linear_divergence(
+    student_hidden,
+    student_unembed,
+    teacher_hidden,
+    teacher_unembed,
+    spec: DivergenceSpec | None = None,
+    *,
+    tokens=None,
+    impl="auto",
+    vocab_block=None,
+    token_block=None,
+    hidden_block=None,
+    layout: Layout | None = None,
+    interpret=None,
+    return_stats=False,
+    **hyperparameters,
+):
   """Per-token divergence [N] float32 of softmax(hidden @ unembed) for student vs teacher.
 
   student_hidden [N, Ds], student_unembed [Ds, V], teacher_hidden [N, Dt], teacher_unembed [Dt, V].
@@ -171,8 +207,7 @@ def fused_linear_divergence(student_hidden, student_unembed, teacher_hidden, tea
   resolve_impl(impl)  # a bad name fails here; "auto" is resolved per device's shapes (`_local`)
   _check_blocks(vocab_block=vocab_block, token_block=token_block, hidden_block=hidden_block)
   tok = _tokens_or_dummy(tokens, hs.shape[0])
-  local = functools.partial(_local, spec, impl, (vocab_block, token_block, hidden_block),
-                            interpret)
+  local = functools.partial(_local, spec, impl, (vocab_block, token_block, hidden_block), interpret)
   if layout is not None and layout.vocab_axis is not None:
     outs = vocab_parallel.fused(spec, layout, hs, Ws, ht, Wt, tok, vocab_block=vocab_block)
   elif layout is not None and layout.token_shards > 1:
@@ -185,8 +220,16 @@ def fused_linear_divergence(student_hidden, student_unembed, teacher_hidden, tea
   return d, TokenStats(*(jax.lax.stop_gradient(x) for x in stats))
 
 
-def vocab_divergence(student_logits, teacher_logits, spec: DivergenceSpec | None = None, *,
-                     tokens=None, impl="auto", vocab_block=None, **hyperparameters):
+def vocab_divergence(
+    student_logits,
+    teacher_logits,
+    spec: DivergenceSpec | None = None,
+    *,
+    tokens=None,
+    impl="auto",
+    vocab_block=None,
+    **hyperparameters,
+):
   """Per-token divergence [...] float32 for logits [..., V], streamed over vocabulary blocks.
 
   Gradients reach ``student_logits`` only. impl "pallas" uses the chunked streaming for logits
@@ -195,8 +238,9 @@ def vocab_divergence(student_logits, teacher_logits, spec: DivergenceSpec | None
   zs, zt = student_logits, teacher_logits
   spec = _spec(spec, hyperparameters, tokens, zs.shape[-1], zt.shape[-1])
   if zs.shape != zt.shape:
-    raise ValueError(f"student_logits.shape={tuple(zs.shape)} != "
-                     f"teacher_logits.shape={tuple(zt.shape)}")
+    raise ValueError(
+        f"student_logits.shape={tuple(zs.shape)} != " f"teacher_logits.shape={tuple(zt.shape)}"
+    )
   if tokens is not None and tuple(tokens.shape) != tuple(zs.shape[:-1]):
     raise ValueError(f"tokens.shape={tuple(tokens.shape)} must be {tuple(zs.shape[:-1])}")
   lead, V = zs.shape[:-1], zs.shape[-1]
@@ -213,6 +257,15 @@ def vocab_divergence(student_logits, teacher_logits, spec: DivergenceSpec | None
   return out.reshape(lead)
 
 
-__all__ = ["IMPLS", "DivergenceSpec", "Layout", "TokenStats", "cross_entropy", "entropy",
-           "fused_linear_divergence", "fused_linear_topk_divergence", "resolve_impl",
-           "vocab_divergence"]
+__all__ = [
+    "IMPLS",
+    "DivergenceSpec",
+    "Layout",
+    "TokenStats",
+    "cross_entropy",
+    "entropy",
+    "fused_linear_divergence",
+    "fused_linear_topk_divergence",
+    "resolve_impl",
+    "vocab_divergence",
+]

@@ -33,6 +33,7 @@ def block(j, bv, V):
 
 def stats_pass(spec, get_tiles, N, V, bv):
   """Pass 1: raw online statistics (ms, ls, mt, lt) [N] of student and teacher."""
+
   def body(j, carry):
     ms, ls, mt, lt = carry
     start, _, ok = block(j, bv, V)
@@ -49,6 +50,7 @@ def stats_pass(spec, get_tiles, N, V, bv):
 
 def value_pass(spec, get_tiles, N, V, bv, tokens, norms):
   """Pass 2: (F, G, H_S, H_T, log p_S(token)) [N] given the final normalisers."""
+
   def body(j, carry):
     start, cols, ok = block(j, bv, V)
     s, t, _ = _logprobs(spec, get_tiles(start), norms)
@@ -98,6 +100,7 @@ def fused_tiles(hs, Ws, ht, Wt, bv):
     ws = jax.lax.dynamic_slice_in_dim(Ws, start, bv, axis=1)
     wt = jax.lax.dynamic_slice_in_dim(Wt, start, bv, axis=1)
     return common.dot(hs, ws), common.dot(ht, wt)
+
   return get
 
 
@@ -158,8 +161,11 @@ fused_split.defvjp(_fused_fwd, _fused_bwd)
 
 def _logit_tiles(zs, zt, bv):
   def get(start):
-    return (jax.lax.dynamic_slice_in_dim(zs, start, bv, axis=1),
-        jax.lax.dynamic_slice_in_dim(zt, start, bv, axis=1))
+    return (
+        jax.lax.dynamic_slice_in_dim(zs, start, bv, axis=1),
+        jax.lax.dynamic_slice_in_dim(zt, start, bv, axis=1),
+    )
+
   return get
 
 

@@ -59,17 +59,31 @@ class Structure:
 
   def bind(self, values) -> DivergenceSpec:
     """Inverse of `split` (inside a trace): a spec whose numbers are the entries of `values`."""
-    return DivergenceSpec(self.kind, values[0], values[1], values[2],
-                          values[3] if self.student_capped else None,
-                          values[4] if self.teacher_capped else None)
+    return DivergenceSpec(
+        self.kind,
+        values[0],
+        values[1],
+        values[2],
+        values[3] if self.student_capped else None,
+        values[4] if self.teacher_capped else None,
+    )
 
 
 def split(spec: DivergenceSpec):
   """(Structure, float32[5] array of beta, alpha, temperature, student_softcap, teacher_softcap)."""
-  struct = Structure(spec.effective_kind, spec.student_softcap is not None,
-                     spec.teacher_softcap is not None)
-  values = jnp.asarray([spec.beta, spec.alpha, spec.temperature, spec.student_softcap or 0.0,
-                        spec.teacher_softcap or 0.0], jnp.float32)
+  struct = Structure(
+      spec.effective_kind, spec.student_softcap is not None, spec.teacher_softcap is not None
+  )
+  values = jnp.asarray(
+      [
+          spec.beta,
+          spec.alpha,
+          spec.temperature,
+          spec.student_softcap or 0.0,
+          spec.teacher_softcap or 0.0,
+      ],
+      jnp.float32,
+  )
   return struct, values
 
 
@@ -77,8 +91,9 @@ def require_numbers(spec: DivergenceSpec) -> DivergenceSpec:
   """The streaming kernels compile the hyperparameters in: they must be Python numbers."""
   for name in ("beta", "alpha", "temperature"):
     if not divergences._is_concrete_number(getattr(spec, name)):  # pylint: disable=protected-access
-      raise ValueError(f"{name}={getattr(spec, name)!r} must be a Python number for the streaming "
-                       "kernels")
+      raise ValueError(
+          f"{name}={getattr(spec, name)!r} must be a Python number for the streaming " "kernels"
+      )
   return spec
 
 
@@ -155,7 +170,9 @@ def _log_mix(s, t, w_t):
 def _plog(logp, other):
   """p (logp - other), 0 where p == 0."""
   alive = logp > NEG_INF
-  return jnp.where(alive, jnp.exp(logp) * (jnp.where(alive, logp, 0.0) - jnp.where(alive, other, 0.0)), 0.0)
+  return jnp.where(
+      alive, jnp.exp(logp) * (jnp.where(alive, logp, 0.0) - jnp.where(alive, other, 0.0)), 0.0
+  )
 
 
 def tile_terms(spec: DivergenceSpec, s, t, ok, onehot=None):
@@ -206,9 +223,11 @@ def stat_terms(s, t, ok, onehot):
   """Elementwise (-p_S s, -p_T t, [v = y] s) of log-prob tiles: summed over the vocabulary in the
   value pass they give both models' entropies (of the distributions the divergence compares) and
   the student's log-probability of the token y, for free (`TokenStats`)."""
+
   def h(logp):
     alive = ok & (logp > NEG_INF)
     return jnp.where(alive, -jnp.exp(logp) * jnp.where(alive, logp, 0.0), 0.0)
+
   return h(s), h(t), jnp.where(ok & onehot, s, 0.0)
 
 
@@ -224,11 +243,14 @@ def student_logit_grad(spec: DivergenceSpec, s, g, G, ct, zs_raw, ok):
 
 def dot(a, b, *, trans_a=False, trans_b=False):
   """float32-accumulated matmul at full precision (f32 inputs are not truncated to bf16 on TPU)."""
-  if a.dtype != b.dtype:  # e.g. a float32 student next to a bf16 teacher: multiply in the wider type
+  if (
+      a.dtype != b.dtype
+  ):  # e.g. a float32 student next to a bf16 teacher: multiply in the wider type
     dtype = jnp.promote_types(a.dtype, b.dtype)
     a, b = a.astype(dtype), b.astype(dtype)
   ca = (0,) if trans_a else (a.ndim - 1,)
   cb = (b.ndim - 1,) if trans_b else (0,)
   prec = jax.lax.Precision.HIGHEST if jnp.float32 in (a.dtype, b.dtype) else None
-  return jax.lax.dot_general(a, b, ((ca, cb), ((), ())), precision=prec,
-               preferred_element_type=jnp.float32)
+  return jax.lax.dot_general(
+      a, b, ((ca, cb), ((), ())), precision=prec, preferred_element_type=jnp.float32
+  )

@@ -31,8 +31,9 @@ class Layout:
       raise ValueError(f"vocab_axis={self.vocab_axis!r} is not an axis of the mesh {names}")
     for ax in self.token_axes:
       if ax not in names or ax == self.vocab_axis:
-        raise ValueError(f"token_axes={self.token_axes!r}: {ax!r} is not a mesh axis other than "
-                         "vocab_axis")
+        raise ValueError(
+            f"token_axes={self.token_axes!r}: {ax!r} is not a mesh axis other than " "vocab_axis"
+        )
 
   @property
   def token_shards(self) -> int:
@@ -59,5 +60,7 @@ class Layout:
 
   def check_tokens(self, n: int) -> None:
     if n % self.token_shards:
-      raise ValueError(f"{n} tokens are not divisible by the {self.token_shards} shards of "
-                       f"token_axes={self.token_axes!r}")
+      raise ValueError(
+          f"{n} tokens are not divisible by the {self.token_shards} shards of "
+          f"token_axes={self.token_axes!r}"
+      )

@@ -52,11 +52,28 @@ def _interpret_params(interpret):
   return interpret
 
 
-def fused(spec, hs, Ws, ht, Wt, tok, *, vocab_block=None, token_block=None, hidden_block=None,
-          interpret=None):
+def fused(
+    spec,
+    hs,
+    Ws,
+    ht,
+    Wt,
+    tok,
+    *,
+    vocab_block=None,
+    token_block=None,
+    hidden_block=None,
+    interpret=None,
+):
   N, V = hs.shape[0], Ws.shape[1]
-  bn, bv = block_sizes(N, V, token_block, vocab_block, dims=(hs.shape[1], ht.shape[1]),
-                       itemsizes=(hs.dtype.itemsize, ht.dtype.itemsize))
+  bn, bv = block_sizes(
+      N,
+      V,
+      token_block,
+      vocab_block,
+      dims=(hs.shape[1], ht.shape[1]),
+      itemsizes=(hs.dtype.itemsize, ht.dtype.itemsize),
+  )
   cfg = (bn, bv, hidden_block, interpret)  # static: interpret may be a (hashable) InterpretParams
   return _fused(spec, cfg, hs, Ws, ht, Wt, tok)
 
@@ -64,8 +81,13 @@ def fused(spec, hs, Ws, ht, Wt, tok, *, vocab_block=None, token_block=None, hidd
 def _pad_inputs(bn, bv, hs, Ws, ht, Wt, tok):
   N, V = hs.shape[0], Ws.shape[1]
   n, v = _round_up(N, bn), _round_up(V, bv)
-  return (_pad_to(hs, 0, n), _pad_to(Ws, 1, v), _pad_to(ht, 0, n), _pad_to(Wt, 1, v),
-          _pad_to(tok, 0, n)[:, None])
+  return (
+      _pad_to(hs, 0, n),
+      _pad_to(Ws, 1, v),
+      _pad_to(ht, 0, n),
+      _pad_to(Wt, 1, v),
+      _pad_to(tok, 0, n)[:, None],
+  )
 
 
 def _forward_all(spec, cfg, hs, Ws, ht, Wt, tok):
@@ -79,6 +101,7 @@ def _forward_all(spec, cfg, hs, Ws, ht, Wt, tok):
     def run():
       outs = pallas_tpu.forward(spec, V, *padded, bn=bn, bv=bv, interpret=interp)
       return tuple(x[:N] for x in outs)
+
     return run
 
   def gpu():
@@ -87,7 +110,8 @@ def _forward_all(spec, cfg, hs, Ws, ht, Wt, tok):
   def other():  # any other platform: the chunked XLA forward, in the same output format
     struct, values = common.split(spec)
     (F, *stats), (sh_s, ll_s, sh_t, ll_t, G) = chunked.forward(
-        struct.bind(values), chunked.fused_tiles(hs, Ws, ht, Wt, min(bv, V)), N, V, min(bv, V), tok)
+        struct.bind(values), chunked.fused_tiles(hs, Ws, ht, Wt, min(bv, V)), N, V, min(bv, V), tok
+    )
     return tuple(x[:, None] for x in (sh_s, jnp.exp(ll_s), sh_t, jnp.exp(ll_t), F, G, *stats))
 
   if _use_interpret(interpret):
@@ -124,6 +148,7 @@ def _fused_bwd(spec, cfg, residuals, cts):
       stats_p = tuple(_pad_to(x, 0, n, value) for x, value in zip(stats, (0, 1, 0, 1, 0)))
       dh, dw = pallas_tpu.backward(spec, V, *padded, ct_p, stats_p, bn=bn, bv=bv, interpret=interp)
       return dh[:N], dw[:, :V]
+
     return run
 
   def gpu():  # chunked XLA backward from the kernel's statistics (also the non-TPU/GPU fallback)

@@ -25,8 +25,24 @@ TOKEN_BLOCK, VOCAB_BLOCK, HIDDEN_BLOCK = 64, 64, 64
 _round_up, _pad = common.round_up, common.pad_to
 
 
-def _kernel(spec, V, bv, bd, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref,
-            ms_ref, ls_ref, mt_ref, lt_ref, f_ref, g_ref, *stat_refs):
+def _kernel(
+    spec,
+    V,
+    bv,
+    bd,
+    hs_ref,
+    ws_ref,
+    ht_ref,
+    wt_ref,
+    tok_ref,
+    ms_ref,
+    ls_ref,
+    mt_ref,
+    lt_ref,
+    f_ref,
+    g_ref,
+    *stat_refs,
+):
   bn = hs_ref.shape[0]
   nv = ws_ref.shape[1] // bv
   tok = tok_ref[...]
@@ -36,6 +52,7 @@ def _kernel(spec, V, bv, bd, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref,
       h = h_ref[:, pl.ds(k * bd, bd)]
       w = w_ref[pl.ds(k * bd, bd), pl.ds(v0, bv)]
       return acc + common.dot(h, w)
+
     return jax.lax.fori_loop(0, h_ref.shape[1] // bd, body, jnp.zeros((bn, bv), jnp.float32))
 
   def tile(j):
@@ -50,8 +67,9 @@ def _kernel(spec, V, bv, bd, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref,
     zs, zt, _, ok = tile(j)
     return common.stats_update(ms, ls, zs, ok) + common.stats_update(mt, lt, zt, ok)
 
-  ms, ls, mt, lt = jax.lax.fori_loop(0, nv, stats_body,
-                                     common.stats_init((bn,)) + common.stats_init((bn,)))
+  ms, ls, mt, lt = jax.lax.fori_loop(
+      0, nv, stats_body, common.stats_init((bn,)) + common.stats_init((bn,))
+  )
   sh_s, ll_s = common.stats_finalize(ms, ls)
   sh_t, ll_t = common.stats_finalize(mt, lt)
 
@@ -69,8 +87,20 @@ def _kernel(spec, V, bv, bd, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref,
     ref[...] = x
 
 
-def forward(spec, V, hs, Ws, ht, Wt, tok, *, token_block=None, vocab_block=None, hidden_block=None,
-            interpret=False):
+def forward(
+    spec,
+    V,
+    hs,
+    Ws,
+    ht,
+    Wt,
+    tok,
+    *,
+    token_block=None,
+    vocab_block=None,
+    hidden_block=None,
+    interpret=False,
+):
   """Unpadded inputs -> (ms, ls, mt, lt, F, G, H_S, H_T, log p_S(tok)), each [N, 1] float32."""
   N = hs.shape[0]
   bn = token_block or TOKEN_BLOCK
@@ -87,9 +117,13 @@ def forward(spec, V, hs, Ws, ht, Wt, tok, *, token_block=None, vocab_block=None,
   outs = pl.pallas_call(
       functools.partial(_kernel, spec, V, bv, bd),
       grid=(n // bn,),
-      in_specs=[pl.BlockSpec((bn, ds), lambda i: (i, 0)), pl.BlockSpec((ds, v), lambda i: (0, 0)),
-                pl.BlockSpec((bn, dt), lambda i: (i, 0)), pl.BlockSpec((dt, v), lambda i: (0, 0)),
-                vec],
+      in_specs=[
+          pl.BlockSpec((bn, ds), lambda i: (i, 0)),
+          pl.BlockSpec((ds, v), lambda i: (0, 0)),
+          pl.BlockSpec((bn, dt), lambda i: (i, 0)),
+          pl.BlockSpec((dt, v), lambda i: (0, 0)),
+          vec,
+      ],
       out_specs=[vec] * 9,
       out_shape=[jax.ShapeDtypeStruct((n,), jnp.float32)] * 9,
       compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),

@@ -47,8 +47,23 @@ def _logp(z, m, l):
   return common.log_probs(z, *common.stats_finalize(m, l))
 
 
-def _fwd_kernel(spec, V, bv, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref,
-                ms_ref, ls_ref, mt_ref, lt_ref, f_ref, g_ref, *stat_refs):
+def _fwd_kernel(
+    spec,
+    V,
+    bv,
+    hs_ref,
+    ws_ref,
+    ht_ref,
+    wt_ref,
+    tok_ref,
+    ms_ref,
+    ls_ref,
+    mt_ref,
+    lt_ref,
+    f_ref,
+    g_ref,
+    *stat_refs,
+):
   phase, j = pl.program_id(1), pl.program_id(2)
   _, zs, zt, cols, ok = _tiles(spec, hs_ref, ws_ref, ht_ref, wt_ref, j * bv, V)
 
@@ -74,8 +89,23 @@ def _fwd_kernel(spec, V, bv, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref,
       ref[...] += jnp.sum(x, axis=1, keepdims=True)
 
 
-def _dz(spec, V, bv, col0, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref, ct_ref, ms_ref, ls_ref,
-        mt_ref, lt_ref, g_ref):
+def _dz(
+    spec,
+    V,
+    bv,
+    col0,
+    hs_ref,
+    ws_ref,
+    ht_ref,
+    wt_ref,
+    tok_ref,
+    ct_ref,
+    ms_ref,
+    ls_ref,
+    mt_ref,
+    lt_ref,
+    g_ref,
+):
   zs_raw, zs, zt, cols, ok = _tiles(spec, hs_ref, ws_ref, ht_ref, wt_ref, col0, V)
   s = _logp(zs, ms_ref[...], ls_ref[...])
   t = _logp(zt, mt_ref[...], lt_ref[...])
@@ -84,16 +114,47 @@ def _dz(spec, V, bv, col0, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref, ct_ref, ms_r
   return dz.astype(hs_ref.dtype)
 
 
-def _dh_kernel(spec, V, bv, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref, ct_ref, ms_ref, ls_ref,
-               mt_ref, lt_ref, g_ref, dh_ref, acc_ref):
+def _dh_kernel(
+    spec,
+    V,
+    bv,
+    hs_ref,
+    ws_ref,
+    ht_ref,
+    wt_ref,
+    tok_ref,
+    ct_ref,
+    ms_ref,
+    ls_ref,
+    mt_ref,
+    lt_ref,
+    g_ref,
+    dh_ref,
+    acc_ref,
+):
   j = pl.program_id(1)
 
   @pl.when(j == 0)
   def _init():
     acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
-  dz = _dz(spec, V, bv, j * bv, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref, ct_ref, ms_ref, ls_ref,
-           mt_ref, lt_ref, g_ref)
+  dz = _dz(
+      spec,
+      V,
+      bv,
+      j * bv,
+      hs_ref,
+      ws_ref,
+      ht_ref,
+      wt_ref,
+      tok_ref,
+      ct_ref,
+      ms_ref,
+      ls_ref,
+      mt_ref,
+      lt_ref,
+      g_ref,
+  )
   acc_ref[...] += common.dot(dz.astype(ws_ref.dtype), ws_ref[...], trans_b=True)
 
   @pl.when(j == pl.num_programs(1) - 1)
@@ -101,16 +162,47 @@ def _dh_kernel(spec, V, bv, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref, ct_ref, ms_
     dh_ref[...] = acc_ref[...].astype(dh_ref.dtype)
 
 
-def _dw_kernel(spec, V, bv, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref, ct_ref, ms_ref, ls_ref,
-               mt_ref, lt_ref, g_ref, dw_ref, acc_ref):
+def _dw_kernel(
+    spec,
+    V,
+    bv,
+    hs_ref,
+    ws_ref,
+    ht_ref,
+    wt_ref,
+    tok_ref,
+    ct_ref,
+    ms_ref,
+    ls_ref,
+    mt_ref,
+    lt_ref,
+    g_ref,
+    dw_ref,
+    acc_ref,
+):
   j, i = pl.program_id(0), pl.program_id(1)
 
   @pl.when(i == 0)
   def _init():
     acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
-  dz = _dz(spec, V, bv, j * bv, hs_ref, ws_ref, ht_ref, wt_ref, tok_ref, ct_ref, ms_ref, ls_ref,
-           mt_ref, lt_ref, g_ref)
+  dz = _dz(
+      spec,
+      V,
+      bv,
+      j * bv,
+      hs_ref,
+      ws_ref,
+      ht_ref,
+      wt_ref,
+      tok_ref,
+      ct_ref,
+      ms_ref,
+      ls_ref,
+      mt_ref,
+      lt_ref,
+      g_ref,
+  )
   acc_ref[...] += common.dot(hs_ref[...], dz, trans_a=True)
 
   @pl.when(i == pl.num_programs(1) - 1)
@@ -146,9 +238,11 @@ def vmem_limit(need):
   """The vmem_limit_bytes the kernels request for an estimated need (ValueError above the cap)."""
   limit = max(DEFAULT_VMEM_LIMIT, -(-int(1.25 * need) // 2**20) * 2**20)
   if limit > VMEM_LIMIT_CAP:
-    raise ValueError(f"the Pallas TPU divergence blocks need ~{need / 2**20:.0f} MiB of VMEM, more "
-                     f"than the {VMEM_LIMIT_CAP // 2**20} MiB every TPU generation has: pass a "
-                     "smaller token_block / vocab_block")
+    raise ValueError(
+        f"the Pallas TPU divergence blocks need ~{need / 2**20:.0f} MiB of VMEM, more "
+        f"than the {VMEM_LIMIT_CAP // 2**20} MiB every TPU generation has: pass a "
+        "smaller token_block / vocab_block"
+    )
   return limit
 
 
@@ -182,8 +276,13 @@ def forward(spec, V, hs, Ws, ht, Wt, tok_N1, *, bn, bv, interpret=False):
   return pl.pallas_call(
       functools.partial(_fwd_kernel, spec, V, bv),
       grid=grid,
-      in_specs=[pl.BlockSpec((bn, ds), row), pl.BlockSpec((ds, bv), lambda i, p, j: (0, j)),
-                pl.BlockSpec((bn, dt), row), pl.BlockSpec((dt, bv), lambda i, p, j: (0, j)), vec],
+      in_specs=[
+          pl.BlockSpec((bn, ds), row),
+          pl.BlockSpec((ds, bv), lambda i, p, j: (0, j)),
+          pl.BlockSpec((bn, dt), row),
+          pl.BlockSpec((dt, bv), lambda i, p, j: (0, j)),
+          vec,
+      ],
       out_specs=[vec] * 9,
       out_shape=[out] * 9,
       compiler_params=_params(("parallel", "arbitrary", "arbitrary"), _need(bn, bv, hs, ht)),
@@ -201,8 +300,12 @@ def backward(spec, V, hs, Ws, ht, Wt, tok_N1, ct_N1, stats, *, bn, bv, interpret
 
   def specs(row, col):
     vec = pl.BlockSpec((bn, 1), row)
-    return [pl.BlockSpec((bn, ds), row), pl.BlockSpec((ds, bv), col), pl.BlockSpec((bn, dt), row),
-            pl.BlockSpec((dt, bv), col)] + [vec] * 7
+    return [
+        pl.BlockSpec((bn, ds), row),
+        pl.BlockSpec((ds, bv), col),
+        pl.BlockSpec((bn, dt), row),
+        pl.BlockSpec((dt, bv), col),
+    ] + [vec] * 7
 
   def call(kernel, grid, row, col, out_block, out_index, out, name):
     return pl.pallas_call(
@@ -218,8 +321,24 @@ def backward(spec, V, hs, Ws, ht, Wt, tok_N1, ct_N1, stats, *, bn, bv, interpret
     )(*args)
 
   # d hidden: grid (token blocks, vocab blocks); d unembed: grid (vocab blocks, token blocks).
-  dh = call(_dh_kernel, (n // bn, vp // bv), lambda i, j: (i, 0), lambda i, j: (0, j), (bn, ds),
-            lambda i, j: (i, 0), hs, "gkd_divergence_dhidden")
-  dw = call(_dw_kernel, (vp // bv, n // bn), lambda j, i: (i, 0), lambda j, i: (0, j), (ds, bv),
-            lambda j, i: (0, j), Ws, "gkd_divergence_dunembed")
+  dh = call(
+      _dh_kernel,
+      (n // bn, vp // bv),
+      lambda i, j: (i, 0),
+      lambda i, j: (0, j),
+      (bn, ds),
+      lambda i, j: (i, 0),
+      hs,
+      "gkd_divergence_dhidden",
+  )
+  dw = call(
+      _dw_kernel,
+      (vp // bv, n // bn),
+      lambda j, i: (i, 0),
+      lambda j, i: (0, j),
+      (ds, bv),
+      lambda j, i: (0, j),
+      Ws,
+      "gkd_divergence_dunembed",
+  )
   return dh, dw

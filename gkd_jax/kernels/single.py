@@ -21,8 +21,14 @@ from gkd_jax.kernels.layout import Layout
 DEFAULT_VOCAB_BLOCK = 2048
 
 
-def logsumexp_and_mean_logit(hidden_NxD, unembed_DxV, *, softcap: Optional[float] = None,
-                             temperature: float = 1.0, vocab_block: int = DEFAULT_VOCAB_BLOCK):
+def logsumexp_and_mean_logit(
+    hidden_NxD,
+    unembed_DxV,
+    *,
+    softcap: Optional[float] = None,
+    temperature: float = 1.0,
+    vocab_block: int = DEFAULT_VOCAB_BLOCK,
+):
   """(log sum_v e^{z_v}, sum_v p_v z_v) per token, z = softcap(h W) / temperature, one pass."""
   v = unembed_DxV.shape[1]
   bv = min(vocab_block, v)
@@ -48,18 +54,27 @@ def logsumexp_and_mean_logit(hidden_NxD, unembed_DxV, *, softcap: Optional[float
   return shift_N + log_l_N, mz_N / l_N
 
 
-def cross_entropy(hidden_NxD, unembed_DxV, targets_N, *, softcap=None,
-                  vocab_block=DEFAULT_VOCAB_BLOCK):
+def cross_entropy(
+    hidden_NxD, unembed_DxV, targets_N, *, softcap=None, vocab_block=DEFAULT_VOCAB_BLOCK
+):
   """-log p(target) per token at temperature 1, without materialising [N, V] logits."""
-  lse_N, _ = logsumexp_and_mean_logit(hidden_NxD, unembed_DxV, softcap=softcap,
-                                      vocab_block=vocab_block)
+  lse_N, _ = logsumexp_and_mean_logit(
+      hidden_NxD, unembed_DxV, softcap=softcap, vocab_block=vocab_block
+  )
   cols_NxD = jnp.take(unembed_DxV, targets_N, axis=1).T
   z_N = jnp.sum(hidden_NxD.astype(jnp.float32) * cols_NxD.astype(jnp.float32), axis=-1)
   return lse_N - common.scale(z_N, softcap, 1.0)
 
 
-def entropy(hidden_NxD, unembed_DxV, *, softcap=None, temperature=1.0,
-            vocab_block=DEFAULT_VOCAB_BLOCK, layout: Optional[Layout] = None):
+def entropy(
+    hidden_NxD,
+    unembed_DxV,
+    *,
+    softcap=None,
+    temperature=1.0,
+    vocab_block=DEFAULT_VOCAB_BLOCK,
+    layout: Optional[Layout] = None,
+):
   """Entropy (nats) of softmax(softcap(h W) / temperature) per token: H = log Z - E_p[z].
 
   With `layout.vocab_axis` set, each device reduces its own columns and only [N] statistics are
@@ -75,5 +90,10 @@ def entropy(hidden_NxD, unembed_DxV, *, softcap=None, temperature=1.0,
     total_N = sum(common.stats_finalize(*common.stats_allreduce(lse_N, jnp.ones_like(lse_N), axis)))
     return total_N - jax.lax.psum(jnp.exp(lse_N - total_N) * mean_z_N, axis)
 
-  return jax.shard_map(local, mesh=layout.mesh, in_specs=(layout.rows, layout.columns),
-                       out_specs=layout.vector, check_vma=False)(hidden_NxD, unembed_DxV)
+  return jax.shard_map(
+      local,
+      mesh=layout.mesh,
+      in_specs=(layout.rows, layout.columns),
+      out_specs=layout.vector,
+      check_vma=False,
+  )(hidden_NxD, unembed_DxV)

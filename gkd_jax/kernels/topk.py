@@ -118,8 +118,9 @@ def _stats_bwd(softcap, temperature, bv, residuals, cts):
     dz = a[:, None] * p + b[:, None] * q
     dz = dz.at[rows, local].add(c, mode="drop")
     dz = (dz * _dscale(z_raw, softcap, temperature)).astype(hs.dtype)
-    dW = jax.lax.dynamic_update_slice_in_dim(dW, common.dot(hs, dz, trans_a=True).astype(W.dtype),
-                                             start, axis=1)
+    dW = jax.lax.dynamic_update_slice_in_dim(
+        dW, common.dot(hs, dz, trans_a=True).astype(W.dtype), start, axis=1
+    )
     dz_owned = jnp.where(owned[None, :], dz, 0).astype(hs.dtype)
     dhs = dhs + common.dot(dz_owned, w, trans_b=True)
     return dhs, dW
@@ -133,16 +134,16 @@ student_stats.defvjp(_stats_fwd, _stats_bwd)
 
 
 def fused_linear_topk_divergence(
-  student_hidden,
-  student_unembed,
-  teacher_topk_ids,
-  teacher_topk_logprobs,
-  spec: DivergenceSpec | None = None,
-  *,
-  tokens=None,
-  vocab_block=None,
-  layout: Layout | None = None,
-  **hyperparameters,
+    student_hidden,
+    student_unembed,
+    teacher_topk_ids,
+    teacher_topk_logprobs,
+    spec: DivergenceSpec | None = None,
+    *,
+    tokens=None,
+    vocab_block=None,
+    layout: Layout | None = None,
+    **hyperparameters,
 ):
   """Per-token top-k divergence [N] float32 of softmax(student_hidden @ student_unembed) against the
   teacher's top-k log-probabilities (`gkd_jax.divergences.topk_divergence` semantics).
@@ -165,14 +166,25 @@ def fused_linear_topk_divergence(
     if x.ndim != 2:
       raise ValueError(f"{name}.shape={tuple(x.shape)} must have 2 dimensions")
   if hs.shape[1] != W.shape[0]:
-    raise ValueError(f"student_hidden.shape={tuple(hs.shape)} does not match "
-                     f"student_unembed.shape={tuple(W.shape)} (hidden size)")
+    raise ValueError(
+        f"student_hidden.shape={tuple(hs.shape)} does not match "
+        f"student_unembed.shape={tuple(W.shape)} (hidden size)"
+    )
   if vocab_block is not None and (not isinstance(vocab_block, int) or vocab_block <= 0):
     raise ValueError(f"vocab_block={vocab_block!r} must be a positive int")
   V = W.shape[1]
-  topk.validate_topk_args(V, hs.shape[:1], ids, lp, kind=spec.kind, beta=spec.beta,
-                          alpha=spec.alpha, temperature=spec.temperature,
-                          student_softcap=spec.student_softcap, tokens=tokens)
+  topk.validate_topk_args(
+      V,
+      hs.shape[:1],
+      ids,
+      lp,
+      kind=spec.kind,
+      beta=spec.beta,
+      alpha=spec.alpha,
+      temperature=spec.temperature,
+      student_softcap=spec.student_softcap,
+      tokens=tokens,
+  )
   for name in ("beta", "alpha", "temperature", "student_softcap"):
     value = getattr(spec, name)
     if value is not None and not isinstance(value, numbers.Real):
@@ -184,12 +196,15 @@ def fused_linear_topk_divergence(
   if layout is None or layout.token_shards == 1 and layout.vocab_axis is None:
     return local(*args)
   if layout.vocab_axis is not None:
-    raise ValueError(f"layout.vocab_axis={layout.vocab_axis!r}: the top-k divergence does not "
-                     "support a sharded vocabulary (use a layout with token_axes only)")
+    raise ValueError(
+        f"layout.vocab_axis={layout.vocab_axis!r}: the top-k divergence does not "
+        "support a sharded vocabulary (use a layout with token_axes only)"
+    )
   layout.check_tokens(hs.shape[0])
   rows, vec = layout.rows, layout.vector
-  return jax.shard_map(local, mesh=layout.mesh, in_specs=(rows, P(), rows, rows, vec),
-                       out_specs=vec, check_vma=False)(*args)
+  return jax.shard_map(
+      local, mesh=layout.mesh, in_specs=(rows, P(), rows, rows, vec), out_specs=vec, check_vma=False
+  )(*args)
 
 
 def _one_device(spec, bv, has_tokens, hs, W, ids, lp, tok):
@@ -199,5 +214,6 @@ def _one_device(spec, bv, has_tokens, hs, W, ids, lp, tok):
   s_k1 = topk.student_kplus1(zk, shift, log_l, shift_o, log_lo)
   t_k1 = topk.teacher_kplus1(lp, W.shape[1])
   bucket = topk.bucket_of(tok, ids) if has_tokens else None
-  return topk.kplus1_divergence(s_k1, t_k1, kind=spec.kind, beta=float(spec.beta),
-                                alpha=float(spec.alpha), bucket=bucket)
+  return topk.kplus1_divergence(
+      s_k1, t_k1, kind=spec.kind, beta=float(spec.beta), alpha=float(spec.alpha), bucket=bucket
+  )

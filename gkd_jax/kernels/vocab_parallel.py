@@ -33,8 +33,13 @@ def token_parallel(local_fn, layout: Layout, hs, Ws, ht, Wt, tok):
   """local_fn(hs, Ws, ht, Wt, tok) -> (F, H_S, H_T, log p_S(tok)) [n], on each device's tokens."""
   layout.check_tokens(hs.shape[0])
   rows, vec, rep = layout.rows, layout.vector, P()
-  return jax.shard_map(local_fn, mesh=layout.mesh, in_specs=(rows, rep, rows, rep, vec),
-                       out_specs=(vec,) * 4, check_vma=False)(hs, Ws, ht, Wt, tok)
+  return jax.shard_map(
+      local_fn,
+      mesh=layout.mesh,
+      in_specs=(rows, rep, rows, rep, vec),
+      out_specs=(vec,) * 4,
+      check_vma=False,
+  )(hs, Ws, ht, Wt, tok)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +57,15 @@ def fused(spec, layout: Layout, hs, Ws, ht, Wt, tok, *, vocab_block=None):
   n_shards = layout.vocab_shards
   V = Ws.shape[1]
   if V % n_shards:
-    raise ValueError(f"vocabulary size {V} is not divisible by mesh axis {layout.vocab_axis!r} of "
-                     f"size {n_shards} (vocab_axis={layout.vocab_axis!r})")
+    raise ValueError(
+        f"vocabulary size {V} is not divisible by mesh axis {layout.vocab_axis!r} of "
+        f"size {n_shards} (vocab_axis={layout.vocab_axis!r})"
+    )
   v_local = V // n_shards
   struct, values = common.split(spec)
-  static = _Static(struct, layout, min(vocab_block or chunked.DEFAULT_VOCAB_BLOCK, v_local), v_local)
+  static = _Static(
+      struct, layout, min(vocab_block or chunked.DEFAULT_VOCAB_BLOCK, v_local), v_local
+  )
   return _vp(static, values, hs, Ws, ht, Wt, tok)
 
 
@@ -75,8 +84,9 @@ def _local_forward(st: _Static, values, hs, Ws, ht, Wt, tok):
   N, bv = hs.shape[0], st.vocab_block
   get = chunked.fused_tiles(hs, Ws, ht, Wt, bv)
   ms, ls, mt, lt = chunked.stats_pass(spec, get, N, st.local_vocab, bv)
-  norms = (common.stats_finalize(*common.stats_allreduce(ms, ls, axis))
-           + common.stats_finalize(*common.stats_allreduce(mt, lt, axis)))
+  norms = common.stats_finalize(*common.stats_allreduce(ms, ls, axis)) + common.stats_finalize(
+      *common.stats_allreduce(mt, lt, axis)
+  )
   sums = chunked.value_pass(spec, get, N, st.local_vocab, bv, _local_tokens(st, tok), norms)
   F, G, *stats = (jax.lax.psum(x, axis) for x in sums)
   return (F, *stats), norms + (G,)
@@ -84,8 +94,9 @@ def _local_forward(st: _Static, values, hs, Ws, ht, Wt, tok):
 
 def _local_backward(st: _Static, values, hs, Ws, ht, Wt, tok, sh_s, ll_s, sh_t, ll_t, G, ct):
   spec, axis = st.struct.bind(values), st.layout.vocab_axis
-  dhs, dWs = chunked.fused_backward(spec, st.vocab_block, hs, Ws, ht, Wt, _local_tokens(st, tok),
-                                    (sh_s, ll_s, sh_t, ll_t), G, ct)
+  dhs, dWs = chunked.fused_backward(
+      spec, st.vocab_block, hs, Ws, ht, Wt, _local_tokens(st, tok), (sh_s, ll_s, sh_t, ll_t), G, ct
+  )
   if st.layout.token_axes:  # the unembedding gradient sums over every token shard
     dWs = jax.lax.psum(dWs.astype(jnp.float32), st.layout.token_axes).astype(Ws.dtype)
   return jax.lax.psum(dhs, axis).astype(hs.dtype), dWs
@@ -93,9 +104,13 @@ def _local_backward(st: _Static, values, hs, Ws, ht, Wt, tok, sh_s, ll_s, sh_t, 
 
 def _forward_sharded(st: _Static, values, hs, Ws, ht, Wt, tok):
   vec = st.layout.vector
-  f = jax.shard_map(functools.partial(_local_forward, st), mesh=st.layout.mesh,
-                    in_specs=_in_specs(st.layout), out_specs=((vec,) * 4, (vec,) * 5),
-                    check_vma=False)
+  f = jax.shard_map(
+      functools.partial(_local_forward, st),
+      mesh=st.layout.mesh,
+      in_specs=_in_specs(st.layout),
+      out_specs=((vec,) * 4, (vec,) * 5),
+      check_vma=False,
+  )
   return f(values, hs, Ws, ht, Wt, tok)
 
 
@@ -112,9 +127,13 @@ def _vp_fwd(st, values, hs, Ws, ht, Wt, tok):
 def _vp_bwd(st, residuals, cts):
   values, hs, Ws, ht, Wt, tok, res = residuals
   layout = st.layout
-  f = jax.shard_map(functools.partial(_local_backward, st), mesh=layout.mesh,
-                    in_specs=_in_specs(layout) + (layout.vector,) * 6,
-                    out_specs=(layout.rows, layout.columns), check_vma=False)
+  f = jax.shard_map(
+      functools.partial(_local_backward, st),
+      mesh=layout.mesh,
+      in_specs=_in_specs(layout) + (layout.vector,) * 6,
+      out_specs=(layout.rows, layout.columns),
+      check_vma=False,
+  )
   dhs, dWs = f(values, hs, Ws, ht, Wt, tok, *res, cts[0].astype(jnp.float32))
   return None, dhs, dWs, None, None, None
 

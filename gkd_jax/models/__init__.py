@@ -9,11 +9,34 @@ The params tree layout is documented in `api.py`; `hf.py` maps HuggingFace tenso
 """
 
 from gkd_jax.models.config import FULL, SLIDING, ModelConfig, RopeScaling
-from gkd_jax.models.api import (DTYPES, Model, build, init, logical_axes, num_params,
-                                param_shapes, unembedding)
+from gkd_jax.models.api import (
+    DTYPES,
+    Model,
+    build,
+    init,
+    logical_axes,
+    num_params,
+    param_shapes,
+    unembedding,
+)
 from gkd_jax.models.hf import load_pretrained, save_pretrained
 from gkd_jax.models.presets import PRESETS, get_preset
 
-__all__ = ["DTYPES", "FULL", "PRESETS", "SLIDING", "Model", "ModelConfig", "RopeScaling", "build",
-           "get_preset", "init", "load_pretrained", "logical_axes", "num_params", "param_shapes",
-           "save_pretrained", "unembedding"]
+__all__ = [
+    "DTYPES",
+    "FULL",
+    "PRESETS",
+    "SLIDING",
+    "Model",
+    "ModelConfig",
+    "RopeScaling",
+    "build",
+    "get_preset",
+    "init",
+    "load_pretrained",
+    "logical_axes",
+    "num_params",
+    "param_shapes",
+    "save_pretrained",
+    "unembedding",
+]

@@ -113,8 +113,11 @@ def param_shapes(model: Model) -> Params:
 def logical_axes(model: Model) -> Params:
   """The params tree with `PartitionSpec(*logical axis names)` leaves."""
   state = _abstract(model)[1]
-  specs = jax.tree.map(lambda v: PartitionSpec(*v.get_metadata()["out_sharding"]), state,
-                       is_leaf=lambda x: isinstance(x, nnx.Variable))
+  specs = jax.tree.map(
+      lambda v: PartitionSpec(*v.get_metadata()["out_sharding"]),
+      state,
+      is_leaf=lambda x: isinstance(x, nnx.Variable),
+  )
   return specs.to_pure_dict()
 
 

@@ -66,18 +66,27 @@ class ModelConfig:
     else:
       object.__setattr__(self, "layer_types", tuple(self.layer_types))
     problems = []
-    for name in ("vocab_size", "num_layers", "embed_dim", "mlp_dim", "num_heads",
-                 "num_kv_heads", "head_dim"):
+    for name in (
+        "vocab_size",
+        "num_layers",
+        "embed_dim",
+        "mlp_dim",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+    ):
       if int(getattr(self, name)) <= 0:
         problems.append(f"{name}={getattr(self, name)} must be > 0")
     if self.num_kv_heads > 0 and self.num_heads % self.num_kv_heads:
-      problems.append(f"num_heads={self.num_heads} must be a multiple of "
-                      f"num_kv_heads={self.num_kv_heads}")
+      problems.append(
+          f"num_heads={self.num_heads} must be a multiple of " f"num_kv_heads={self.num_kv_heads}"
+      )
     if self.activation not in ACTIVATIONS:
       problems.append(f"activation={self.activation!r} must be one of {ACTIVATIONS}")
     if len(self.layer_types) != self.num_layers:
-      problems.append(f"layer_types has {len(self.layer_types)} entries, "
-                      f"num_layers={self.num_layers}")
+      problems.append(
+          f"layer_types has {len(self.layer_types)} entries, " f"num_layers={self.num_layers}"
+      )
     bad = sorted(set(self.layer_types) - {FULL, SLIDING})
     if bad:
       problems.append(f"layer_types has unknown entries {bad}; allowed {FULL!r}, {SLIDING!r}")

@@ -171,8 +171,9 @@ class Decoder(nnx.Module):
     V, D = cfg.vocab_size, cfg.embed_dim
     self.embed = _param(rngs, (V, D), ("vocab", "embed"), dtype)
     self.layers = nnx.List([Block(cfg, s, dtype, rngs) for s in cfg.is_sliding])
-    self.final_norm = RMSNorm(D, "embed", eps=cfg.norm_eps, plus_one=cfg.norm_scale_plus_one,
-                              dtype=dtype, rngs=rngs)
+    self.final_norm = RMSNorm(
+        D, "embed", eps=cfg.norm_eps, plus_one=cfg.norm_scale_plus_one, dtype=dtype, rngs=rngs
+    )
     self.lm_head = None if cfg.tie_embeddings else _param(rngs, (D, V), ("embed", "vocab"), dtype)
 
   def embed_tokens(self, tokens_BxT):
@@ -187,15 +188,24 @@ class Decoder(nnx.Module):
 
   def logits(self, hidden_BxTxD) -> jax.Array:
     if self.lm_head is None:  # contract with the [V,D] embedding directly (no transpose)
-      logits = jnp.einsum("btd,vd->btv", hidden_BxTxD, self.embed[...],
-                          preferred_element_type=jnp.float32)
+      logits = jnp.einsum(
+          "btd,vd->btv", hidden_BxTxD, self.embed[...], preferred_element_type=jnp.float32
+      )
     else:
-      logits = jnp.einsum("btd,dv->btv", hidden_BxTxD, self.lm_head[...],
-                          preferred_element_type=jnp.float32)
+      logits = jnp.einsum(
+          "btd,dv->btv", hidden_BxTxD, self.lm_head[...], preferred_element_type=jnp.float32
+      )
     return softcap(logits, self.cfg.final_logit_softcap)
 
-  def __call__(self, tokens_BxT, positions_BxT, masks: dict, kv_fns=None, remat: bool = False,
-               output_from: int = 0):
+  def __call__(
+      self,
+      tokens_BxT,
+      positions_BxT,
+      masks: dict,
+      kv_fns=None,
+      remat: bool = False,
+      output_from: int = 0,
+  ):
     """Final-norm hidden states [B,T,D] and the per-layer `kv_fn` results.
 
     masks: {False: full-attention mask [B,T,S], True: sliding mask [B,T,S']} (bool, True = visible).
@@ -220,8 +230,7 @@ class Decoder(nnx.Module):
       if remat and kv_fns is None and not query_from:
         x, extra = _remat_block(layer, x, cos, sin, masks[s]), None
       else:
-        x, extra = layer(x, cos, sin, masks[s], None if kv_fns is None else kv_fns[i],
-                         query_from)
+        x, extra = layer(x, cos, sin, masks[s], None if kv_fns is None else kv_fns[i], query_from)
       extras.append(extra)
     return self.final_norm(x), extras
 

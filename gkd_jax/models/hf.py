@@ -39,19 +39,40 @@ _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 # Tensors some checkpoints carry that hold nothing we need (recomputed RoPE tables).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # Multimodal Gemma 3 (model_type "gemma3"): we load its language model and skip the vision tower.
-_MULTIMODAL_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
-                        ("language_model.lm_head.", "lm_head."))
-_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
-                    "model.multi_modal_projector.")
+_MULTIMODAL_PREFIXES = (
+    ("language_model.model.", "model."),
+    ("model.language_model.", "model."),
+    ("language_model.lm_head.", "lm_head."),
+)
+_VISION_PREFIXES = (
+    "vision_tower.",
+    "multi_modal_projector.",
+    "model.vision_tower.",
+    "model.multi_modal_projector.",
+)
 
 # Our parameter paths (api.py's params layout), by role; layer roles sit under ("layers", i).
-_NAMES = dict(embed=("embed",), lm_head=("lm_head",), final_norm=("final_norm", "scale"),
-              attn_norm=("attn_norm", "scale"), q=("attn", "q"), k=("attn", "k"), v=("attn", "v"),
-              o=("attn", "o"), q_bias=("attn", "q_bias"), k_bias=("attn", "k_bias"),
-              v_bias=("attn", "v_bias"), q_norm=("attn", "q_norm", "scale"),
-              k_norm=("attn", "k_norm", "scale"), post_attn_norm=("post_attn_norm", "scale"),
-              mlp_norm=("mlp_norm", "scale"), gate=("mlp", "gate"), up=("mlp", "up"),
-              down=("mlp", "down"), post_mlp_norm=("post_mlp_norm", "scale"))
+_NAMES = dict(
+    embed=("embed",),
+    lm_head=("lm_head",),
+    final_norm=("final_norm", "scale"),
+    attn_norm=("attn_norm", "scale"),
+    q=("attn", "q"),
+    k=("attn", "k"),
+    v=("attn", "v"),
+    o=("attn", "o"),
+    q_bias=("attn", "q_bias"),
+    k_bias=("attn", "k_bias"),
+    v_bias=("attn", "v_bias"),
+    q_norm=("attn", "q_norm", "scale"),
+    k_norm=("attn", "k_norm", "scale"),
+    post_attn_norm=("post_attn_norm", "scale"),
+    mlp_norm=("mlp_norm", "scale"),
+    gate=("mlp", "gate"),
+    up=("mlp", "up"),
+    down=("mlp", "down"),
+    post_mlp_norm=("post_mlp_norm", "scale"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,18 +104,24 @@ def tensor_plan(config: ModelConfig) -> list[_Entry]:
   out = [_Entry("model.embed_tokens.weight", n["embed"], (V, D), (V, D))]
   for i in range(config.num_layers):
     pre, ours = f"model.layers.{i}.", lambda role: ("layers", i) + n[role]
-    e = [(pre + "input_layernorm.weight", "attn_norm", (D,), (D,)),
-         (pre + "self_attn.q_proj.weight", "q", (H * Dh, D), (D, H, Dh)),
-         (pre + "self_attn.k_proj.weight", "k", (K * Dh, D), (D, K, Dh)),
-         (pre + "self_attn.v_proj.weight", "v", (K * Dh, D), (D, K, Dh)),
-         (pre + "self_attn.o_proj.weight", "o", (D, H * Dh), (H, Dh, D))]
+    e = [
+        (pre + "input_layernorm.weight", "attn_norm", (D,), (D,)),
+        (pre + "self_attn.q_proj.weight", "q", (H * Dh, D), (D, H, Dh)),
+        (pre + "self_attn.k_proj.weight", "k", (K * Dh, D), (D, K, Dh)),
+        (pre + "self_attn.v_proj.weight", "v", (K * Dh, D), (D, K, Dh)),
+        (pre + "self_attn.o_proj.weight", "o", (D, H * Dh), (H, Dh, D)),
+    ]
     if config.qkv_bias:
-      e += [(pre + "self_attn.q_proj.bias", "q_bias", (H * Dh,), (H, Dh)),
-            (pre + "self_attn.k_proj.bias", "k_bias", (K * Dh,), (K, Dh)),
-            (pre + "self_attn.v_proj.bias", "v_bias", (K * Dh,), (K, Dh))]
+      e += [
+          (pre + "self_attn.q_proj.bias", "q_bias", (H * Dh,), (H, Dh)),
+          (pre + "self_attn.k_proj.bias", "k_bias", (K * Dh,), (K, Dh)),
+          (pre + "self_attn.v_proj.bias", "v_bias", (K * Dh,), (K, Dh)),
+      ]
     if config.qk_norm:
-      e += [(pre + "self_attn.q_norm.weight", "q_norm", (Dh,), (Dh,)),
-            (pre + "self_attn.k_norm.weight", "k_norm", (Dh,), (Dh,))]
+      e += [
+          (pre + "self_attn.q_norm.weight", "q_norm", (Dh,), (Dh,)),
+          (pre + "self_attn.k_norm.weight", "k_norm", (Dh,), (Dh,)),
+      ]
     if gemma:  # Gemma names: post_attention_layernorm is the *post*-attention norm
       if config.post_attn_norm:
         e.append((pre + "post_attention_layernorm.weight", "post_attn_norm", (D,), (D,)))
@@ -103,9 +130,11 @@ def tensor_plan(config: ModelConfig) -> list[_Entry]:
         e.append((pre + "post_feedforward_layernorm.weight", "post_mlp_norm", (D,), (D,)))
     else:  # Llama/Qwen names: post_attention_layernorm is the pre-MLP norm
       e.append((pre + "post_attention_layernorm.weight", "mlp_norm", (D,), (D,)))
-    e += [(pre + "mlp.gate_proj.weight", "gate", (F, D), (D, F)),
-          (pre + "mlp.up_proj.weight", "up", (F, D), (D, F)),
-          (pre + "mlp.down_proj.weight", "down", (D, F), (F, D))]
+    e += [
+        (pre + "mlp.gate_proj.weight", "gate", (F, D), (D, F)),
+        (pre + "mlp.up_proj.weight", "up", (F, D), (D, F)),
+        (pre + "mlp.down_proj.weight", "down", (D, F), (F, D)),
+    ]
     out += [_Entry(name, ours(role), hf, mine, len(hf) == 2) for name, role, hf, mine in e]
   out.append(_Entry("model.norm.weight", n["final_norm"], (D,), (D,)))
   if not config.tie_embeddings:
@@ -115,6 +144,7 @@ def tensor_plan(config: ModelConfig) -> list[_Entry]:
 
 def _model_api():
   from gkd_jax.models import api  # the decoder; imported only when a model is built
+
   return api
 
 
@@ -122,15 +152,19 @@ def _plan_for(model) -> list[_Entry]:
   """The plan for `model`, checked leaf by leaf against its params tree (shapes included)."""
   shapes = _model_api().param_shapes(model)
   plan = tensor_plan(model.config)
-  leaves = {tuple(_key(k) for k in p): tuple(x.shape)
-            for p, x in jax.tree_util.tree_leaves_with_path(shapes)}
+  leaves = {
+      tuple(_key(k) for k in p): tuple(x.shape)
+      for p, x in jax.tree_util.tree_leaves_with_path(shapes)
+  }
   mine = {e.path: e.shape for e in plan}
   if leaves != mine:
     shapes_differ = [(p, leaves[p], mine[p]) for p in leaves if mine.get(p, leaves[p]) != leaves[p]]
-    raise RuntimeError(f"HF tensor map and decoder params disagree: only in decoder "
-                       f"{sorted(set(leaves) - set(mine), key=str)[:5]}, only in map "
-                       f"{sorted(set(mine) - set(leaves), key=str)[:5]}, shape differences "
-                       f"{shapes_differ[:5]}")
+    raise RuntimeError(
+        f"HF tensor map and decoder params disagree: only in decoder "
+        f"{sorted(set(leaves) - set(mine), key=str)[:5]}, only in map "
+        f"{sorted(set(mine) - set(leaves), key=str)[:5]}, shape differences "
+        f"{shapes_differ[:5]}"
+    )
   return plan
 
 
@@ -139,6 +173,7 @@ def _key(k):
 
 
 # ----------------------------------------------------------------------------------------- files
+
 
 def read_hf_config(path: Union[str, os.PathLike]) -> dict[str, Any]:
   f = Path(path) / CONFIG
@@ -165,18 +200,24 @@ def _weight_files(path: Path) -> dict[str, Path]:
     files = {name: path / shard for name, shard in weight_map.items()}
     for name, shard in weight_map.items():  # the index may only name files of the folder itself
       if not isinstance(shard, str) or os.path.basename(shard) != shard or shard in ("", ".", ".."):
-        raise ValueError(f"{index}: weight_map[{name!r}]={shard!r} is not a file name in "
-                         "the checkpoint folder")
+        raise ValueError(
+            f"{index}: weight_map[{name!r}]={shard!r} is not a file name in "
+            "the checkpoint folder"
+        )
     for shard in sorted(set(files.values())):
       if not shard.is_file():
         first = next(n for n, s in files.items() if s == shard)
-        raise FileNotFoundError(f"{index} names shard {shard.name!r} (holding e.g. {first!r}) "
-                                f"but {shard} does not exist")
+        raise FileNotFoundError(
+            f"{index} names shard {shard.name!r} (holding e.g. {first!r}) "
+            f"but {shard} does not exist"
+        )
     return files
   shards = sorted(path.glob("*.safetensors"))
   if not shards:
-    raise FileNotFoundError(f"no {WEIGHTS}, {INDEX} or *.safetensors in {str(path)!r} "
-                            "(only safetensors checkpoints are supported)")
+    raise FileNotFoundError(
+        f"no {WEIGHTS}, {INDEX} or *.safetensors in {str(path)!r} "
+        "(only safetensors checkpoints are supported)"
+    )
   files = {}
   for shard in shards:
     with _safe_open(shard) as f:
@@ -190,6 +231,7 @@ def _weight_files(path: Path) -> dict[str, Path]:
 def _safe_open(file: Path):
   """safetensors.safe_open, with a damaged file reported as one ValueError naming it."""
   from safetensors import SafetensorError, safe_open
+
   try:
     return safe_open(file, framework="np")
   except (SafetensorError, OSError) as e:
@@ -205,7 +247,7 @@ def _canonical(name: str, multimodal: bool) -> Optional[str]:
       return None
     for old, new in _MULTIMODAL_PREFIXES:
       if name.startswith(old):
-        return new + name[len(old):]
+        return new + name[len(old) :]
   return name
 
 
@@ -214,8 +256,9 @@ def _canonical(name: str, multimodal: bool) -> Optional[str]:
 ShardingsArg = Union[None, Any, Callable[[tuple, jax.ShapeDtypeStruct], Any]]
 
 
-def read_params(path, model, dtype=jnp.float32, shardings: ShardingsArg = None,
-                multimodal: bool = False) -> dict:
+def read_params(
+    path, model, dtype=jnp.float32, shardings: ShardingsArg = None, multimodal: bool = False
+) -> dict:
   """The params tree of `model` from the safetensors files in `path` (validated, streamed).
 
   shardings: None (default device), a pytree of `jax.sharding.Sharding` with the params' structure,
@@ -232,13 +275,17 @@ def read_params(path, model, dtype=jnp.float32, shardings: ShardingsArg = None,
   tied_head = model.config.tie_embeddings and "lm_head.weight" in files
   missing = sorted(expected - set(files))
   if missing:
-    raise ValueError(f"checkpoint {str(path)!r} is missing {len(missing)} tensor(s) that "
-                     f"{model.config.model_type} needs: {', '.join(missing[:8])}"
-                     + (" ..." if len(missing) > 8 else ""))
+    raise ValueError(
+        f"checkpoint {str(path)!r} is missing {len(missing)} tensor(s) that "
+        f"{model.config.model_type} needs: {', '.join(missing[:8])}"
+        + (" ..." if len(missing) > 8 else "")
+    )
   extra = sorted(set(files) - expected - ({"lm_head.weight"} if tied_head else set()))
   if extra:
-    raise ValueError(f"checkpoint {str(path)!r} has {len(extra)} unexpected tensor(s) for this "
-                     f"config: {', '.join(extra[:8])}" + (" ..." if len(extra) > 8 else ""))
+    raise ValueError(
+        f"checkpoint {str(path)!r} has {len(extra)} unexpected tensor(s) for this "
+        f"config: {', '.join(extra[:8])}" + (" ..." if len(extra) > 8 else "")
+    )
   out_dtype = np.dtype(jnp.dtype(dtype))
   if not jnp.issubdtype(out_dtype, jnp.floating):
     raise ValueError(f"dtype={out_dtype} must be a floating-point dtype")
@@ -262,17 +309,22 @@ def read_params(path, model, dtype=jnp.float32, shardings: ShardingsArg = None,
       s = f.get_slice(name)
       shape, st_dtype = tuple(s.get_shape()), s.get_dtype()
       if shape != hf_shape:
-        raise ValueError(f"tensor {name!r} has shape {list(shape)}, expected "
-                         f"{list(hf_shape)} for this config ({file.name})")
+        raise ValueError(
+            f"tensor {name!r} has shape {list(shape)}, expected "
+            f"{list(hf_shape)} for this config ({file.name})"
+        )
       if st_dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"tensor {name!r} has dtype {st_dtype}, which cannot be cast to "
-                         f"{out_dtype} (expected a float tensor; {file.name})")
+        raise ValueError(
+            f"tensor {name!r} has dtype {st_dtype}, which cannot be cast to "
+            f"{out_dtype} (expected a float tensor; {file.name})"
+        )
     if tied_head:  # tolerated only when it is the embedding itself (as some releases store it)
       (head, head_file), (emb, emb_file) = files["lm_head.weight"], files[plan[0].hf_name]
-      if not np.array_equal(handles[head_file].get_tensor(head),
-                            handles[emb_file].get_tensor(emb)):
-        raise ValueError(f"tensor {head!r} differs from {emb!r} but tie_word_embeddings is "
-                         "true in config.json")
+      if not np.array_equal(handles[head_file].get_tensor(head), handles[emb_file].get_tensor(emb)):
+        raise ValueError(
+            f"tensor {head!r} differs from {emb!r} but tie_word_embeddings is "
+            "true in config.json"
+        )
     for e in plan:
       name, file = files[e.hf_name]
       x = e.to_ours(handles[file].get_tensor(name)).astype(out_dtype, copy=False)
@@ -320,9 +372,11 @@ def load_pretrained(path, dtype=jnp.float32, shardings: ShardingsArg = None):
 
 # ------------------------------------------------------------------------------------------ save
 
+
 def _to_host(x) -> np.ndarray:
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     from jax.experimental import multihost_utils
+
     x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(jax.device_get(x))
 
@@ -336,18 +390,21 @@ def save_pretrained(path, model, params, max_shard_bytes: int = 5 * 2**30) -> No
   multi-process run every process must call this (arrays are gathered); process 0 writes.
   """
   from safetensors.numpy import save_file
+
   plan = _plan_for(model)
   path = Path(path)
   leaves = [_get(params, e.path) for e in plan]
   dtype_name = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(
-      str(jnp.dtype(leaves[0].dtype)), "float32")
+      str(jnp.dtype(leaves[0].dtype)), "float32"
+  )
   hf = config_to_hf(model.config, dtype=dtype_name)  # validates before anything is written
   writer = jax.process_index() == 0
   if writer:
     path.mkdir(parents=True, exist_ok=True)
     _write_json(path / CONFIG, hf)
-    gen = {k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-           if hf.get(k) is not None}
+    gen = {
+        k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf.get(k) is not None
+    }
     _write_json(path / GENERATION_CONFIG, gen)
   shards, current, size = [], [], 0
   for e, x in zip(plan, leaves):
@@ -358,8 +415,11 @@ def save_pretrained(path, model, params, max_shard_bytes: int = 5 * 2**30) -> No
     current.append(e)
     size += nbytes
   shards.append(current)
-  names = ([WEIGHTS] if len(shards) == 1 else
-           [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+  names = (
+      [WEIGHTS]
+      if len(shards) == 1
+      else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+  )
   by_path = {e.path: x for e, x in zip(plan, leaves)}
   weight_map, total = {}, 0
   for name, shard in zip(names, shards):
@@ -376,8 +436,9 @@ def save_pretrained(path, model, params, max_shard_bytes: int = 5 * 2**30) -> No
     elif index.exists():  # a stale index from an earlier, sharded save would shadow the new file
       index.unlink()
     for old in path.glob("model*.safetensors"):  # stale shards of an earlier save (as transformers)
-      if old.name not in names and re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors|"
-                                                r"model\.safetensors", old.name):
+      if old.name not in names and re.fullmatch(
+          r"model-\d{5}-of-\d{5}\.safetensors|" r"model\.safetensors", old.name
+      ):
         old.unlink()
 
 

@@ -19,42 +19,120 @@ from typing import Any, Mapping, Optional
 from gkd_jax.models.config import FULL, SLIDING, ModelConfig, RopeScaling
 
 # transformers' class defaults per model_type (the values a config.json may leave out).
-_COMMON = dict(rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False,
-               attention_bias=False, pad_token_id=None, bos_token_id=None, eos_token_id=None)
+_COMMON = dict(
+    rms_norm_eps=1e-6,
+    rope_theta=10000.0,
+    tie_word_embeddings=False,
+    attention_bias=False,
+    pad_token_id=None,
+    bos_token_id=None,
+    eos_token_id=None,
+)
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "gemma2": dict(_COMMON, vocab_size=256000, hidden_size=2304, intermediate_size=9216,
-                   num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4,
-                   head_dim=256, hidden_activation="gelu_pytorch_tanh",
-                   max_position_embeddings=8192, pad_token_id=0, eos_token_id=1, bos_token_id=2,
-                   tie_word_embeddings=True, query_pre_attn_scalar=256, sliding_window=4096,
-                   final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
-    "gemma3_text": dict(_COMMON, vocab_size=262208, hidden_size=2304, intermediate_size=9216,
-                        num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4,
-                        head_dim=256, hidden_activation="gelu_pytorch_tanh",
-                        max_position_embeddings=131072, pad_token_id=0, eos_token_id=1,
-                        bos_token_id=2, tie_word_embeddings=True, query_pre_attn_scalar=256,
-                        sliding_window=4096, final_logit_softcapping=None,
-                        attn_logit_softcapping=None, rope_theta=1_000_000.0,
-                        rope_local_base_freq=10_000.0, sliding_window_pattern=6),
-    "llama": dict(_COMMON, vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=None,
-                  head_dim=None, hidden_act="silu", max_position_embeddings=2048,
-                  bos_token_id=1, eos_token_id=2, mlp_bias=False),
-    "qwen2": dict(_COMMON, vocab_size=151936, hidden_size=4096, intermediate_size=22016,
-                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                  head_dim=None, hidden_act="silu", max_position_embeddings=32768,
-                  use_sliding_window=False, sliding_window=4096, max_window_layers=28),
-    "qwen3": dict(_COMMON, vocab_size=151936, hidden_size=4096, intermediate_size=22016,
-                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                  head_dim=128, hidden_act="silu", max_position_embeddings=32768,
-                  use_sliding_window=False, sliding_window=4096, max_window_layers=28),
+    "gemma2": dict(
+        _COMMON,
+        vocab_size=256000,
+        hidden_size=2304,
+        intermediate_size=9216,
+        num_hidden_layers=26,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=256,
+        hidden_activation="gelu_pytorch_tanh",
+        max_position_embeddings=8192,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        tie_word_embeddings=True,
+        query_pre_attn_scalar=256,
+        sliding_window=4096,
+        final_logit_softcapping=30.0,
+        attn_logit_softcapping=50.0,
+    ),
+    "gemma3_text": dict(
+        _COMMON,
+        vocab_size=262208,
+        hidden_size=2304,
+        intermediate_size=9216,
+        num_hidden_layers=26,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=256,
+        hidden_activation="gelu_pytorch_tanh",
+        max_position_embeddings=131072,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        tie_word_embeddings=True,
+        query_pre_attn_scalar=256,
+        sliding_window=4096,
+        final_logit_softcapping=None,
+        attn_logit_softcapping=None,
+        rope_theta=1_000_000.0,
+        rope_local_base_freq=10_000.0,
+        sliding_window_pattern=6,
+    ),
+    "llama": dict(
+        _COMMON,
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=None,
+        head_dim=None,
+        hidden_act="silu",
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        mlp_bias=False,
+    ),
+    "qwen2": dict(
+        _COMMON,
+        vocab_size=151936,
+        hidden_size=4096,
+        intermediate_size=22016,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        head_dim=None,
+        hidden_act="silu",
+        max_position_embeddings=32768,
+        use_sliding_window=False,
+        sliding_window=4096,
+        max_window_layers=28,
+    ),
+    "qwen3": dict(
+        _COMMON,
+        vocab_size=151936,
+        hidden_size=4096,
+        intermediate_size=22016,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        head_dim=128,
+        hidden_act="silu",
+        max_position_embeddings=32768,
+        use_sliding_window=False,
+        sliding_window=4096,
+        max_window_layers=28,
+    ),
 }
 MODEL_TYPES = tuple(_DEFAULTS)
-ARCHITECTURES = {"gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
-                 "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "qwen3": "Qwen3ForCausalLM"}
-_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh",
-                "gelu_new": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
+ARCHITECTURES = {
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+_ACTIVATIONS = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu_tanh": "gelu_tanh",
+}
 _GEMMA = ("gemma2", "gemma3_text")
 
 
@@ -80,15 +158,20 @@ def _rope_scaling(model_type: str, field: str, params: Optional[Mapping[str, Any
     return RopeScaling("linear", float(params["factor"]))
   if kind == "llama3":
     try:
-      return RopeScaling("llama3", float(params["factor"]),
-                         low_freq_factor=float(params["low_freq_factor"]),
-                         high_freq_factor=float(params["high_freq_factor"]),
-                         original_max_position_embeddings=int(
-                             params["original_max_position_embeddings"]))
+      return RopeScaling(
+          "llama3",
+          float(params["factor"]),
+          low_freq_factor=float(params["low_freq_factor"]),
+          high_freq_factor=float(params["high_freq_factor"]),
+          original_max_position_embeddings=int(params["original_max_position_embeddings"]),
+      )
     except KeyError as e:
-      raise _fail(model_type, field, dict(params), f"llama3 rope scaling needs {e.args[0]!r}")
-  raise _fail(model_type, field, dict(params),
-              "rope type must be one of 'default', 'linear', 'llama3'")
+      raise _fail(
+          model_type, field, dict(params), f"llama3 rope scaling needs {e.args[0]!r}"
+      ) from None
+  raise _fail(
+      model_type, field, dict(params), "rope type must be one of 'default', 'linear', 'llama3'"
+  )
 
 
 def _rope(model_type: str, d: Mapping[str, Any]):
@@ -99,8 +182,12 @@ def _rope(model_type: str, d: Mapping[str, Any]):
       full = rp.get(FULL) or {}
       local = rp.get(SLIDING) or {}
       if _rope_scaling(model_type, f"rope_parameters.{SLIDING}", local) is not None:
-        raise _fail(model_type, f"rope_parameters.{SLIDING}", local,
-                    "scaled RoPE on sliding layers is not supported")
+        raise _fail(
+            model_type,
+            f"rope_parameters.{SLIDING}",
+            local,
+            "scaled RoPE on sliding layers is not supported",
+        )
       theta = float(full.get("rope_theta", d["rope_theta"]))
       local_theta = float(local.get("rope_theta", d.get("rope_local_base_freq", theta)))
       return theta, local_theta, _rope_scaling(model_type, f"rope_parameters.{FULL}", full)
@@ -117,8 +204,12 @@ def _layer_types(model_type: str, d: Mapping[str, Any], num_layers: int) -> tupl
   if d.get("layer_types") is not None:  # transformers 5.x (and late 4.x)
     types = tuple(d["layer_types"])
     if len(types) != num_layers:
-      raise _fail(model_type, "layer_types", types,
-                  f"needs one entry per layer (num_hidden_layers={num_layers})")
+      raise _fail(
+          model_type,
+          "layer_types",
+          types,
+          f"needs one entry per layer (num_hidden_layers={num_layers})",
+      )
     return types
   if model_type == "gemma2":  # even layers slide: (i + 1) % 2 != 0
     return tuple(SLIDING if (i + 1) % 2 else FULL for i in range(num_layers))
@@ -141,8 +232,12 @@ def config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
       text.setdefault("tie_word_embeddings", hf["tie_word_embeddings"])
     return config_from_hf(text)
   if model_type not in _DEFAULTS:
-    raise _fail(str(model_type), "model_type", model_type,
-                f"unsupported; supported model types: {', '.join(MODEL_TYPES + ('gemma3',))}")
+    raise _fail(
+        str(model_type),
+        "model_type",
+        model_type,
+        f"unsupported; supported model types: {', '.join(MODEL_TYPES + ('gemma3',))}",
+    )
   d = dict(_DEFAULTS[model_type])
   d.update(hf)  # an explicit null means None, as in transformers (head_dim/kv heads: derived)
   if d.get("rope_theta") is None:
@@ -153,8 +248,12 @@ def config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
   if act_name not in _ACTIVATIONS:
     raise _fail(model_type, act_field, act_name, f"must be one of {sorted(_ACTIVATIONS)}")
   if d.get("attention_bias"):
-    raise _fail(model_type, "attention_bias", True,
-                "biases on every attention projection (incl. o_proj) are not supported")
+    raise _fail(
+        model_type,
+        "attention_bias",
+        True,
+        "biases on every attention projection (incl. o_proj) are not supported",
+    )
   if d.get("mlp_bias"):
     raise _fail(model_type, "mlp_bias", True, "MLP biases are not supported")
   if d.get("use_bidirectional_attention"):
@@ -164,8 +263,12 @@ def config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
   hidden = int(d["hidden_size"])
   if d.get("head_dim") is None:
     if hidden % num_heads:
-      raise _fail(model_type, "hidden_size", hidden,
-                  f"not a multiple of num_attention_heads={num_heads} and head_dim is unset")
+      raise _fail(
+          model_type,
+          "hidden_size",
+          hidden,
+          f"not a multiple of num_attention_heads={num_heads} and head_dim is unset",
+      )
     head_dim = hidden // num_heads
   else:
     head_dim = int(d["head_dim"])
@@ -196,8 +299,9 @@ def config_from_hf(hf: Mapping[str, Any]) -> ModelConfig:
       scale_embeddings=gemma,
       query_pre_attn_scalar=None if qpas is None else float(qpas),
       # transformers' Gemma 3 reads attn_logit_softcapping but never applies it: neither do we.
-      attn_logit_softcap=_opt_float(d.get("attn_logit_softcapping")
-                                    if model_type == "gemma2" else None),
+      attn_logit_softcap=_opt_float(
+          d.get("attn_logit_softcapping") if model_type == "gemma2" else None
+      ),
       final_logit_softcap=_opt_float(d.get("final_logit_softcapping") if gemma else None),
       rope_theta=theta,
       rope_local_theta=local_theta,
@@ -218,25 +322,39 @@ def _opt_float(x):
 def _check_representable(c: ModelConfig) -> None:
   """ModelConfig switches must match what transformers hard-wires for the model_type."""
   if c.model_type not in _DEFAULTS:
-    raise ValueError(f"cannot write config.json: model_type={c.model_type!r} is not one of "
-                     f"{MODEL_TYPES}")
+    raise ValueError(
+        f"cannot write config.json: model_type={c.model_type!r} is not one of " f"{MODEL_TYPES}"
+    )
   gemma = c.model_type in _GEMMA
-  wired = dict(norm_scale_plus_one=gemma, post_attn_norm=gemma, post_mlp_norm=gemma,
-               scale_embeddings=gemma, qk_norm=c.model_type in ("gemma3_text", "qwen3"),
-               qkv_bias=c.model_type == "qwen2")
+  wired = dict(
+      norm_scale_plus_one=gemma,
+      post_attn_norm=gemma,
+      post_mlp_norm=gemma,
+      scale_embeddings=gemma,
+      qk_norm=c.model_type in ("gemma3_text", "qwen3"),
+      qkv_bias=c.model_type == "qwen2",
+  )
   for field, want in wired.items():
     if getattr(c, field) != want:
-      raise ValueError(f"cannot write config.json: {field}={getattr(c, field)} but transformers' "
-                       f"{c.model_type} always has {field}={want}")
+      raise ValueError(
+          f"cannot write config.json: {field}={getattr(c, field)} but transformers' "
+          f"{c.model_type} always has {field}={want}"
+      )
   if not gemma and (c.attn_logit_softcap or c.final_logit_softcap or c.query_pre_attn_scalar):
-    raise ValueError(f"cannot write config.json: {c.model_type} has no soft-caps or "
-                     "query_pre_attn_scalar in transformers")
+    raise ValueError(
+        f"cannot write config.json: {c.model_type} has no soft-caps or "
+        "query_pre_attn_scalar in transformers"
+    )
   if c.attn_logit_softcap and c.model_type != "gemma2":
-    raise ValueError(f"cannot write config.json: transformers' {c.model_type} does not apply "
-                     "attention logit soft-capping")
+    raise ValueError(
+        f"cannot write config.json: transformers' {c.model_type} does not apply "
+        "attention logit soft-capping"
+    )
   if c.rope_local_theta not in (None, c.rope_theta) and c.model_type != "gemma3_text":
-    raise ValueError(f"cannot write config.json: rope_local_theta is Gemma 3 only "
-                     f"(model_type={c.model_type})")
+    raise ValueError(
+        f"cannot write config.json: rope_local_theta is Gemma 3 only "
+        f"(model_type={c.model_type})"
+    )
 
 
 def _rope_dict(theta: float, scaling: Optional[RopeScaling]) -> dict[str, Any]:
@@ -244,8 +362,11 @@ def _rope_dict(theta: float, scaling: Optional[RopeScaling]) -> dict[str, Any]:
     return {"rope_type": "default", "rope_theta": theta}
   out = {"rope_type": scaling.rope_type, "factor": scaling.factor, "rope_theta": theta}
   if scaling.rope_type == "llama3":
-    out.update(low_freq_factor=scaling.low_freq_factor, high_freq_factor=scaling.high_freq_factor,
-               original_max_position_embeddings=scaling.original_max_position_embeddings)
+    out.update(
+        low_freq_factor=scaling.low_freq_factor,
+        high_freq_factor=scaling.high_freq_factor,
+        original_max_position_embeddings=scaling.original_max_position_embeddings,
+    )
   return out
 
 
@@ -263,8 +384,10 @@ def config_to_hf(c: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
       "num_attention_heads": c.num_heads,
       "num_key_value_heads": c.num_kv_heads,
       "head_dim": c.head_dim,
-      ("hidden_activation" if gemma else "hidden_act"):
-          {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}[c.activation],
+      ("hidden_activation" if gemma else "hidden_act"): {
+          "silu": "silu",
+          "gelu_tanh": "gelu_pytorch_tanh",
+      }[c.activation],
       "max_position_embeddings": c.max_position_embeddings,
       "rms_norm_eps": c.norm_eps,
       "tie_word_embeddings": c.tie_embeddings,
@@ -277,17 +400,21 @@ def config_to_hf(c: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
   }
   if c.model_type == "gemma3_text":
     local = c.rope_theta if c.rope_local_theta is None else c.rope_local_theta
-    d["rope_parameters"] = {SLIDING: _rope_dict(local, None),
-                            FULL: _rope_dict(c.rope_theta, c.rope_scaling)}
+    d["rope_parameters"] = {
+        SLIDING: _rope_dict(local, None),
+        FULL: _rope_dict(c.rope_theta, c.rope_scaling),
+    }
   else:
     d["rope_parameters"] = _rope_dict(c.rope_theta, c.rope_scaling)
   sliding = SLIDING in c.layer_types
   if gemma:
     qpas = c.query_pre_attn_scalar or c.head_dim  # transformers 5.x type-checks: an int
-    d.update(query_pre_attn_scalar=int(qpas) if float(qpas).is_integer() else qpas,
-             attn_logit_softcapping=c.attn_logit_softcap,
-             final_logit_softcapping=c.final_logit_softcap,
-             sliding_window=c.sliding_window or _DEFAULTS[c.model_type]["sliding_window"])
+    d.update(
+        query_pre_attn_scalar=int(qpas) if float(qpas).is_integer() else qpas,
+        attn_logit_softcapping=c.attn_logit_softcap,
+        final_logit_softcapping=c.final_logit_softcap,
+        sliding_window=c.sliding_window or _DEFAULTS[c.model_type]["sliding_window"],
+    )
   else:
     d.update(sliding_window=c.sliding_window if sliding else None)
     if c.model_type in ("qwen2", "qwen3"):

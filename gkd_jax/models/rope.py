@@ -34,7 +34,7 @@ def inv_freq(cfg: ModelConfig, sliding: bool) -> np.ndarray:
   local = sliding and cfg.rope_local_theta is not None
   theta = cfg.rope_local_theta if local else cfg.rope_theta
   dim = cfg.head_dim
-  exponent = (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim))
+  exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
   freq = (np.float32(1.0) / (np.float32(theta) ** exponent)).astype(np.float32)
   scaling = None if local else cfg.rope_scaling
   if scaling is not None:

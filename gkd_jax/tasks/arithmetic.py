@@ -48,19 +48,20 @@ def make_completion(a: int, b: int) -> str:
 def _operand(rng: random.Random, min_digits: int, max_digits: int) -> int:
   digits = rng.randint(min_digits, max_digits)
   low = 0 if digits == 1 else 10 ** (digits - 1)
-  return rng.randint(low, 10 ** digits - 1)
+  return rng.randint(low, 10**digits - 1)
 
 
-def generate_examples(n: int, seed: int, min_digits: int = 2, max_digits: int = 4,
-                      exclude: Iterable[str] = ()) -> list[dict]:
+def generate_examples(
+    n: int, seed: int, min_digits: int = 2, max_digits: int = 4, exclude: Iterable[str] = ()
+) -> list[dict]:
   """`n` distinct problems {"prompt", "completion"}; each operand has min..max digits (uniform).
 
   Deterministic in `seed`. Prompts in `exclude` are never produced (keeps train and eval disjoint).
   """
   if not 1 <= min_digits <= max_digits:
     raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
-  operands = 10 ** max_digits - (10 ** (min_digits - 1) if min_digits > 1 else 0)
-  capacity = operands ** 2
+  operands = 10**max_digits - (10 ** (min_digits - 1) if min_digits > 1 else 0)
+  capacity = operands**2
   seen = set(exclude)
   if n > capacity - len(seen):
     raise ValueError(f"cannot draw {n} distinct problems with at most {max_digits} digits")
@@ -123,14 +124,28 @@ def build_tokenizer_model() -> bytes:
   import io  # pylint: disable=import-outside-toplevel
   import sentencepiece as spm  # pylint: disable=import-outside-toplevel
   # The char trainer orders pieces by frequency: feed each char once plus typical lines.
-  lines = [TOKENIZER_CHARS] + [make_prompt(a, b) for a, b in ((472, 389), (15, 9078))] + [
-      make_completion(472, 389), make_completion(15, 9078)]
+  lines = (
+      [TOKENIZER_CHARS]
+      + [make_prompt(a, b) for a, b in ((472, 389), (15, 9078))]
+      + [make_completion(472, 389), make_completion(15, 9078)]
+  )
   lines = [l.replace("\n", " ") for l in lines]  # the trainer reads lines; "\n" is user-defined
   buf = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(lines), model_writer=buf, model_type="char",
-      vocab_size=5 + len(TOKENIZER_CHARS), user_defined_symbols=["\n"],
-      pad_id=0, unk_id=1, bos_id=2, eos_id=3, add_dummy_prefix=False,
-      remove_extra_whitespaces=False, normalization_rule_name="identity",
-      character_coverage=1.0, num_threads=1, minloglevel=2)
+      sentence_iterator=iter(lines),
+      model_writer=buf,
+      model_type="char",
+      vocab_size=5 + len(TOKENIZER_CHARS),
+      user_defined_symbols=["\n"],
+      pad_id=0,
+      unk_id=1,
+      bos_id=2,
+      eos_id=3,
+      add_dummy_prefix=False,
+      remove_extra_whitespaces=False,
+      normalization_rule_name="identity",
+      character_coverage=1.0,
+      num_threads=1,
+      minloglevel=2,
+  )
   return buf.getvalue()

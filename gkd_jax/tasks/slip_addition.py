@@ -31,10 +31,23 @@ from typing import Iterable, Optional, Sequence
 
 from gkd_jax.tasks.arithmetic import build_tokenizer_model, make_prompt, parse_prompt, write_jsonl
 
-__all__ = ["make_prompt", "parse_prompt", "write_jsonl", "build_tokenizer_model",
-           "make_completion", "slipped_completion", "generate_problems", "resolve",
-           "extract_answer", "is_correct", "accuracy", "difficulty", "analyse", "evaluate",
-           "first_error_histogram"]
+__all__ = [
+    "make_prompt",
+    "parse_prompt",
+    "write_jsonl",
+    "build_tokenizer_model",
+    "make_completion",
+    "slipped_completion",
+    "generate_problems",
+    "resolve",
+    "extract_answer",
+    "is_correct",
+    "accuracy",
+    "difficulty",
+    "analyse",
+    "evaluate",
+    "first_error_histogram",
+]
 
 SLOTS = ("x", "y", "c", "s")  # the four values of a step: digit of a, digit of b, carry in, sum
 VALUE = r"(\d+)(?:/(\d+))?"  # a written value, optionally corrected once: "15" or "15/16"
@@ -91,11 +104,12 @@ def slipped_completion(a: int, b: int, rng: random.Random, slip_rate: float) -> 
 def _operand(rng: random.Random, min_digits: int, max_digits: int) -> int:
   digits = rng.randint(min_digits, max_digits)
   low = 0 if digits == 1 else 10 ** (digits - 1)
-  return rng.randint(low, 10 ** digits - 1)
+  return rng.randint(low, 10**digits - 1)
 
 
-def generate_problems(n: int, seed: int, min_digits: int, max_digits: int,
-                      exclude: Iterable[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+def generate_problems(
+    n: int, seed: int, min_digits: int, max_digits: int, exclude: Iterable[tuple[int, int]] = ()
+) -> list[tuple[int, int]]:
   """`n` distinct (a, b); the longer operand has min..max digits (uniform), the other 1..that many.
 
   Deterministic in `seed`; pairs in `exclude` are never produced (keeps data sets disjoint).
@@ -171,8 +185,13 @@ def analyse(prompt: str, completion_text: str) -> dict:
         first_error = col
   if first_error is None and len(steps) != len(truth):
     first_error = len(truth)  # extra steps
-  return {"correct": is_correct(prompt, completion_text), "difficulty": len(truth),
-          "slips": slips, "repaired": repaired, "first_error": first_error}
+  return {
+      "correct": is_correct(prompt, completion_text),
+      "difficulty": len(truth),
+      "slips": slips,
+      "repaired": repaired,
+      "first_error": first_error,
+  }
 
 
 def evaluate(prompts: Sequence[str], completions: Sequence[str]) -> dict:
@@ -194,8 +213,9 @@ def evaluate(prompts: Sequence[str], completions: Sequence[str]) -> dict:
   out["slips_per_example"] = slips / max(len(rows), 1)
   out["repair_rate"] = sum(r["repaired"] for r in rows) / slips if slips else 0.0
   errors = [r for r in rows if r["first_error"] is not None]
-  out["first_error_frac"] = (sum(r["first_error"] / r["difficulty"] for r in errors) / len(errors)
-                             if errors else 1.0)
+  out["first_error_frac"] = (
+      sum(r["first_error"] / r["difficulty"] for r in errors) / len(errors) if errors else 1.0
+  )
   return out
 
 

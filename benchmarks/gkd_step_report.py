@@ -9,10 +9,11 @@ from pathlib import Path
 
 def git_commit(root: Path) -> str:
   try:
-    out = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h %s"],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "gkd_jax"],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True,
+                                    check=True).stdout.strip()
+    out = (f"HEAD {git('log', '-1', '--format=%h')}, gkd_jax/ last changed in "
+           f"{git('log', '-1', '--format=%h', '--', 'gkd_jax')}")
+    dirty = git("status", "--porcelain", "--", "gkd_jax")
     return out + (" (gkd_jax/ modified)" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
@@ -30,19 +31,21 @@ def cell_line(c) -> str:
 def _main_table(c) -> list[str]:
   t = lambda side, op: c[side]["times"][op]
   fmt = lambda s: f"{s['median']:.3f} ({s['min']:.3f}–{s['max']:.3f})"
-  r = c["ratio_trl_over_gkd_jax"]
+  r, rm = c["ratio_trl_over_gkd_jax"], c["ratio_of_minima"]
   tr_gen = t("trl", "step_generate")["median"]
   rows = [
-      "| part | TRL s | gkd_jax s | TRL / gkd_jax |",
+      "| part | TRL s, median (min–max) | gkd_jax s, median (min–max) | TRL / gkd_jax: medians "
+      "(minima) |",
       "| --- | --- | --- | --- |",
-      f"| whole step, median (min–max) | {fmt(t('trl', 'step'))} | {fmt(t('gkd_jax', 'step'))} "
-      f"| **{r['step']:.2f}** |",
-      f"| completion tokens / s | {c['trl']['tokens_per_s']:.0f} | {c['gkd_jax']['tokens_per_s']:.0f} "
-      f"| |",
+      f"| whole step | {fmt(t('trl', 'step'))} | {fmt(t('gkd_jax', 'step'))} "
+      f"| **{r['step']:.2f}** ({rm['step']:.2f}); median of per-round ratios "
+      f"{c['ratio_median_of_rounds']:.2f} |",
+      f"| completion tokens / s (median step) | {c['trl']['tokens_per_s']:.0f} "
+      f"| {c['gkd_jax']['tokens_per_s']:.0f} | |",
       f"| sampling {c['new_tokens']} tokens, alone | {fmt(t('trl', 'sample'))} "
-      f"| {fmt(t('gkd_jax', 'sample'))} | {r['sample']:.2f} |",
+      f"| {fmt(t('gkd_jax', 'sample'))} | {r['sample']:.2f} ({rm['sample']:.2f}) |",
       f"| loss + backward + update, fixed completions | {fmt(t('trl', 'update'))} "
-      f"| {fmt(t('gkd_jax', 'update'))} | {r['update']:.2f} |",
+      f"| {fmt(t('gkd_jax', 'update'))} | {r['update']:.2f} ({rm['update']:.2f}) |",
       f"| TRL: generate inside the step / rest of the step | {tr_gen:.3f} / "
       f"{_med(c, 'trl', 'step') - tr_gen:.3f} | | |",
       f"| gkd_jax sampling in bfloat16, alone | | {fmt(t('gkd_jax', 'sample_bf16'))} "
@@ -75,14 +78,15 @@ def _loss_check(c) -> list[str]:
 
 def _scaling_table(cells, skipped) -> list[str]:
   rows = ["| batch | new tokens | TRL s/step | gkd_jax s/step | TRL tok/s | gkd_jax tok/s "
-          "| ratio step | ratio sampling | ratio loss+update |",
+          "| ratio step (minima) | ratio sampling | ratio rest of step |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for c in sorted(cells, key=lambda c: (c["new_tokens"], c["batch"])):
     r = c["ratio_trl_over_gkd_jax"]
     rows.append(f"| {c['batch']} | {c['new_tokens']} | {_med(c, 'trl', 'step'):.3f} "
                 f"| {_med(c, 'gkd_jax', 'step'):.3f} | {c['trl']['tokens_per_s']:.0f} "
-                f"| {c['gkd_jax']['tokens_per_s']:.0f} | {r['step']:.2f} | {r['sample']:.2f} "
-                f"| {r['update']:.2f} |")
+                f"| {c['gkd_jax']['tokens_per_s']:.0f} | {r['step']:.2f} "
+                f"({c['ratio_of_minima']['step']:.2f}) | {r['sample']:.2f} "
+                f"| {r.get('update', r.get('step_minus_sample', float('nan'))):.2f} |")
   for s in skipped:
     rows.append(f"| {s['batch']} | {s['new_tokens']} | skipped: {s['reason']} | | | | | | |")
   return rows
@@ -100,7 +104,8 @@ def markdown(result, plot_name: str = "") -> str:
       f"V=4096, prompts of {c['prompt_len']} tokens, forced completion lengths, λ=1, JSD β=0.5, "
       f"AdamW, gkd_jax models in {result['dtype']}, TRL float32 with {vt['threads']} torch threads "
       "(see the script's docstring for the exact setup). Times are wall seconds; each side ran in "
-      "its own process, the two driven alternately.",
+      "its own process, the two driven alternately. Ratios are TRL time / gkd_jax time of medians "
+      "(and of minima, the runs least disturbed by other jobs on the machine).",
       "",
       f"gkd_jax: jax {vj['jax']}, flax {vj['flax']}, optax {vj['optax']}, {vj['devices']}, "
       f"remat={vj['remat']}, kernel_impl={vj['kernel_impl']}. TRL: trl {vt['trl']}, transformers "
@@ -118,9 +123,8 @@ def markdown(result, plot_name: str = "") -> str:
   else:
     lines += [f"## Scaling ({c['steps']} rounds per cell)", ""]
     lines += _scaling_table(cells, result["skipped"]) + [""]
-    lines += ["Loss check per cell (step 1 rel diff): "
-              + ", ".join(f"B{x['batch']}/N{x['new_tokens']}: {x['loss_check']['rel_diff'][0]:.1e}"
-                          for x in cells), ""]
+    lines += ["Each cell: 'step' and 'sample' ops only (rest of step = step − sample), no loss "
+              "check (the single-cell run has it).", ""]
     if plot_name:
       lines += [f"![scaling]({plot_name})", ""]
   return "\n".join(lines)
@@ -131,7 +135,7 @@ def plot(result, path: Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for n, style in ((64, "-"), (256, "--")):
+  for n, style, marker in ((64, "-", "o"), (256, "--", "s")):
     cells = sorted((c for c in result["cells"] if c["new_tokens"] == n), key=lambda c: c["batch"])
     if not cells:
       continue
@@ -139,13 +143,17 @@ def plot(result, path: Path) -> None:
     for side, color in (("gkd_jax", "C0"), ("trl", "C1")):
       axes[0].plot(bs, [c[side]["tokens_per_s"] for c in cells], style, color=color, marker="o",
                    label=f"{side}, {n} new tokens")
-    axes[1].plot(bs, [c["ratio_trl_over_gkd_jax"]["step"] for c in cells], style, marker="o",
+      axes[0].lines[-1].set_marker(marker)
+    axes[1].plot(bs, [c["ratio_trl_over_gkd_jax"]["step"] for c in cells], style, marker=marker,
                  color="C2", label=f"{n} new tokens")
-  axes[0].set(xscale="log", yscale="log", xlabel="batch", ylabel="completion tokens / s",
+  axes[0].set(xscale="log", ylim=(0, None), xlabel="batch", ylabel="completion tokens / s",
               title="GKD step throughput")
   axes[1].set(xscale="log", xlabel="batch", ylabel="TRL s/step ÷ gkd_jax s/step",
               title="speed ratio")
+  batches = sorted({c["batch"] for c in result["cells"]})
   for ax in axes:
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.minorticks_off()
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
   fig.tight_layout()

@@ -124,7 +124,7 @@ def gkd_jax_config(args, paths):
 class GkdJaxSide:
   """gkd_jax's train_step (λ=1), its sampler alone, and train_step with λ=0 (fixed completions)."""
 
-  def __init__(self, args, paths):
+  def __init__(self, args, paths, devices=None):
     import dataclasses
     import functools
     import jax
@@ -132,7 +132,7 @@ class GkdJaxSide:
     from gkd_jax import models, sharding, train
     from gkd_jax.sampling import sample
     self.jax = jax
-    run = train.build(gkd_jax_config(args, paths))
+    run = train.build(gkd_jax_config(args, paths), devices=devices)  # default: all devices
     on = dataclasses.replace(run.settings, eos_id=())  # no id ends a row: forced lengths
     self.run = run = dataclasses.replace(run, settings=on)
     self.on = train.compile_steps(run)
@@ -155,17 +155,17 @@ class GkdJaxSide:
       model = models.build(run.student.config, getattr(jnp, dtype))
       self._sample[dtype] = (jax.jit(functools.partial(sample, model, **kw)), model.dtype)
 
-  def _state_step(self, steps):
+  def _state_step(self, steps) -> dict:
     self.state, m = steps.train_step(self.state, self.run.teacher_params, self.batch, self.rng)
-    return float(m["loss"])
+    return dict(loss=float(m["loss"]), completion_tokens=float(m["num_tokens"]))
 
   def op(self, name: str) -> dict:
     t = time.perf_counter()
     out = {}
     if name == "step":
-      out["loss"] = self._state_step(self.on)
+      out = self._state_step(self.on)
     elif name == "update":
-      out["loss"] = self._state_step(self.off)
+      out = self._state_step(self.off)
     elif name.startswith("sample"):
       dtype = "bfloat16" if name == "sample_bf16" else "float32"
       fn, wdtype = self._sample[dtype]
@@ -229,6 +229,7 @@ class TrlSide:
       t = time.perf_counter()
       out = generate(*a, **kw)
       self.gen_s += time.perf_counter() - t
+      self.completion_tokens = int((out[2] != -100).sum())  # labels of the completion
       return out
     tr.generate_on_policy_outputs = timed_generate
     arrays = batch_arrays(args.batch, args.prompt_len, args.new_tokens)
@@ -260,6 +261,7 @@ class TrlSide:
     if name == "step":
       out["loss"] = self._update(1.0)
       out["generate_s"] = self.gen_s
+      out["completion_tokens"] = self.completion_tokens
     elif name == "update":
       out["loss"] = self._update(0.0)
     elif name == "sample":  # what training_step does before the loss, alone
@@ -286,10 +288,11 @@ def serve(args) -> None:
   # Step 1 and 2 on the fixed completion from the initial weights (the apples-to-apples check);
   # the first call of each op includes compilation / warm-up.
   first = {}
-  for name in ("update", "update", "step", "sample") + (("sample_bf16",) if args.child == "gkd_jax" else ()):
+  check = ("update", "update") if args.loss_check else ()
+  for name in check + ("step", "sample") + (("sample_bf16",) if args.child == "gkd_jax" else ()):
     r = side.op(name)
     first.setdefault(name, []).append(r)
-  ready.update(losses_fixed=[r["loss"] for r in first["update"]],
+  ready.update(losses_fixed=[r["loss"] for r in first.get("update", [])],
                first_call_s={k: v[0]["s"] for k, v in first.items()}, versions=side.versions())
   print(json.dumps(ready), flush=True)
   for line in sys.stdin:
@@ -304,7 +307,7 @@ def serve(args) -> None:
 class Child:
   def __init__(self, python, child, args, paths, log_dir: Path):
     cmd = [python, __file__, "--child", child, "--paths", json.dumps(paths)]
-    for k in ("batch", "prompt_len", "new_tokens", "lr", "dtype", "threads"):
+    for k in ("batch", "prompt_len", "new_tokens", "lr", "dtype", "threads", "loss_check"):
       cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1")
     self.log = log_dir / f"{child}.log"
@@ -335,25 +338,29 @@ def _stats(xs) -> dict:
   return dict(median=statistics.median(xs), min=min(xs), max=max(xs), n=len(xs))
 
 
-def run_cell(args, paths, log_dir: Path) -> dict:
-  """Both sides at one (batch, new_tokens): setup, then args.steps interleaved rounds."""
+def run_cell(args, paths, log_dir: Path, ops=("step", "sample", "update")) -> dict:
+  """Both sides at one (batch, new_tokens): setup, then args.steps interleaved rounds of `ops`."""
   t0 = time.perf_counter()
   jx = Child(sys.executable, "gkd_jax", args, paths, log_dir)
   ready_jx = jx.reply()  # sequential set-up: compile times are not disturbed by the other side
   tr = Child(args.ref_python, "trl", args, paths, log_dir)
   ready_tr = tr.reply()
   sides = {"gkd_jax": jx, "trl": tr}
-  times = {s: {op: [] for op in ("step", "sample", "update")} for s in sides}
+  times = {s: {op: [] for op in ops} for s in sides}
   times["gkd_jax"]["sample_bf16"] = []
   times["trl"]["step_generate"] = []
   rss = {}
+  t1 = time.perf_counter()
   try:
     for r in range(args.steps):
       order = ("gkd_jax", "trl") if r % 2 == 0 else ("trl", "gkd_jax")
-      for op in ("step", "sample", "update"):
+      for op in ops:
         for s in order:
           out = sides[s].ask(op)
           times[s][op].append(out["s"])
+          if op == "step" and out["completion_tokens"] != args.batch * args.new_tokens:
+            sys.exit(f"{s}: a step trained on {out['completion_tokens']} completion tokens, not "
+                     f"batch x new_tokens = {args.batch * args.new_tokens}: lengths not forced")
           if "generate_s" in out:
             times[s]["step_generate"].append(out["generate_s"])
           rss[s] = out["maxrss_mib"]
@@ -363,30 +370,44 @@ def run_cell(args, paths, log_dir: Path) -> dict:
       c.close()
   tokens = args.batch * args.new_tokens
   res = dict(batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-             steps=args.steps, wall_s=time.perf_counter() - t0, peak_rss_mib=rss)
+             steps=args.steps, ops=list(ops), wall_s=time.perf_counter() - t0,
+             setup_wall_s=t1 - t0, rounds_wall_s=time.perf_counter() - t1, peak_rss_mib=rss)
   for s, ready in (("gkd_jax", ready_jx), ("trl", ready_tr)):
     st = {op: _stats(v) for op, v in times[s].items()}
     res[s] = dict(times=st, raw=times[s], setup_s=ready["setup_s"], first_call_s=ready["first_call_s"],
                   losses_fixed=ready["losses_fixed"], versions=ready["versions"],
                   tokens_per_s=tokens / st["step"]["median"])
   med = lambda s, op: res[s]["times"][op]["median"]
-  res["ratio_trl_over_gkd_jax"] = {op: med("trl", op) / med("gkd_jax", op)
-                                   for op in ("step", "sample", "update")}
+  res["ratio_trl_over_gkd_jax"] = {op: med("trl", op) / med("gkd_jax", op) for op in ops}
+  if "update" not in ops:  # the rest of the step: loss + backward + update
+    res["ratio_trl_over_gkd_jax"]["step_minus_sample"] = (
+        (med("trl", "step") - med("trl", "sample")) / (med("gkd_jax", "step") - med("gkd_jax", "sample")))
   res["ratio_per_round"] = [a / b for a, b in zip(times["trl"]["step"], times["gkd_jax"]["step"])]
+  # Robust to load from other jobs: each round's pair saw about the same load; the minima are
+  # the least disturbed runs of each side.
+  res["ratio_median_of_rounds"] = statistics.median(res["ratio_per_round"])
+  res["ratio_of_minima"] = {op: res["trl"]["times"][op]["min"] / res["gkd_jax"]["times"][op]["min"]
+                            for op in ops}
   l_jx, l_tr = res["gkd_jax"]["losses_fixed"], res["trl"]["losses_fixed"]
-  res["loss_check"] = dict(gkd_jax=l_jx, trl=l_tr, abs_diff=[abs(a - b) for a, b in zip(l_jx, l_tr)],
-                           rel_diff=[abs(a - b) / abs(b) for a, b in zip(l_jx, l_tr)])
+  if l_jx:
+    res["loss_check"] = dict(gkd_jax=l_jx, trl=l_tr, abs_diff=[abs(a - b) for a, b in zip(l_jx, l_tr)],
+                             rel_diff=[abs(a - b) / abs(b) for a, b in zip(l_jx, l_tr)])
   return res
 
 
 def _estimate_s(done: list, batch: int, new_tokens: int, prompt_len: int) -> float:
-  """Predicted wall time of a cell: the largest measured cell scaled by B·(P+N)·N / its own
-  (sampling grows with B·N and the cache length; an overestimate for the loss half)."""
+  """Predicted wall time of a cell: from the measured cell with the most tokens, its loading
+  plus its first calls and timed rounds scaled by the tokens B·(P+N) (conservative: compilation
+  and small-batch decoding grow less than that)."""
   if not done:
     return 0.0
-  ref = max(done, key=lambda r: r["wall_s"])
-  work = lambda b, n: b * (prompt_len + n) * n
-  return ref["wall_s"] * work(batch, new_tokens) / work(ref["batch"], ref["new_tokens"])
+  work = lambda b, n: b * (prompt_len + n)
+  ref = max(done, key=lambda r: work(r["batch"], r["new_tokens"]))
+  sides = (ref["gkd_jax"], ref["trl"])
+  load = sum(x["setup_s"] for x in sides)
+  first = sum(sum(x["first_call_s"].values()) for x in sides)
+  scale = work(batch, new_tokens) / work(ref["batch"], ref["new_tokens"])
+  return load + (first + ref["rounds_wall_s"]) * scale
 
 
 def main():
@@ -408,6 +429,8 @@ def main():
                   "benchmarks/results/gkd_step_vs_trl, or ..._scaling with --scaling)")
   ap.add_argument("--ref-python", default=str(ROOT / ".refvenv" / "bin" / "python"),
                   help="python of a venv with torch + transformers + trl")
+  ap.add_argument("--loss-check", type=int, default=1,
+                  help="1: both sides' loss at steps 1-2 on a fixed completion (off with --scaling)")
   ap.add_argument("--child", choices=("gkd_jax", "trl"), help=argparse.SUPPRESS)
   ap.add_argument("--paths", help=argparse.SUPPRESS)
   args = ap.parse_args()
@@ -429,18 +452,17 @@ def main():
       cells, skipped = [run_cell(args, paths, Path(tmp))], []
     else:
       cells, skipped = [], []
-      args.steps = args.scaling_steps
-      for n in (64, 256):
-        for b in (8, 32, 128):
-          est = _estimate_s(cells, b, n, args.prompt_len)
-          if est > args.max_cell_s:
-            skipped.append(dict(batch=b, new_tokens=n, reason=(
-                f"predicted {est:.0f} s wall for {args.steps} rounds > --max-cell-s="
-                f"{args.max_cell_s:.0f} (extrapolated from the largest measured cell)")))
-            continue
-          args.batch, args.new_tokens = b, n
-          cells.append(run_cell(args, paths, Path(tmp)))
-          print(report.cell_line(cells[-1]), flush=True)
+      args.steps, args.loss_check = args.scaling_steps, 0
+      for b, n in ((8, 64), (32, 64), (8, 256), (128, 64), (32, 256), (128, 256)):  # by size
+        est = _estimate_s(cells, b, n, args.prompt_len)
+        if est > args.max_cell_s:
+          skipped.append(dict(batch=b, new_tokens=n, reason=(
+              f"predicted {est:.0f} s wall for {args.steps} rounds > --max-cell-s="
+              f"{args.max_cell_s:.0f} (extrapolated by tokens from the largest measured cell)")))
+          continue
+        args.batch, args.new_tokens = b, n
+        cells.append(run_cell(args, paths, Path(tmp), ops=("step", "sample")))
+        print(report.cell_line(cells[-1]), flush=True)
   result = dict(command=" ".join([Path(sys.executable).name] + sys.argv), cells=cells,
                 skipped=skipped, scaling=args.scaling, dtype=args.dtype, threads=args.threads,
                 nice=os.nice(0), cpus=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M:%S"),

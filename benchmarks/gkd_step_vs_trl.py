@@ -124,7 +124,7 @@ def gkd_jax_config(args, paths):
 class GkdJaxSide:
   """gkd_jax's train_step (λ=1), its sampler alone, and train_step with λ=0 (fixed completions)."""
 
-  def __init__(self, args, paths, devices=None):
+  def __init__(self, args, paths, devices=None, remat=None):
     import dataclasses
     import functools
     import jax
@@ -132,7 +132,10 @@ class GkdJaxSide:
     from gkd_jax import models, sharding, train
     from gkd_jax.sampling import sample
     self.jax = jax
-    run = train.build(gkd_jax_config(args, paths), devices=devices)  # default: all devices
+    config = gkd_jax_config(args, paths)
+    if remat is not None:  # default: the config's own train.remat
+      config.train.remat = remat
+    run = train.build(config, devices=devices)  # default: all devices
     on = dataclasses.replace(run.settings, eos_id=())  # no id ends a row: forced lengths
     self.run = run = dataclasses.replace(run, settings=on)
     self.on = train.compile_steps(run)
@@ -183,7 +186,8 @@ class GkdJaxSide:
     import optax
     run = self.run
     return dict(jax=self.jax.__version__, flax=flax.__version__, optax=optax.__version__,
-                devices=str(self.jax.devices()), remat=run.settings.remat,
+                devices=str(self.jax.devices()),
+                remat=getattr(self.on, "remat", run.settings.remat),  # as compile_steps chose
                 kernel_impl=run.settings.kernel_impl, dtype=str(run.student.dtype))
 
 

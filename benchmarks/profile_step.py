@@ -105,7 +105,9 @@ def profile(args) -> dict:
     side = bench.GkdJaxSide(args, paths)
     op = {"step": "step", "update": "update", "sample": "sample"}[args.what]
     fn = {"step": side.on.train_step, "update": side.off.train_step}.get(args.what)
-    if fn is not None:
+    if fn is not None and not hasattr(fn, "lower"):  # already compiled (train.remat="auto")
+      compiled = fn
+    elif fn is not None:
       compiled = fn.lower(side.state, side.run.teacher_params, side.batch, side.rng).compile()
     else:
       sample_fn, _ = side._sample["float32"]  # pylint: disable=protected-access

@@ -18,7 +18,7 @@ import profile_step  # noqa: E402  pylint: disable=wrong-import-position
 
 @pytest.fixture
 def tiny(monkeypatch):
-  small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+  small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16)
   monkeypatch.setattr(bench, "VOCAB", 64)
   monkeypatch.setattr(bench, "STUDENT", dict(bench.STUDENT, vocab_size=64, **small))
@@ -28,7 +28,7 @@ def tiny(monkeypatch):
 
 def test_gkd_jax_side_update_loss_is_the_dense_jsd_of_both_checkpoints(tiny, tmp_path):
   paths = bench.write_checkpoints(tmp_path)
-  side = bench.GkdJaxSide(tiny, paths, devices=jax.devices()[:1])
+  side = bench.GkdJaxSide(tiny, paths, devices=jax.devices()[:1], remat=False)  # compiles lazily
   params0 = jax.tree.map(jnp.copy, side.state.params)  # the step donates the state
   loss = side.op("update")["loss"]
   # Independent: dense JSD(0.5) of the two models' logits at the completion positions.

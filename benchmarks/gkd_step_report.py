@@ -9,10 +9,13 @@ from pathlib import Path
 
 def git_commit(root: Path) -> str:
   try:
-    git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True,
-                                    check=True).stdout.strip()
-    out = (f"HEAD {git('log', '-1', '--format=%h')}, gkd_jax/ last changed in "
-           f"{git('log', '-1', '--format=%h', '--', 'gkd_jax')}")
+    git = lambda *a: subprocess.run(
+        ["git", "-C", str(root), *a], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    out = (
+        f"HEAD {git('log', '-1', '--format=%h')}, gkd_jax/ last changed in "
+        f"{git('log', '-1', '--format=%h', '--', 'gkd_jax')}"
+    )
     dirty = git("status", "--porcelain", "--", "gkd_jax")
     return out + (" (gkd_jax/ modified)" if dirty else "")
   except (OSError, subprocess.CalledProcessError):
@@ -24,8 +27,10 @@ def _med(cell, side, op):
 
 
 def cell_line(c) -> str:
-  return (f"B={c['batch']} N={c['new_tokens']}: TRL {_med(c, 'trl', 'step'):.3f} s/step, gkd_jax "
-          f"{_med(c, 'gkd_jax', 'step'):.3f} s/step, ratio {c['ratio_trl_over_gkd_jax']['step']:.2f}")
+  return (
+      f"B={c['batch']} N={c['new_tokens']}: TRL {_med(c, 'trl', 'step'):.3f} s/step, gkd_jax "
+      f"{_med(c, 'gkd_jax', 'step'):.3f} s/step, ratio {c['ratio_trl_over_gkd_jax']['step']:.2f}"
+  )
 
 
 def _main_table(c) -> list[str]:
@@ -57,36 +62,49 @@ def _main_table(c) -> list[str]:
 def _first_calls(c) -> list[str]:
   rows = ["| first call (compile / warm-up + one run), s | TRL | gkd_jax |", "| --- | --- | --- |"]
   fj, ft = c["gkd_jax"]["first_call_s"], c["trl"]["first_call_s"]
-  rows.append(f"| set-up (load checkpoints, build) | {c['trl']['setup_s']:.1f} "
-              f"| {c['gkd_jax']['setup_s']:.1f} |")
-  for op, label in (("step", "on-policy step"), ("sample", "sampling"),
-                    ("update", "loss + update (fixed completions)"),
-                    ("sample_bf16", "sampling, bfloat16")):
+  rows.append(
+      f"| set-up (load checkpoints, build) | {c['trl']['setup_s']:.1f} "
+      f"| {c['gkd_jax']['setup_s']:.1f} |"
+  )
+  for op, label in (
+      ("step", "on-policy step"),
+      ("sample", "sampling"),
+      ("update", "loss + update (fixed completions)"),
+      ("sample_bf16", "sampling, bfloat16"),
+  ):
     rows.append(f"| {label} | {ft.get(op, float('nan')):.2f} | {fj.get(op, float('nan')):.2f} |")
   return rows
 
 
 def _loss_check(c) -> list[str]:
   lc = c["loss_check"]
-  rows = ["| fixed completion, same weights | TRL loss | gkd_jax loss | abs diff | rel diff |",
-          "| --- | --- | --- | --- | --- |"]
+  rows = [
+      "| fixed completion, same weights | TRL loss | gkd_jax loss | abs diff | rel diff |",
+      "| --- | --- | --- | --- | --- |",
+  ]
   for i, label in enumerate(("step 1 (initial weights)", "step 2 (after one AdamW update)")):
-    rows.append(f"| {label} | {lc['trl'][i]:.8f} | {lc['gkd_jax'][i]:.8f} | "
-                f"{lc['abs_diff'][i]:.2e} | {lc['rel_diff'][i]:.2e} |")
+    rows.append(
+        f"| {label} | {lc['trl'][i]:.8f} | {lc['gkd_jax'][i]:.8f} | "
+        f"{lc['abs_diff'][i]:.2e} | {lc['rel_diff'][i]:.2e} |"
+    )
   return rows
 
 
 def _scaling_table(cells, skipped) -> list[str]:
-  rows = ["| batch | new tokens | TRL s/step | gkd_jax s/step | TRL tok/s | gkd_jax tok/s "
-          "| ratio step (minima) | ratio sampling | ratio rest of step |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  rows = [
+      "| batch | new tokens | TRL s/step | gkd_jax s/step | TRL tok/s | gkd_jax tok/s "
+      "| ratio step (minima) | ratio sampling | ratio rest of step |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
   for c in sorted(cells, key=lambda c: (c["new_tokens"], c["batch"])):
     r = c["ratio_trl_over_gkd_jax"]
-    rows.append(f"| {c['batch']} | {c['new_tokens']} | {_med(c, 'trl', 'step'):.3f} "
-                f"| {_med(c, 'gkd_jax', 'step'):.3f} | {c['trl']['tokens_per_s']:.0f} "
-                f"| {c['gkd_jax']['tokens_per_s']:.0f} | {r['step']:.2f} "
-                f"({c['ratio_of_minima']['step']:.2f}) | {r['sample']:.2f} "
-                f"| {r.get('update', r.get('step_minus_sample', float('nan'))):.2f} |")
+    rows.append(
+        f"| {c['batch']} | {c['new_tokens']} | {_med(c, 'trl', 'step'):.3f} "
+        f"| {_med(c, 'gkd_jax', 'step'):.3f} | {c['trl']['tokens_per_s']:.0f} "
+        f"| {c['gkd_jax']['tokens_per_s']:.0f} | {r['step']:.2f} "
+        f"({c['ratio_of_minima']['step']:.2f}) | {r['sample']:.2f} "
+        f"| {r.get('update', r.get('step_minus_sample', float('nan'))):.2f} |"
+    )
   for s in skipped:
     rows.append(f"| {s['batch']} | {s['new_tokens']} | skipped: {s['reason']} | | | | | | |")
   return rows
@@ -115,16 +133,21 @@ def markdown(result, plot_name: str = "") -> str:
   if not result["scaling"]:
     lines += [f"## Batch {c['batch']}, {c['new_tokens']} new tokens, {c['steps']} rounds", ""]
     lines += _main_table(c) + [""]
-    lines += [f"TRL/gkd_jax per round: {', '.join(f'{x:.2f}' for x in c['ratio_per_round'])}. "
-              f"Peak RSS MiB: {json.dumps({k: round(v) for k, v in c['peak_rss_mib'].items()})}.",
-              ""]
+    lines += [
+        f"TRL/gkd_jax per round: {', '.join(f'{x:.2f}' for x in c['ratio_per_round'])}. "
+        f"Peak RSS MiB: {json.dumps({k: round(v) for k, v in c['peak_rss_mib'].items()})}.",
+        "",
+    ]
     lines += ["## Compile / warm-up", ""] + _first_calls(c) + [""]
     lines += ["## Same loss on the same completion", ""] + _loss_check(c) + [""]
   else:
     lines += [f"## Scaling ({c['steps']} rounds per cell)", ""]
     lines += _scaling_table(cells, result["skipped"]) + [""]
-    lines += ["Each cell: 'step' and 'sample' ops only (rest of step = step − sample), no loss "
-              "check (the single-cell run has it).", ""]
+    lines += [
+        "Each cell: 'step' and 'sample' ops only (rest of step = step − sample), no loss "
+        "check (the single-cell run has it).",
+        "",
+    ]
     if plot_name:
       lines += [f"![scaling]({plot_name})", ""]
   return "\n".join(lines)
@@ -132,8 +155,10 @@ def markdown(result, plot_name: str = "") -> str:
 
 def plot(result, path: Path) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for n, style, marker in ((64, "-", "o"), (256, "--", "s")):
     cells = sorted((c for c in result["cells"] if c["new_tokens"] == n), key=lambda c: c["batch"])
@@ -141,15 +166,33 @@ def plot(result, path: Path) -> None:
       continue
     bs = [c["batch"] for c in cells]
     for side, color in (("gkd_jax", "C0"), ("trl", "C1")):
-      axes[0].plot(bs, [c[side]["tokens_per_s"] for c in cells], style, color=color, marker="o",
-                   label=f"{side}, {n} new tokens")
+      axes[0].plot(
+          bs,
+          [c[side]["tokens_per_s"] for c in cells],
+          style,
+          color=color,
+          marker="o",
+          label=f"{side}, {n} new tokens",
+      )
       axes[0].lines[-1].set_marker(marker)
-    axes[1].plot(bs, [c["ratio_trl_over_gkd_jax"]["step"] for c in cells], style, marker=marker,
-                 color="C2", label=f"{n} new tokens")
-  axes[0].set(xscale="log", ylim=(0, None), xlabel="batch", ylabel="completion tokens / s",
-              title="GKD step throughput")
-  axes[1].set(xscale="log", xlabel="batch", ylabel="TRL s/step ÷ gkd_jax s/step",
-              title="speed ratio")
+    axes[1].plot(
+        bs,
+        [c["ratio_trl_over_gkd_jax"]["step"] for c in cells],
+        style,
+        marker=marker,
+        color="C2",
+        label=f"{n} new tokens",
+    )
+  axes[0].set(
+      xscale="log",
+      ylim=(0, None),
+      xlabel="batch",
+      ylabel="completion tokens / s",
+      title="GKD step throughput",
+  )
+  axes[1].set(
+      xscale="log", xlabel="batch", ylabel="TRL s/step ÷ gkd_jax s/step", title="speed ratio"
+  )
   batches = sorted({c["batch"] for c in result["cells"]})
   for ax in axes:
     ax.set_xticks(batches, [str(b) for b in batches])

@@ -56,23 +56,50 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 4096
 PAD, EOS, BOS = 0, 1, 2
-_GEMMA2 = dict(model_type="gemma2", vocab_size=VOCAB, head_dim=64, hidden_activation="gelu_pytorch_tanh",
-               max_position_embeddings=8192, sliding_window=4096, attn_logit_softcapping=50.0,
-               final_logit_softcapping=30.0, query_pre_attn_scalar=64, rms_norm_eps=1e-6,
-               tie_word_embeddings=True, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS)
-STUDENT = dict(_GEMMA2, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-               num_attention_heads=4, num_key_value_heads=2)
-TEACHER = dict(_GEMMA2, hidden_size=512, intermediate_size=2048, num_hidden_layers=6,
-               num_attention_heads=8, num_key_value_heads=4)
+_GEMMA2 = dict(
+    model_type="gemma2",
+    vocab_size=VOCAB,
+    head_dim=64,
+    hidden_activation="gelu_pytorch_tanh",
+    max_position_embeddings=8192,
+    sliding_window=4096,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    query_pre_attn_scalar=64,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    pad_token_id=PAD,
+    eos_token_id=EOS,
+    bos_token_id=BOS,
+)
+STUDENT = dict(
+    _GEMMA2,
+    hidden_size=256,
+    intermediate_size=1024,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+TEACHER = dict(
+    _GEMMA2,
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=6,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+)
 
 
 # ---- shared inputs ------------------------------------------------------------------------------
 
+
 def batch_arrays(batch: int, prompt_len: int, new_tokens: int) -> dict:
   """Random prompts and a fixed random completion (ids >= 3: no pad/EOS/BOS), int64 numpy."""
   rng = np.random.default_rng(0)
-  return dict(prompt=rng.integers(3, VOCAB, (batch, prompt_len)),
-              completion=rng.integers(3, VOCAB, (batch, new_tokens)))
+  return dict(
+      prompt=rng.integers(3, VOCAB, (batch, prompt_len)),
+      completion=rng.integers(3, VOCAB, (batch, new_tokens)),
+  )
 
 
 def write_checkpoints(root: Path) -> dict:
@@ -82,6 +109,7 @@ def write_checkpoints(root: Path) -> dict:
   import gkd_jax
   from gkd_jax import models
   from gkd_jax.models.hf_config import config_from_hf
+
   vocab = {"<pad>": PAD, "<eos>": EOS, "<bos>": BOS, **{f"t{i}": i for i in range(3, VOCAB)}}
   tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<pad>"))
   tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
@@ -91,9 +119,17 @@ def write_checkpoints(root: Path) -> dict:
     path = root / name
     gkd_jax.save_pretrained(path, model, models.init(model, jax.random.key(seed)))
     tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps(dict(
-        tokenizer_class="PreTrainedTokenizerFast", pad_token="<pad>", eos_token="<eos>",
-        bos_token="<bos>", model_max_length=8192)))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(
+            dict(
+                tokenizer_class="PreTrainedTokenizerFast",
+                pad_token="<pad>",
+                eos_token="<eos>",
+                bos_token="<bos>",
+                model_max_length=8192,
+            )
+        )
+    )
     paths[name] = str(path)
   (root / "train.jsonl").write_text('{"prompt": "t3", "completion": "t4"}\n')  # for validation
   paths["train"] = str(root / "train.jsonl")
@@ -102,14 +138,20 @@ def write_checkpoints(root: Path) -> dict:
 
 # ---- the gkd_jax side ---------------------------------------------------------------------------
 
+
 def gkd_jax_config(args, paths):
   """configs/default.py with the benchmark's settings."""
   import importlib.util
+
   spec = importlib.util.spec_from_file_location("default_config", ROOT / "configs" / "default.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config()
-  c.student.path, c.teacher.path, c.data.train_path = paths["student"], paths["teacher"], paths["train"]
+  c.student.path, c.teacher.path, c.data.train_path = (
+      paths["student"],
+      paths["teacher"],
+      paths["train"],
+  )
   c.student.dtype = c.teacher.dtype = args.dtype
   c.data.max_prompt_len, c.data.max_completion_len = args.prompt_len, args.new_tokens
   c.sampling.max_new_tokens, c.sampling.temperature = args.new_tokens, 1.0
@@ -131,6 +173,7 @@ class GkdJaxSide:
     import jax.numpy as jnp
     from gkd_jax import models, sharding, train
     from gkd_jax.sampling import sample
+
     self.jax = jax
     config = gkd_jax_config(args, paths)
     if remat is not None:  # default: the config's own train.remat
@@ -139,20 +182,30 @@ class GkdJaxSide:
     on = dataclasses.replace(run.settings, eos_id=())  # no id ends a row: forced lengths
     self.run = run = dataclasses.replace(run, settings=on)
     self.on = train.compile_steps(run)
-    self.off = train.compile_steps(dataclasses.replace(run, settings=dataclasses.replace(on, lmbda=0.0)))
+    self.off = train.compile_steps(
+        dataclasses.replace(run, settings=dataclasses.replace(on, lmbda=0.0))
+    )
     arrays = batch_arrays(args.batch, args.prompt_len, args.new_tokens)
     rules = tuple(run.config.sharding_rules)
-    put = lambda x: jax.device_put(jnp.asarray(x, jnp.int32),
-                                   sharding.batch_sharding(run.mesh, rules, 2))
-    self.batch = dict(prompt_tokens=put(arrays["prompt"]),
-                      prompt_mask=put(np.ones_like(arrays["prompt"])),
-                      completion_tokens=put(arrays["completion"]),
-                      completion_mask=put(np.ones_like(arrays["completion"])))
+    put = lambda x: jax.device_put(
+        jnp.asarray(x, jnp.int32), sharding.batch_sharding(run.mesh, rules, 2)
+    )
+    self.batch = dict(
+        prompt_tokens=put(arrays["prompt"]),
+        prompt_mask=put(np.ones_like(arrays["prompt"])),
+        completion_tokens=put(arrays["completion"]),
+        completion_mask=put(np.ones_like(arrays["completion"])),
+    )
     self.rng = jax.random.key(0)
     self.state = self.on.init_state(run.params)
     s = run.settings
-    kw = dict(max_new_tokens=s.sample_max_new_tokens, temperature=s.sample_temperature,
-              top_k=s.sample_top_k, top_p=s.sample_top_p, eos_id=s.eos_id)
+    kw = dict(
+        max_new_tokens=s.sample_max_new_tokens,
+        temperature=s.sample_temperature,
+        top_k=s.sample_top_k,
+        top_p=s.sample_top_p,
+        eos_id=s.eos_id,
+    )
     self._sample = {}
     for dtype in ("float32", "bfloat16"):  # sampling precision (issue: bf16 is TPU's common case)
       model = models.build(run.student.config, getattr(jnp, dtype))
@@ -174,8 +227,9 @@ class GkdJaxSide:
       fn, wdtype = self._sample[dtype]
       params = self.jax.tree.map(lambda x: x.astype(wdtype), self.state.params)
       t = time.perf_counter()  # the cast is not part of sampling
-      self.jax.block_until_ready(fn(params, self.batch["prompt_tokens"], self.batch["prompt_mask"],
-                                    self.rng).tokens)
+      self.jax.block_until_ready(
+          fn(params, self.batch["prompt_tokens"], self.batch["prompt_mask"], self.rng).tokens
+      )
     else:
       raise ValueError(name)
     out["s"] = time.perf_counter() - t
@@ -184,14 +238,21 @@ class GkdJaxSide:
   def versions(self) -> dict:
     import flax
     import optax
+
     run = self.run
-    return dict(jax=self.jax.__version__, flax=flax.__version__, optax=optax.__version__,
-                devices=str(self.jax.devices()),
-                remat=getattr(self.on, "remat", run.settings.remat),  # as compile_steps chose
-                kernel_impl=run.settings.kernel_impl, dtype=str(run.student.dtype))
+    return dict(
+        jax=self.jax.__version__,
+        flax=flax.__version__,
+        optax=optax.__version__,
+        devices=str(self.jax.devices()),
+        remat=getattr(self.on, "remat", run.settings.remat),  # as compile_steps chose
+        kernel_impl=run.settings.kernel_impl,
+        dtype=str(run.student.dtype),
+    )
 
 
 # ---- the TRL side (runs under the torch venv) ---------------------------------------------------
+
 
 class TrlSide:
   """A GKDTrainer, stepped one update at a time as transformers' Trainer inner loop does."""
@@ -200,11 +261,13 @@ class TrlSide:
     import random
     import torch
     import transformers
+
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import trl
     from datasets import Dataset
     from trl.experimental.gkd import GKDConfig, GKDTrainer
     from trl.models.utils import unwrap_model_for_generation
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     random.seed(0)
@@ -213,15 +276,37 @@ class TrlSide:
     student, teacher = load(paths["student"]), load(paths["teacher"])
     tokenizer = transformers.AutoTokenizer.from_pretrained(paths["student"])
     cfg = GKDConfig(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch, learning_rate=args.lr,
-        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0, lmbda=1.0, beta=0.5,
-        temperature=1.0, max_new_tokens=args.new_tokens, seq_kd=False, report_to=[], use_cpu=True,
-        bf16=False, fp16=False, seed=0, save_strategy="no", logging_strategy="no",
-        dataloader_num_workers=0, gradient_checkpointing=False)
-    dummy = Dataset.from_dict({"messages": [[{"role": "user", "content": "t3"},
-                                             {"role": "assistant", "content": "t4"}]]})
-    self.trainer = tr = GKDTrainer(model=student, teacher_model=teacher, args=cfg,
-                                   train_dataset=dummy, processing_class=tokenizer)
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=args.batch,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        lmbda=1.0,
+        beta=0.5,
+        temperature=1.0,
+        max_new_tokens=args.new_tokens,
+        seq_kd=False,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        seed=0,
+        save_strategy="no",
+        logging_strategy="no",
+        dataloader_num_workers=0,
+        gradient_checkpointing=False,
+    )
+    dummy = Dataset.from_dict(
+        {"messages": [[{"role": "user", "content": "t3"}, {"role": "assistant", "content": "t4"}]]}
+    )
+    self.trainer = tr = GKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=cfg,
+        train_dataset=dummy,
+        processing_class=tokenizer,
+    )
     tr.create_optimizer_and_scheduler(num_training_steps=100000)
     tr.current_gradient_accumulation_steps = 1
     tr.generation_config.min_new_tokens = args.new_tokens  # forced length: EOS never sampled
@@ -235,17 +320,27 @@ class TrlSide:
       self.gen_s += time.perf_counter() - t
       self.completion_tokens = int((out[2] != -100).sum())  # labels of the completion
       return out
+
     tr.generate_on_policy_outputs = timed_generate
     arrays = batch_arrays(args.batch, args.prompt_len, args.new_tokens)
     prompt = torch.tensor(arrays["prompt"])
     ids = torch.cat([prompt, torch.tensor(arrays["completion"])], dim=1)
     labels = ids.clone()
-    labels[:, :args.prompt_len] = -100
-    self.inputs = dict(prompts=prompt, prompt_attention_mask=torch.ones_like(prompt),
-                       input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
-    self.versions_ = dict(torch=torch.__version__, transformers=transformers.__version__,
-                          trl=trl.__version__, threads=torch.get_num_threads(),
-                          attn_implementation=student.config._attn_implementation)
+    labels[:, : args.prompt_len] = -100
+    self.inputs = dict(
+        prompts=prompt,
+        prompt_attention_mask=torch.ones_like(prompt),
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        labels=labels,
+    )
+    self.versions_ = dict(
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        trl=trl.__version__,
+        threads=torch.get_num_threads(),
+        attn_implementation=student.config._attn_implementation,
+    )
 
   def _update(self, lmbda: float) -> float:
     tr = self.trainer
@@ -282,9 +377,11 @@ class TrlSide:
 
 # ---- child processes and the driver -------------------------------------------------------------
 
+
 def serve(args) -> None:
   """A child: set up, time the first calls, report the step-1/2 losses, then one op per line."""
   import resource
+
   paths = json.loads(args.paths)
   t = time.perf_counter()
   side = (GkdJaxSide if args.child == "gkd_jax" else TrlSide)(args, paths)
@@ -296,8 +393,11 @@ def serve(args) -> None:
   for name in check + ("step", "sample") + (("sample_bf16",) if args.child == "gkd_jax" else ()):
     r = side.op(name)
     first.setdefault(name, []).append(r)
-  ready.update(losses_fixed=[r["loss"] for r in first.get("update", [])],
-               first_call_s={k: v[0]["s"] for k, v in first.items()}, versions=side.versions())
+  ready.update(
+      losses_fixed=[r["loss"] for r in first.get("update", [])],
+      first_call_s={k: v[0]["s"] for k, v in first.items()},
+      versions=side.versions(),
+  )
   print(json.dumps(ready), flush=True)
   for line in sys.stdin:
     name = line.strip()
@@ -309,6 +409,7 @@ def serve(args) -> None:
 
 
 class Child:
+
   def __init__(self, python, child, args, paths, log_dir: Path):
     cmd = [python, __file__, "--child", child, "--paths", json.dumps(paths)]
     for k in ("batch", "prompt_len", "new_tokens", "lr", "dtype", "threads", "loss_check"):
@@ -316,15 +417,22 @@ class Child:
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1")
     self.log = log_dir / f"{child}.log"
     self.name = child
-    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=open(self.log, "w"), text=True, env=env)
+    self.proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=open(self.log, "w"),  # noqa: SIM115  (the child's log, open for its lifetime)
+        text=True,
+        env=env,
+    )
 
   def reply(self) -> dict:
     for line in self.proc.stdout:
       if line.startswith("{"):
         return json.loads(line)
-    sys.exit(f"{self.name} process ended early; its log ({self.log}):\n"
-             + self.log.read_text()[-4000:])
+    sys.exit(
+        f"{self.name} process ended early; its log ({self.log}):\n" + self.log.read_text()[-4000:]
+    )
 
   def ask(self, op: str) -> dict:
     self.proc.stdin.write(op + "\n")
@@ -363,8 +471,10 @@ def run_cell(args, paths, log_dir: Path, ops=("step", "sample", "update")) -> di
           out = sides[s].ask(op)
           times[s][op].append(out["s"])
           if op == "step" and out["completion_tokens"] != args.batch * args.new_tokens:
-            sys.exit(f"{s}: a step trained on {out['completion_tokens']} completion tokens, not "
-                     f"batch x new_tokens = {args.batch * args.new_tokens}: lengths not forced")
+            sys.exit(
+                f"{s}: a step trained on {out['completion_tokens']} completion tokens, not "
+                f"batch x new_tokens = {args.batch * args.new_tokens}: lengths not forced"
+            )
           if "generate_s" in out:
             times[s]["step_generate"].append(out["generate_s"])
           rss[s] = out["maxrss_mib"]
@@ -373,29 +483,49 @@ def run_cell(args, paths, log_dir: Path, ops=("step", "sample", "update")) -> di
     for c in sides.values():
       c.close()
   tokens = args.batch * args.new_tokens
-  res = dict(batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-             steps=args.steps, ops=list(ops), wall_s=time.perf_counter() - t0,
-             setup_wall_s=t1 - t0, rounds_wall_s=time.perf_counter() - t1, peak_rss_mib=rss)
+  res = dict(
+      batch=args.batch,
+      prompt_len=args.prompt_len,
+      new_tokens=args.new_tokens,
+      steps=args.steps,
+      ops=list(ops),
+      wall_s=time.perf_counter() - t0,
+      setup_wall_s=t1 - t0,
+      rounds_wall_s=time.perf_counter() - t1,
+      peak_rss_mib=rss,
+  )
   for s, ready in (("gkd_jax", ready_jx), ("trl", ready_tr)):
     st = {op: _stats(v) for op, v in times[s].items()}
-    res[s] = dict(times=st, raw=times[s], setup_s=ready["setup_s"], first_call_s=ready["first_call_s"],
-                  losses_fixed=ready["losses_fixed"], versions=ready["versions"],
-                  tokens_per_s=tokens / st["step"]["median"])
+    res[s] = dict(
+        times=st,
+        raw=times[s],
+        setup_s=ready["setup_s"],
+        first_call_s=ready["first_call_s"],
+        losses_fixed=ready["losses_fixed"],
+        versions=ready["versions"],
+        tokens_per_s=tokens / st["step"]["median"],
+    )
   med = lambda s, op: res[s]["times"][op]["median"]
   res["ratio_trl_over_gkd_jax"] = {op: med("trl", op) / med("gkd_jax", op) for op in ops}
   if "update" not in ops:  # the rest of the step: loss + backward + update
     res["ratio_trl_over_gkd_jax"]["step_minus_sample"] = (
-        (med("trl", "step") - med("trl", "sample")) / (med("gkd_jax", "step") - med("gkd_jax", "sample")))
+        med("trl", "step") - med("trl", "sample")
+    ) / (med("gkd_jax", "step") - med("gkd_jax", "sample"))
   res["ratio_per_round"] = [a / b for a, b in zip(times["trl"]["step"], times["gkd_jax"]["step"])]
   # Robust to load from other jobs: each round's pair saw about the same load; the minima are
   # the least disturbed runs of each side.
   res["ratio_median_of_rounds"] = statistics.median(res["ratio_per_round"])
-  res["ratio_of_minima"] = {op: res["trl"]["times"][op]["min"] / res["gkd_jax"]["times"][op]["min"]
-                            for op in ops}
+  res["ratio_of_minima"] = {
+      op: res["trl"]["times"][op]["min"] / res["gkd_jax"]["times"][op]["min"] for op in ops
+  }
   l_jx, l_tr = res["gkd_jax"]["losses_fixed"], res["trl"]["losses_fixed"]
   if l_jx:
-    res["loss_check"] = dict(gkd_jax=l_jx, trl=l_tr, abs_diff=[abs(a - b) for a, b in zip(l_jx, l_tr)],
-                             rel_diff=[abs(a - b) / abs(b) for a, b in zip(l_jx, l_tr)])
+    res["loss_check"] = dict(
+        gkd_jax=l_jx,
+        trl=l_tr,
+        abs_diff=[abs(a - b) for a, b in zip(l_jx, l_tr)],
+        rel_diff=[abs(a - b) / abs(b) for a, b in zip(l_jx, l_tr)],
+    )
   return res
 
 
@@ -421,20 +551,38 @@ def main():
   ap.add_argument("--new-tokens", type=int, default=64)
   ap.add_argument("--steps", type=int, default=10, help="timed rounds (each: step, sample, update)")
   ap.add_argument("--lr", type=float, default=1e-4)
-  ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                  help="gkd_jax models' dtype (TRL stays float32); sampling is timed in both")
+  ap.add_argument(
+      "--dtype",
+      default="float32",
+      choices=("float32", "bfloat16"),
+      help="gkd_jax models' dtype (TRL stays float32); sampling is timed in both",
+  )
   ap.add_argument("--threads", type=int, default=2, help="torch threads")
   ap.add_argument("--scaling", action="store_true", help="batch 8/32/128 x new tokens 64/256")
   ap.add_argument("--scaling-steps", type=int, default=3)
-  ap.add_argument("--max-cell-s", type=float, default=180.0,
-                  help="--scaling: skip a cell predicted to take longer (wall, both sides)")
-  ap.add_argument("--out", default=None,
-                  help="results path without extension (.json and .md are written; default "
-                  "benchmarks/results/gkd_step_vs_trl, or ..._scaling with --scaling)")
-  ap.add_argument("--ref-python", default=str(ROOT / ".refvenv" / "bin" / "python"),
-                  help="python of a venv with torch + transformers + trl")
-  ap.add_argument("--loss-check", type=int, default=1,
-                  help="1: both sides' loss at steps 1-2 on a fixed completion (off with --scaling)")
+  ap.add_argument(
+      "--max-cell-s",
+      type=float,
+      default=180.0,
+      help="--scaling: skip a cell predicted to take longer (wall, both sides)",
+  )
+  ap.add_argument(
+      "--out",
+      default=None,
+      help="results path without extension (.json and .md are written; default "
+      "benchmarks/results/gkd_step_vs_trl, or ..._scaling with --scaling)",
+  )
+  ap.add_argument(
+      "--ref-python",
+      default=str(ROOT / ".refvenv" / "bin" / "python"),
+      help="python of a venv with torch + transformers + trl",
+  )
+  ap.add_argument(
+      "--loss-check",
+      type=int,
+      default=1,
+      help="1: both sides' loss at steps 1-2 on a fixed completion (off with --scaling)",
+  )
   ap.add_argument("--child", choices=("gkd_jax", "trl"), help=argparse.SUPPRESS)
   ap.add_argument("--paths", help=argparse.SUPPRESS)
   args = ap.parse_args()
@@ -442,14 +590,22 @@ def main():
     serve(args)
     return
   if not os.access(args.ref_python, os.X_OK):
-    print(f"--ref-python={args.ref_python} is not an executable python (make a torch venv: see "
-          "the Makefile's fixtures target)", file=sys.stderr)
+    print(
+        f"--ref-python={args.ref_python} is not an executable python (make a torch venv: see "
+        "the Makefile's fixtures target)",
+        file=sys.stderr,
+    )
     sys.exit(2)
   sys.path.insert(0, str(Path(__file__).resolve().parent))
   import gkd_step_report as report  # pylint: disable=import-outside-toplevel
+
   if args.out is None:
-    args.out = str(ROOT / "benchmarks" / "results" /
-                   ("gkd_step_vs_trl_scaling" if args.scaling else "gkd_step_vs_trl"))
+    args.out = str(
+        ROOT
+        / "benchmarks"
+        / "results"
+        / ("gkd_step_vs_trl_scaling" if args.scaling else "gkd_step_vs_trl")
+    )
   with tempfile.TemporaryDirectory() as tmp:
     paths = write_checkpoints(Path(tmp))
     if not args.scaling:
@@ -460,17 +616,32 @@ def main():
       for b, n in ((8, 64), (32, 64), (8, 256), (128, 64), (32, 256), (128, 256)):  # by size
         est = _estimate_s(cells, b, n, args.prompt_len)
         if est > args.max_cell_s:
-          skipped.append(dict(batch=b, new_tokens=n, reason=(
-              f"predicted {est:.0f} s wall for {args.steps} rounds > --max-cell-s="
-              f"{args.max_cell_s:.0f} (extrapolated by tokens from the largest measured cell)")))
+          skipped.append(
+              dict(
+                  batch=b,
+                  new_tokens=n,
+                  reason=(
+                      f"predicted {est:.0f} s wall for {args.steps} rounds > --max-cell-s="
+                      f"{args.max_cell_s:.0f} (extrapolated by tokens from the largest measured cell)"
+                  ),
+              )
+          )
           continue
         args.batch, args.new_tokens = b, n
         cells.append(run_cell(args, paths, Path(tmp), ops=("step", "sample")))
         print(report.cell_line(cells[-1]), flush=True)
-  result = dict(command=" ".join([Path(sys.executable).name] + sys.argv), cells=cells,
-                skipped=skipped, scaling=args.scaling, dtype=args.dtype, threads=args.threads,
-                nice=os.nice(0), cpus=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M:%S"),
-                commit=report.git_commit(ROOT))
+  result = dict(
+      command=" ".join([Path(sys.executable).name] + sys.argv),
+      cells=cells,
+      skipped=skipped,
+      scaling=args.scaling,
+      dtype=args.dtype,
+      threads=args.threads,
+      nice=os.nice(0),
+      cpus=os.cpu_count(),
+      date=time.strftime("%Y-%m-%d %H:%M:%S"),
+      commit=report.git_commit(ROOT),
+  )
   report.write(result, Path(args.out))
   print(Path(args.out).with_suffix(".md").read_text())
 

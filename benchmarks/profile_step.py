@@ -69,7 +69,9 @@ def op_times(events, module_prefix: str) -> dict:
     args = e.get("args") or {}
     if e.get("ph") != "X" or "hlo_op" not in args:
       continue
-    if not str(args.get("hlo_module", "")).startswith(module_prefix) or _CONTROL.match(args["hlo_op"]):
+    if not str(args.get("hlo_module", "")).startswith(module_prefix) or _CONTROL.match(
+        args["hlo_op"]
+    ):
       continue
     total[args["hlo_op"]] += float(e.get("dur", 0.0))
     count[args["hlo_op"]] += 1
@@ -100,6 +102,7 @@ def _region(op_name: str) -> str:
 
 def profile(args) -> dict:
   import jax
+
   with tempfile.TemporaryDirectory() as tmp:
     paths = bench.write_checkpoints(Path(tmp))
     side = bench.GkdJaxSide(args, paths)
@@ -111,8 +114,9 @@ def profile(args) -> dict:
       compiled = fn.lower(side.state, side.run.teacher_params, side.batch, side.rng).compile()
     else:
       sample_fn, _ = side._sample["float32"]  # pylint: disable=protected-access
-      compiled = sample_fn.lower(side.state.params, side.batch["prompt_tokens"],
-                                 side.batch["prompt_mask"], side.rng).compile()
+      compiled = sample_fn.lower(
+          side.state.params, side.batch["prompt_tokens"], side.batch["prompt_mask"], side.rng
+      ).compile()
     index = hlo_index(compiled.as_text())
     module = compiled.as_text().split("\n", 1)[0].split()[1].rstrip(",")
     for _ in range(2):  # compile and warm up outside the trace
@@ -127,54 +131,91 @@ def profile(args) -> dict:
   rows = []
   for name, (us, n) in sorted(times.items(), key=lambda kv: -kv[1][0]):
     opcode, shape, op_name = index.get(name, ("?", "?", ""))
-    rows.append(dict(op=name, opcode=opcode, shape=shape, op_name=op_name,
-                     region=_region(op_name), calls_per_step=n / args.steps,
-                     ms_per_step=us / 1e3 / args.steps, share_of_ops=us / summed,
-                     share_of_step=us / 1e6 / args.steps / step_s))
+    rows.append(
+        dict(
+            op=name,
+            opcode=opcode,
+            shape=shape,
+            op_name=op_name,
+            region=_region(op_name),
+            calls_per_step=n / args.steps,
+            ms_per_step=us / 1e3 / args.steps,
+            share_of_ops=us / summed,
+            share_of_step=us / 1e6 / args.steps / step_s,
+        )
+    )
   regions = collections.defaultdict(float)
   by_jax_op = collections.defaultdict(float)
   for r in rows:
     regions[r["region"]] += r["share_of_ops"]
     by_jax_op[_short(r["op_name"]) or "(no metadata)"] += r["share_of_ops"]
-  return dict(what=args.what, module=module, batch=args.batch, prompt_len=args.prompt_len,
-              new_tokens=args.new_tokens, step_s_traced=step_s,
-              step_s_untraced=statistics.median(untraced), steps=args.steps,
-              op_ms_per_step=summed / 1e3 / args.steps, num_ops=len(rows), rows=rows,
-              regions=dict(regions), by_jax_op=dict(by_jax_op), versions=side.versions(), commit=_commit(),
-              date=time.strftime("%Y-%m-%d %H:%M:%S"), nice=os.nice(0),
-              command=" ".join(["python"] + sys.argv))
+  return dict(
+      what=args.what,
+      module=module,
+      batch=args.batch,
+      prompt_len=args.prompt_len,
+      new_tokens=args.new_tokens,
+      step_s_traced=step_s,
+      step_s_untraced=statistics.median(untraced),
+      steps=args.steps,
+      op_ms_per_step=summed / 1e3 / args.steps,
+      num_ops=len(rows),
+      rows=rows,
+      regions=dict(regions),
+      by_jax_op=dict(by_jax_op),
+      versions=side.versions(),
+      commit=_commit(),
+      date=time.strftime("%Y-%m-%d %H:%M:%S"),
+      nice=os.nice(0),
+      command=" ".join(["python"] + sys.argv),
+  )
 
 
 def _commit() -> str:
   import gkd_step_report
+
   return gkd_step_report.git_commit(bench.ROOT)
 
 
 def markdown(p, top: int) -> str:
   v = p["versions"]
   lines = [
-      f"# Profile of one gkd_jax `{p['what']}` (benchmark sizes)", "",
+      f"# Profile of one gkd_jax `{p['what']}` (benchmark sizes)",
+      "",
       f"`{p['command']}` at {p['date']}, code at `{p['commit']}`, "
       f"nice {p['nice']}; jax {v['jax']}, {v['devices']}, remat={v['remat']}, "
       f"kernel_impl={v['kernel_impl']}, {v['dtype']}. Student Gemma-2 256×4, teacher 512×6, "
       f"V=4096, batch {p['batch']}, {p['prompt_len']}-token prompts, {p['new_tokens']} forced new "
-      "tokens, λ=1, JSD(0.5), AdamW (as benchmarks/gkd_step_vs_trl.py).", "",
+      "tokens, λ=1, JSD(0.5), AdamW (as benchmarks/gkd_step_vs_trl.py).",
+      "",
       f"Step wall time: {p['step_s_untraced']:.3f} s untraced, {p['step_s_traced']:.3f} s traced "
       f"(median of {p['steps']}); summed XLA op time {p['op_ms_per_step']:.0f} ms/step over "
-      f"{p['num_ops']} distinct ops (module `{p['module']}`).", "",
+      f"{p['num_ops']} distinct ops (module `{p['module']}`).",
+      "",
       "By region (from each op's JAX op_name; % of summed op time): "
-      + ", ".join(f"{k} {100 * s:.1f}%" for k, s in sorted(p["regions"].items(), key=lambda kv: -kv[1])),
-      "", f"## Top {top} ops", "",
+      + ", ".join(
+          f"{k} {100 * s:.1f}%" for k, s in sorted(p["regions"].items(), key=lambda kv: -kv[1])
+      ),
+      "",
+      f"## Top {top} ops",
+      "",
       "| # | op | ms/step | % of op time | % of step | calls/step | region | shape | JAX op (tail) |",
       "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for i, r in enumerate(p["rows"][:top], 1):
-    lines.append(f"| {i} | `{r['op']}` ({r['opcode']}) | {r['ms_per_step']:.1f} | "
-                 f"{100 * r['share_of_ops']:.1f} | {100 * r['share_of_step']:.1f} | "
-                 f"{r['calls_per_step']:.0f} | {r['region']} | `{r['shape'][:40]}` | "
-                 f"`{_short(r['op_name'])}` |")
-  lines += ["", f"## Top {top} JAX ops (HLO ops with the same op_name tail summed)", "",
-            "| # | JAX op (tail of op_name) | % of op time | ms/step |", "| --- | --- | --- | --- |"]
+    lines.append(
+        f"| {i} | `{r['op']}` ({r['opcode']}) | {r['ms_per_step']:.1f} | "
+        f"{100 * r['share_of_ops']:.1f} | {100 * r['share_of_step']:.1f} | "
+        f"{r['calls_per_step']:.0f} | {r['region']} | `{r['shape'][:40]}` | "
+        f"`{_short(r['op_name'])}` |"
+    )
+  lines += [
+      "",
+      f"## Top {top} JAX ops (HLO ops with the same op_name tail summed)",
+      "",
+      "| # | JAX op (tail of op_name) | % of op time | ms/step |",
+      "| --- | --- | --- | --- |",
+  ]
   ranked = sorted(p["by_jax_op"].items(), key=lambda kv: -kv[1])[:top]
   for i, (name, share) in enumerate(ranked, 1):
     lines.append(f"| {i} | `{name}` | {100 * share:.1f} | {share * p['op_ms_per_step']:.1f} |")
@@ -192,8 +233,11 @@ def main():
   ap.add_argument("--new-tokens", type=int, default=64)
   ap.add_argument("--lr", type=float, default=1e-4)
   ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  ap.add_argument("--out", default=str(bench.ROOT / "benchmarks" / "results" / "profile_step.md"),
-                  help="markdown path (a .json with the top 200 ops is written beside it)")
+  ap.add_argument(
+      "--out",
+      default=str(bench.ROOT / "benchmarks" / "results" / "profile_step.md"),
+      help="markdown path (a .json with the top 200 ops is written beside it)",
+  )
   args = ap.parse_args()
   p = profile(args)
   out = Path(args.out)

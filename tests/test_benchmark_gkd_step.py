@@ -18,8 +18,15 @@ import profile_step  # noqa: E402  pylint: disable=wrong-import-position
 
 @pytest.fixture
 def tiny(monkeypatch):
-  small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-               num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16)
+  small = dict(
+      hidden_size=32,
+      intermediate_size=64,
+      num_hidden_layers=1,
+      num_attention_heads=2,
+      num_key_value_heads=1,
+      head_dim=16,
+      query_pre_attn_scalar=16,
+  )
   monkeypatch.setattr(bench, "VOCAB", 64)
   monkeypatch.setattr(bench, "STUDENT", dict(bench.STUDENT, vocab_size=64, **small))
   monkeypatch.setattr(bench, "TEACHER", dict(bench.TEACHER, vocab_size=64, **small))
@@ -35,19 +42,29 @@ def test_gkd_jax_side_update_loss_is_the_dense_jsd_of_both_checkpoints(tiny, tmp
   arrays = bench.batch_arrays(tiny.batch, tiny.prompt_len, tiny.new_tokens)
   tokens = jnp.asarray(np.concatenate([arrays["prompt"], arrays["completion"]], 1), jnp.int32)
   p = tiny.prompt_len
-  zs = score(side.run.student, params0, tokens)[:, p - 1:-1]
-  zt = score(side.run.teacher, side.run.teacher_params, tokens)[:, p - 1:-1]
+  zs = score(side.run.student, params0, tokens)[:, p - 1 : -1]
+  zt = score(side.run.teacher, side.run.teacher_params, tokens)[:, p - 1 : -1]
   want = float(jnp.mean(divergences.token_divergence(zs, zt, kind="jsd", beta=0.5)))
   np.testing.assert_allclose(loss, want, rtol=1e-5)
 
 
 def test_op_times_sums_thunks_of_one_module_and_skips_control_flow():
-  ev = lambda op, dur, module="jit_train_step": dict(ph="X", dur=dur, args=dict(hlo_op=op,
-                                                                                 hlo_module=module))
-  events = [ev("fusion.1", 5.0), ev("fusion.1", 7.0), ev("while.3", 100.0), ev("dot.2", 1.5),
-            ev("fusion.1", 50.0, module="jit_other"), dict(ph="X", dur=9.0, name="python"),
-            dict(ph="M", name="thread_name")]
-  assert profile_step.op_times(events, "jit_train_step") == {"fusion.1": (12.0, 2), "dot.2": (1.5, 1)}
+  ev = lambda op, dur, module="jit_train_step": dict(
+      ph="X", dur=dur, args=dict(hlo_op=op, hlo_module=module)
+  )
+  events = [
+      ev("fusion.1", 5.0),
+      ev("fusion.1", 7.0),
+      ev("while.3", 100.0),
+      ev("dot.2", 1.5),
+      ev("fusion.1", 50.0, module="jit_other"),
+      dict(ph="X", dur=9.0, name="python"),
+      dict(ph="M", name="thread_name"),
+  ]
+  assert profile_step.op_times(events, "jit_train_step") == {
+      "fusion.1": (12.0, 2),
+      "dot.2": (1.5, 1),
+  }
 
 
 def test_hlo_index_reads_opcode_shape_and_op_name():
@@ -55,5 +72,7 @@ def test_hlo_index_reads_opcode_shape_and_op_name():
   index = profile_step.hlo_index(text)
   roots = [v for v in index.values() if "reduce_sum" in v[2]]
   assert roots and all(v[2].startswith(("jit(<lambda>)", "reduce_sum")) for v in roots)
-  assert any(v[0] in ("fusion", "dot", "custom-call") and v[1].startswith("f32[8,8]")
-             for v in index.values())
+  assert any(
+      v[0] in ("fusion", "dot", "custom-call") and v[1].startswith("f32[8,8]")
+      for v in index.values()
+  )

@@ -31,9 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.teacher.path = ""  # HF checkpoint dir; required unless gkd.divergence_weight == 0 (SFT) and
   #                      not gkd.seq_kd.
   c.teacher.dtype = "bfloat16"  # "float32" | "bfloat16".
-  c.teacher.preset = (
-      ""  # ModelConfig preset; only `gkd-jax plan` uses it (path has no config.json).
-  )
+  # ModelConfig preset; only `gkd-jax plan` uses it (when path has no config.json).
+  c.teacher.preset = ""  # e.g. "gemma2_9b"; see gkd_jax/models/presets.py.
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""  # Dir or file with tokenizer.model / tokenizer.json; "" = student.path.

@@ -311,46 +311,12 @@ def _to_iter(ds, worker_count):
   return it_ds
 
 
-def make_loader(
-    path: str,
-    tokenizer,
-    *,
-    batch_size: int,
-    max_prompt_len: int,
-    max_completion_len: int,
-    seed: int = 0,
-    shuffle: bool = True,
-    num_epochs: Optional[int] = None,
-    shard_index: Optional[int] = None,
-    shard_count: Optional[int] = None,
-    worker_count: int = 0,
-    chat_family: Optional[str] = None,
-    drop_remainder: bool = True,
-    even_shards: bool = True,
-    split_global_batches: bool = False,
-    row_extras=None,
-) -> grain.IterDataset:
+def make_loader(path: str, tokenizer, **kwargs) -> grain.IterDataset:
   """A Grain pipeline over a JSONL file; `iter(make_loader(...))` yields per-process batches.
 
-  `batch_size` is per process (global batch / process count). `num_epochs` None or -1 repeats forever.
-  `shard_index`/`shard_count` default to jax.process_index()/process_count(). `worker_count` > 0 moves
-  tokenization into that many Grain worker processes (same batches, same order).
+  `make_dataset` over the file's records, with the same keyword arguments: `batch_size` is per
+  process (global batch / process count); `num_epochs` None or -1 repeats forever;
+  `shard_index`/`shard_count` default to jax.process_index()/process_count(); `worker_count` > 0
+  moves tokenization into that many Grain worker processes (same batches, same order).
   """
-  return make_dataset(
-      read_jsonl_records(path),
-      tokenizer,
-      batch_size=batch_size,
-      max_prompt_len=max_prompt_len,
-      max_completion_len=max_completion_len,
-      seed=seed,
-      shuffle=shuffle,
-      num_epochs=num_epochs,
-      shard_index=shard_index,
-      shard_count=shard_count,
-      worker_count=worker_count,
-      chat_family=chat_family,
-      drop_remainder=drop_remainder,
-      even_shards=even_shards,
-      split_global_batches=split_global_batches,
-      row_extras=row_extras,
-  )
+  return make_dataset(read_jsonl_records(path), tokenizer, **kwargs)

@@ -34,6 +34,14 @@ def get_config() -> ml_collections.ConfigDict:
   # ModelConfig preset; only `gkd-jax plan` uses it (when path has no config.json).
   c.teacher.preset = ""  # e.g. "gemma2_9b"; see gkd_jax/models/presets.py.
 
+  # Several teachers instead of `teacher`: each example is distilled from the teacher its record
+  # names ({"prompt": ..., "teacher": NAME}); every batch holds one teacher's records, so a step runs
+  # that teacher only. Entries: c.teachers.NAME = ConfigDict(dict(path=..., dtype="bfloat16",
+  # weight=1.0)) (weight multiplies gkd.divergence_weight on its rows). All share the student's
+  # vocabulary. One entry is the same run as `teacher` with its path and dtype.
+  c.teachers = ml_collections.ConfigDict()
+  c.default_teacher = ""  # Teacher of records without "teacher" ("" = they must name one).
+
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""  # Dir or file with tokenizer.model / tokenizer.json; "" = student.path.
 

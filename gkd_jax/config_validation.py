@@ -77,6 +77,7 @@ FIELDS = (
     ("teacher.path", _str),
     ("teacher.dtype", _choice(*models.DTYPES)),
     ("teacher.preset", _str),
+    ("default_teacher", _str),
     ("tokenizer.path", _str),
     ("data.train_path", _str),
     ("data.eval_path", _str),
@@ -204,12 +205,20 @@ def _refuse_wrong_experiments(config) -> None:
           "gkd.loss='sampled_reverse_kl' is unbiased only on the student's own "
           "unfiltered samples at the loss temperature: " + ", ".join(wrong)
       )
-  if _get(config, "gkd.teacher_cache") and (lmbda != 0 or _get(config, "gkd.seq_kd")):
+  cache = _get(config, "gkd.teacher_cache")
+  mixing = _get(config, "gkd.mixing")
+  if cache and (_get(config, "gkd.seq_kd") or lmbda == 1 or (lmbda > 0 and mixing != "batch")):
     raise ValueError(
-        f"gkd.teacher_cache={_get(config, 'gkd.teacher_cache')!r} with gkd.lmbda="
-        f"{lmbda}, gkd.seq_kd={_get(config, 'gkd.seq_kd')}: the cache holds the "
-        "teacher on dataset completions only; use it with gkd.lmbda=0 (supervised "
-        "KD without the teacher in memory), gkd.seq_kd=False"
+        f"gkd.teacher_cache={cache!r} with gkd.lmbda={lmbda}, gkd.mixing={mixing!r}, "
+        f"gkd.seq_kd={_get(config, 'gkd.seq_kd')}: the cache holds the teacher on dataset "
+        "completions, which a step uses only when it is off-policy as a whole; use it with "
+        "gkd.lmbda=0 (no teacher in memory) or 0 < gkd.lmbda < 1 with gkd.mixing='batch', "
+        "gkd.seq_kd=False"
+    )
+  if cache and _get(config, "teachers"):
+    raise ValueError(
+        f"gkd.teacher_cache={cache!r} with several teachers: a cache holds one teacher; "
+        "use `teacher`, or no cache"
     )
   batch = _get(config, "train.batch_size")
   if _get(config, "gkd.mixing") == "example" and 0 < lmbda < 1:
@@ -220,6 +229,34 @@ def _refuse_wrong_experiments(config) -> None:
           f"puts round(λ·B)={k} rows on-policy, i.e. λ={k // batch}; use "
           "gkd.mixing='batch' or a larger train.batch_size"
       )
+
+
+TEACHER_FIELDS = (("path", _str), ("dtype", _choice(*models.DTYPES)), ("weight", _num(0)))
+
+
+def teachers(config) -> dict:
+  """{name: teachers.NAME} in sorted name order, validated ({} for a single `teacher`)."""
+  group = _get(config, "teachers")
+  out = {}
+  for name in sorted(group):
+    entry = group[name]
+    for field, check in TEACHER_FIELDS:
+      dotted = f"teachers.{name}.{field}"
+      if not hasattr(entry, "get") or field not in entry:
+        raise ValueError(f"{dotted} is missing (each teacher needs path, dtype and weight)")
+      message = check(entry[field])
+      if message:
+        _fail(dotted, entry[field], message)
+    out[name] = entry
+  default = _get(config, "default_teacher")
+  if out and default and default not in out:
+    _fail("default_teacher", default, "is not one of teachers: " + ", ".join(out))
+  if out and _get(config, "teacher.path"):
+    raise ValueError(
+        f"teacher.path={_get(config, 'teacher.path')!r} and teachers ({', '.join(out)}) are both "
+        "set: give one teacher in `teacher` or several in `teachers`"
+    )
+  return out
 
 
 def validate(
@@ -274,6 +311,7 @@ def validate(
     )
   if mode == "train":  # eval and sample train nothing
     _refuse_wrong_experiments(config)
+  teachers(config)
   student_path, preset = _get(config, "student.path"), _get(config, "student.preset")
   if not student_path and not preset:
     raise ValueError("student.path='' and student.preset='': set a checkpoint path or a preset")
@@ -295,7 +333,11 @@ def validate(
         if seq_kd
         else f"when gkd.divergence_weight={div_w} > 0 (set it to 0 for SFT without a teacher)"
     )
-    _require_path("teacher.path", _get(config, "teacher.path"), why)
+    group = teachers(config)
+    for name, entry in group.items():
+      _require_path(f"teachers.{name}.path", entry.path, "")
+    if not group:
+      _require_path("teacher.path", _get(config, "teacher.path"), why)
   if mode == "train":
     _require_path("data.train_path", _get(config, "data.train_path"), "for training")
   if _get(config, "data.eval_path") or mode == "eval":

@@ -32,6 +32,10 @@ With `split_global_batches` (what the trainer uses) every process instead walks 
 and takes its `batch_size` rows of each global batch of shard_count x batch_size: process p's rows
 are rows p*batch_size ... of the batch one process reads with the global batch size, so the global
 batches, and a run's results, do not depend on the number of processes.
+Several teachers (`teachers`, two or more names): a record may name its teacher,
+`{"prompt": ..., "teacher": "math"}` (records without one go to `default_teacher`), and every global
+batch holds records of one teacher, with `teacher_index` [B] int32 (its position in `teachers`), so
+that a train step runs only that teacher (see `TeacherBatches` for the order).
 The iterator's position is `iterator.get_state()` / `set_state()`, and Grain's
 `grain.checkpoint.CheckpointSave/CheckpointRestore` store it with Orbax (see gkd_jax.checkpoints): a
 resumed run sees exactly the batches the uninterrupted run would have seen next.
@@ -78,7 +82,7 @@ def _validate_record(record, path: str, lineno: int) -> dict:
         )
     if not any(m["role"] == "user" for m in messages):
       raise _record_error(path, lineno, "'messages' has no user message")
-    return {"messages": messages}
+    return _with_teacher({"messages": messages}, record, path, lineno)
   if "prompt" not in record:
     raise _record_error(
         path,
@@ -91,7 +95,17 @@ def _validate_record(record, path: str, lineno: int) -> dict:
     raise _record_error(path, lineno, f"'prompt' must be a non-empty string, got {prompt!r:.80}")
   if completion is not None and not isinstance(completion, str):
     raise _record_error(path, lineno, f"'completion' must be a string, got {completion!r:.80}")
-  return {"prompt": prompt, "completion": completion}
+  return _with_teacher({"prompt": prompt, "completion": completion}, record, path, lineno)
+
+
+def _with_teacher(normalised: dict, record: dict, path: str, lineno: int) -> dict:
+  """Keeps the record's optional "teacher" (the name of the teacher that scores it)."""
+  if "teacher" not in record:
+    return normalised
+  name = record["teacher"]
+  if not isinstance(name, str) or not name:
+    raise _record_error(path, lineno, f"'teacher' must be a non-empty string, got {name!r:.80}")
+  return {**normalised, "teacher": name}
 
 
 def read_jsonl_records(path: str) -> list[dict]:
@@ -210,13 +224,21 @@ def make_dataset(
     even_shards: bool = True,
     split_global_batches: bool = False,
     row_extras=None,
+    teachers: Sequence[str] = (),
+    default_teacher: Optional[str] = None,
 ) -> grain.IterDataset:
   """The pipeline over in-memory records; `iter()` of the result yields batches (see make_loader).
 
   `row_extras(record indices [b]) -> {name: [b, ...] array}` adds per-record arrays to each batch
-  (with split_global_batches only), e.g. `functools.partial(teacher_cache.stack_rows, cache)`."""
-  if row_extras is not None and not split_global_batches:
-    raise ValueError("row_extras needs split_global_batches=True (batches of record indices)")
+  (with split_global_batches only), e.g. `functools.partial(teacher_cache.stack_rows, cache)`.
+  `teachers` (two or more names; with split_global_batches only): every global batch holds records
+  of one teacher (a record's "teacher", else `default_teacher`) and carries `teacher_index` [b],
+  the position of that name in `teachers` (see the module docstring)."""
+  routed = len(teachers) > 1  # one teacher: every record's name checked, batches unchanged
+  if (row_extras is not None or routed) and not split_global_batches:
+    raise ValueError(
+        "row_extras and teachers need split_global_batches=True (batches of record indices)"
+    )
   shard_index = jax.process_index() if shard_index is None else shard_index
   shard_count = jax.process_count() if shard_count is None else shard_count
   if not 0 <= shard_index < shard_count:
@@ -235,10 +257,18 @@ def make_dataset(
   elif any("messages" in r for r in records):
     raise ValueError(f"the data has chat 'messages' records: set data.chat_family ({_FAMILIES})")
   records = list(records)
+  teacher_R = teacher_indices(records, teachers, default_teacher) if teachers else None
   if split_global_batches:
-    ds = _global_batch_rows(
-        records, batch_size, seed, shuffle, num_epochs, shard_index, shard_count, drop_remainder
-    )
+    if routed:
+      rows = TeacherBatches(teacher_R, batch_size, seed, shuffle, shard_index, shard_count)
+      # A position past the end, never reached: repeating forever without an epoch-less index.
+      epochs = num_epochs if num_epochs is not None else 2**40
+      ds = grain.MapDataset.range(rows.batches_per_epoch * epochs).map(rows)
+      row_extras = TeacherIndex(teacher_R, row_extras)
+    else:
+      ds = _global_batch_rows(
+          records, batch_size, seed, shuffle, num_epochs, shard_index, shard_count, drop_remainder
+      )
     ds = ds.map(
         TokenizeRows(
             records,
@@ -283,6 +313,76 @@ def _global_batch_rows(
           f"{shard_count} processes"
       )
   return ds[shard_index::shard_count]
+
+
+def teacher_indices(records, teachers: Sequence[str], default_teacher: Optional[str]) -> np.ndarray:
+  """[R] int32: each record's position in `teachers` (its "teacher", else `default_teacher`)."""
+  index = {name: i for i, name in enumerate(teachers)}
+  out = np.empty((len(records),), np.int32)
+  for r, record in enumerate(records):
+    name = record.get("teacher", default_teacher)
+    if name not in index:
+      raise ValueError(
+          f"record {r + 1} of the data has teacher={name!r}, not one of the configured "
+          f"teachers ({', '.join(teachers)})"
+      )
+    out[r] = index[name]
+  return out
+
+
+class TeacherBatches(grain.transforms.Map):
+  """Global batch number -> this process's record indices [batch_size]; every global batch (of
+  shard_count x batch_size rows) holds records of one teacher. Epoch e shuffles the records with
+  seed (seed, e), cuts each teacher's in that order into global batches (a teacher's last partial
+  batch of the epoch is dropped) and shuffles the order of the batches; without shuffle, the
+  teachers take turns, each one's batches in file order."""
+
+  def __init__(self, teacher_R, batch_size, seed, shuffle, shard_index, shard_count):
+    self.teacher_R, self.seed, self.shuffle = np.asarray(teacher_R), seed, shuffle
+    self.rows = slice(shard_index * batch_size, (shard_index + 1) * batch_size)
+    self.global_batch = batch_size * shard_count
+    counts = np.bincount(self.teacher_R)
+    self.batches_per_epoch = int(np.sum(counts // self.global_batch))
+    if not self.batches_per_epoch:
+      raise ValueError(
+          f"no teacher has {self.global_batch} records (one global batch of {batch_size} x "
+          f"{shard_count} processes); records per teacher: {counts.tolist()}"
+      )
+    self._epoch, self._order = None, None
+
+  def epoch_order(self, epoch: int) -> np.ndarray:
+    """[batches_per_epoch, global batch] record indices of the global batches of `epoch`."""
+    rng = np.random.default_rng((self.seed, epoch))
+    perm = rng.permutation(len(self.teacher_R)) if self.shuffle else np.arange(len(self.teacher_R))
+    chunks = []
+    for t in range(int(self.teacher_R.max()) + 1):
+      mine = perm[self.teacher_R[perm] == t]
+      mine = mine[: len(mine) - len(mine) % self.global_batch]
+      chunks.append(mine.reshape(-1, self.global_batch))
+    order = np.concatenate(chunks)
+    if self.shuffle:
+      return order[rng.permutation(len(order))]
+    rank = np.concatenate([np.arange(len(c)) for c in chunks])  # teachers take turns
+    return order[np.argsort(rank, kind="stable")]
+
+  def map(self, i):
+    epoch, j = divmod(int(i), self.batches_per_epoch)
+    if epoch != self._epoch:  # consecutive batches share their epoch's order
+      self._epoch, self._order = epoch, self.epoch_order(epoch)
+    return self._order[j, self.rows]
+
+
+class TeacherIndex:
+  """Per-record extras: `teacher_index` [b] (and whatever `more` adds)."""
+
+  def __init__(self, teacher_R, more=None):
+    self.teacher_R, self.more = teacher_R, more
+
+  def __call__(self, rows) -> dict:
+    out = {"teacher_index": self.teacher_R[np.asarray(rows)]}
+    if self.more is not None:
+      out.update(self.more(rows))
+    return out
 
 
 class TokenizeRows(grain.transforms.Map):

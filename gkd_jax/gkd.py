@@ -119,6 +119,13 @@ def _samples(model, params, prompt_BxP, prompt_mask_BxP, rng, length, s: GKDSett
   return tokens.astype(jnp.int32), mask, logprob
 
 
+def batch_coin(step_rng, lmbda: float) -> jax.Array:
+  """Whether a `mixing="batch"` step is on-policy: one coin per batch (Algorithm 1, TRL), from
+  the step's key (`fold_in(rng, step)`, as `train_step` makes it); the trainer can draw the same
+  coin outside the step (e.g. to skip the live teacher on off-policy steps)."""
+  return jax.random.bernoulli(jax.random.split(step_rng, 3)[0], lmbda)
+
+
 def choose_completions(student, params, teacher, teacher_params, batch, rng, s: GKDSettings):
   """Returns (completion_tokens [B,C], completion_mask [B,C], on_policy [B] float32,
   sampler log-prob [B,C] of the student's own samples, 0 on other rows)."""
@@ -153,7 +160,7 @@ def choose_completions(student, params, teacher, teacher_params, batch, rng, s: 
         for x, y in zip(on_policy(on_rows), off_policy(off_rows))
     ]
     return parts[0], parts[1], jnp.zeros((b,), jnp.float32).at[on_rows].set(1.0), parts[2]
-  coin = jax.random.bernoulli(coin_rng, s.lmbda)  # one coin per batch (Algorithm 1, TRL)
+  coin = batch_coin(rng, s.lmbda)
   tokens, mask, logprob = jax.lax.cond(
       coin, lambda: on_policy(everything), lambda: off_policy(everything)
   )

@@ -21,17 +21,27 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gkd_jax import checkpoints, data, gkd, kernels, metrics, models, report, sharding, tasks
+from gkd_jax import checkpoints, config_validation, data, gkd, kernels, metrics, models, report
+from gkd_jax import sharding, tasks
 from gkd_jax import teacher_cache, tokenizers
 from gkd_jax import optim as optim_lib
 from gkd_jax import remat as remat_lib
 from gkd_jax import workdir as workdir_lib
-from gkd_jax.config_validation import validate
 from gkd_jax.finite import NonFiniteGuard
 from gkd_jax.models.hf import read_model, read_params, save_pretrained
 from gkd_jax.models.presets import get_preset
 from gkd_jax.sampling import sample
 from gkd_jax.tokenizers import load_tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """One of several teachers (`config.teachers`): batches of its records are scored by it."""
+
+  name: str
+  model: Any
+  params: Any
+  weight: float = 1.0  # multiplies gkd.divergence_weight on its rows
 
 
 @dataclasses.dataclass
@@ -47,7 +57,9 @@ class Run:
   teacher: Optional[Any]
   teacher_params: Optional[Any]
   settings: gkd.GKDSettings
-  teacher_cache: Optional[Any] = None  # teacher_cache.TeacherCache: the teacher of λ=0 runs
+  teacher_cache: Optional[Any] = None  # teacher_cache.TeacherCache: the off-policy steps' teacher
+  # Two or more `config.teachers`, in batch["teacher_index"] order (then `teacher` is None).
+  teachers: tuple = ()
 
 
 def _load(section, name, mesh, rules):
@@ -93,11 +105,11 @@ def build(config, mode: str = "train", devices=None) -> Run:
   devices: the devices of the mesh (default: all).
   """
   devices = jax.devices() if devices is None else devices
-  validate(config, num_devices=len(devices), mode=mode)
+  config_validation.validate(config, num_devices=len(devices), mode=mode)
   cache = None
   if config.gkd.teacher_cache and mode == "train":
     cache = teacher_cache.TeacherCache(config.gkd.teacher_cache)
-  load_teacher = mode != "sample" and cache is None
+  load_teacher = mode != "sample" and not (cache is not None and config.gkd.lmbda == 0)
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = tuple(config.sharding_rules)
   tokenizer = load_tokenizer(config.tokenizer.path or config.student.path)
@@ -109,21 +121,21 @@ def build(config, mode: str = "train", devices=None) -> Run:
         student, jax.random.key(config.seed), shardings=_param_shardings(student, mesh, rules)
     )
   teacher = teacher_params = None
-  if config.teacher.path and load_teacher:
-    teacher, teacher_params = _load(config.teacher, "teacher", mesh, rules)
-    sv, tv = student.config.vocab_size, teacher.config.vocab_size
-    if sv != tv:
-      raise ValueError(
-          f"teacher vocabulary ({tv}, {config.teacher.path}) differs from the "
-          f"student's ({sv}): distillation needs one shared vocabulary"
-      )
-    if tokenizers.has_tokenizer(config.teacher.path):  # same ids, not just as many
-      diff = tokenizers.vocabulary_difference(tokenizer, load_tokenizer(config.teacher.path))
-      if diff:
-        raise ValueError(
-            f"teacher tokenizer ({config.teacher.path}) differs from the student's "
-            f"({tokenizer.path}): {diff}; distillation needs one shared vocabulary"
+  group = config_validation.teachers(config)
+  routed = ()
+  if load_teacher and len(group) > 1:
+    routed = tuple(
+        Teacher(
+            name,
+            *_load_teacher(entry, f"teachers.{name}", tokenizer, student, mesh, rules),
+            float(entry.weight),
         )
+        for name, entry in group.items()
+    )
+  elif load_teacher and (group or config.teacher.path):
+    name, section = next(iter(group.items())) if group else ("", config.teacher)
+    where = f"teachers.{name}" if group else "teacher"
+    teacher, teacher_params = _load_teacher(section, where, tokenizer, student, mesh, rules)
   if cache is not None:  # made for this data, tokenizer, teacher, k and temperature?
     teacher_cache.check_compatible(
         cache.metadata,
@@ -143,6 +155,8 @@ def build(config, mode: str = "train", devices=None) -> Run:
       eos_id=stop_ids(tokenizer, config.data.chat_family),
       layout=divergence_layout(mesh, rules, student.config.vocab_size),
   )
+  if len(group) == 1:  # the one entry's weight, as for every row of a routed run
+    settings = _weighted(settings, float(next(iter(group.values())).weight))
   return Run(
       config,
       mesh,
@@ -154,7 +168,27 @@ def build(config, mode: str = "train", devices=None) -> Run:
       teacher_params,
       settings,
       cache,
+      routed,
   )
+
+
+def _load_teacher(section, where, tokenizer, student, mesh, rules):
+  """(model, params) of a teacher, refused (one line) unless it shares the student's vocabulary."""
+  teacher, teacher_params = _load(section, where, mesh, rules)
+  sv, tv = student.config.vocab_size, teacher.config.vocab_size
+  if sv != tv:
+    raise ValueError(
+        f"{where} vocabulary ({tv}, {section.path}) differs from the "
+        f"student's ({sv}): distillation needs one shared vocabulary"
+    )
+  if tokenizers.has_tokenizer(section.path):  # same ids, not just as many
+    diff = tokenizers.vocabulary_difference(tokenizer, load_tokenizer(section.path))
+    if diff:
+      raise ValueError(
+          f"{where} tokenizer ({section.path}) differs from the student's "
+          f"({tokenizer.path}): {diff}; distillation needs one shared vocabulary"
+      )
+  return teacher, teacher_params
 
 
 def stop_ids(tokenizer, chat_family="") -> tuple:
@@ -166,6 +200,7 @@ def stop_ids(tokenizer, chat_family="") -> tuple:
 
 def _loader(run: Run, path, *, batch_size, shuffle, num_epochs, row_extras=None):
   c = run.config.data
+  names = tuple(config_validation.teachers(run.config))
   return data.make_loader(
       path,
       run.tokenizer,
@@ -179,6 +214,8 @@ def _loader(run: Run, path, *, batch_size, shuffle, num_epochs, row_extras=None)
       chat_family=c.chat_family or None,
       split_global_batches=True,  # the same global batches whatever the number of processes
       row_extras=row_extras,
+      teachers=names,
+      default_teacher=run.config.default_teacher or (names[0] if len(names) == 1 else None),
   )
 
 
@@ -270,27 +307,30 @@ def task_metrics(run: Run, model, params) -> dict:
   return out
 
 
-def _heldout(run: Run, params, eval_fn):
+def _heldout(run: Run, params, steps: Steps):
+  """Held-out loss terms: token means over eval batches (and per teacher, with several)."""
   c = run.config
   loader = _loader(run, c.data.eval_path, batch_size=c.eval.batch_size, shuffle=False, num_epochs=1)
-  sums, tokens, count = {}, 0.0, 0
+  sums, tokens, count = {}, {}, 0
   for local in loader:  # token means of the batches, weighted by their token counts
-    m = jax.device_get(eval_fn(params, run.teacher_params, _global_batch(run, local)))
+    eval_fn, teacher_params, name = eval_program(run, steps, local)
+    m = jax.device_get(eval_fn(params, teacher_params, _global_batch(run, local)))
     n = float(m.pop("num_tokens"))
     for k, v in m.items():
-      sums[k] = sums.get(k, 0.0) + n * float(v)
-    tokens += n
+      for key in (k,) if name is None else (k, f"teacher/{name}/{k}"):
+        sums[key] = sums.get(key, 0.0) + n * float(v)
+        tokens[key] = tokens.get(key, 0.0) + n
     count += 1
     if count * c.eval.batch_size >= c.eval.num_examples:
       break
-  return {f"eval/{k}": v / max(tokens, 1.0) for k, v in sums.items()}
+  return {f"eval/{k}": v / max(tokens[k], 1.0) for k, v in sums.items()}
 
 
-def evaluate(run: Run, params, eval_fn) -> dict:
+def evaluate(run: Run, params, steps: Steps) -> dict:
   """Held-out loss terms and the task metric ({} when the config has no eval data)."""
   if not run.config.data.eval_path:
     return {}
-  out = _heldout(run, params, eval_fn)
+  out = _heldout(run, params, steps)
   out.update({f"eval/{k}": v for k, v in task_metrics(run, run.student, params).items()})
   return out
 
@@ -304,6 +344,11 @@ class Steps:
   train_step: Any  # (state, teacher_params, batch, rng) -> (state, metrics); state donated
   eval_step: Any  # (params, teacher_params, batch) -> metrics
   remat: bool = False  # whether train_step recomputes student layers (train.remat, "auto" resolved)
+  # Several teachers: (train_step, eval_step) of each of run.teachers, in their order.
+  routed: tuple = ()
+  # A teacher cache with 0 < λ < 1: the λ=0 step on the cached top-k, for the off-policy steps
+  # (then train_step is the λ=1 step with the live teacher, for the on-policy ones).
+  off_policy_step: Any = None
 
 
 def compile_steps(run: Run) -> Steps:
@@ -333,50 +378,104 @@ def compile_steps(run: Run) -> Steps:
           transform_non_params=lambda _: repl,
       ),
   )  # e.g. adafactor's factored rows: replicated
-  teacher_sh = (
-      None if run.teacher is None else jax.tree.map(lambda x: x.sharding, run.teacher_params)
-  )
   batch_sh = sharding.batch_sharding(run.mesh, tuple(c.sharding_rules), 2)
-
-  def make_train_step(remat: bool):
-    return jax.jit(
-        functools.partial(
-            gkd.train_step,
-            student=run.student,
-            teacher=run.teacher,
-            optimizer=optimizer,
-            settings=dataclasses.replace(run.settings, remat=remat),
-        ),
-        in_shardings=(state_sh, teacher_sh, batch_sh, repl),
-        out_shardings=(state_sh, repl),
-        donate_argnums=0,
-    )
-
   abstract_state = jax.tree.map(
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, state_sh
   )
-  if c.train.remat == "auto":
+
+  def make_train_step(teacher, teacher_params, settings):
+    """(remat, jitted train_step) for one teacher (None: from the cache) and settings."""
+    teacher_sh = None if teacher is None else jax.tree.map(lambda x: x.sharding, teacher_params)
+
+    def make(remat: bool):
+      return jax.jit(
+          functools.partial(
+              gkd.train_step,
+              student=run.student,
+              teacher=teacher,
+              optimizer=optimizer,
+              settings=dataclasses.replace(settings, remat=remat),
+          ),
+          in_shardings=(state_sh, teacher_sh, batch_sh, repl),
+          out_shardings=(state_sh, repl),
+          donate_argnums=0,
+      )
+
+    if c.train.remat != "auto":
+      return bool(c.train.remat), make(bool(c.train.remat))
     key = jax.eval_shape(lambda: jax.random.key(0))
     args = (
         abstract_state,
-        run.teacher_params,
+        teacher_params,
         abstract_batch(run, c.train.batch_size),
         jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=repl),
     )
-    remat, train_step = remat_lib.choose(make_train_step, args, run.mesh.devices.flat[0])
+    remat, fn = remat_lib.choose(make, args, run.mesh.devices.flat[0])
     logging.info("train.remat='auto' chose remat=%s", remat)
+    return remat, fn
+
+  def make_eval_step(teacher, teacher_params):
+    teacher_sh = None if teacher is None else jax.tree.map(lambda x: x.sharding, teacher_params)
+    return jax.jit(
+        functools.partial(
+            gkd.eval_step, student=run.student, teacher=teacher, settings=run.settings
+        ),
+        in_shardings=(run.param_shardings, teacher_sh, batch_sh),
+        out_shardings=repl,
+    )
+
+  settings, off_policy_step = run.settings, None
+  if run.teacher_cache is not None and 0 < settings.lmbda < 1:  # mixing="batch" (validated)
+    _, off_policy_step = make_train_step(None, None, dataclasses.replace(settings, lmbda=0.0))
+    settings = dataclasses.replace(settings, lmbda=1.0)
+  if run.teachers:
+    programs = [
+        make_train_step(t.model, t.params, _weighted(settings, t.weight)) for t in run.teachers
+    ]
+    routed = tuple(
+        (p[1], make_eval_step(t.model, t.params)) for p, t in zip(programs, run.teachers)
+    )
+    (remat, train_step), eval_step = programs[0], routed[0][1]
   else:
-    remat, train_step = bool(c.train.remat), make_train_step(bool(c.train.remat))
-  eval_step = jax.jit(
-      functools.partial(
-          gkd.eval_step, student=run.student, teacher=run.teacher, settings=run.settings
-      ),
-      in_shardings=(run.param_shardings, teacher_sh, batch_sh),
-      out_shardings=repl,
-  )
+    routed = ()
+    remat, train_step = make_train_step(run.teacher, run.teacher_params, settings)
+    eval_step = make_eval_step(run.teacher, run.teacher_params)
   return Steps(
-      jax.jit(init_state, out_shardings=state_sh), abstract_state, train_step, eval_step, remat
+      jax.jit(init_state, out_shardings=state_sh),
+      abstract_state,
+      train_step,
+      eval_step,
+      remat,
+      routed,
+      off_policy_step,
   )
+
+
+def _weighted(settings: gkd.GKDSettings, weight: float) -> gkd.GKDSettings:
+  return dataclasses.replace(settings, divergence_weight=settings.divergence_weight * weight)
+
+
+def step_program(run: Run, steps: Steps, step: int, local_batch: dict):
+  """(jitted train_step, its teacher params, teacher name or None) for this step's batch; pops the
+  batch's `teacher_index` (several teachers: the batch's teacher). With a teacher cache and
+  0 < λ < 1, draws the step's coin (`gkd.batch_coin`, the one the mixed step would draw) so that
+  off-policy steps run on the cache, without the teacher."""
+  if run.teachers:
+    t = int(local_batch.pop("teacher_index")[0])  # one teacher per global batch
+    return steps.routed[t][0], run.teachers[t].params, run.teachers[t].name
+  if steps.off_policy_step is not None:
+    step_rng = jax.random.fold_in(jax.random.key(run.config.seed), step)
+    if not bool(gkd.batch_coin(step_rng, run.config.gkd.lmbda)):
+      return steps.off_policy_step, None, None
+  return steps.train_step, run.teacher_params, None
+
+
+def eval_program(run: Run, steps: Steps, local_batch: dict):
+  """(jitted eval_step, its teacher params, teacher name or None) for a held-out batch."""
+  if run.teachers:
+    t = int(local_batch.pop("teacher_index")[0])
+    return steps.routed[t][1], run.teachers[t].params, run.teachers[t].name
+  return steps.eval_step, run.teacher_params, None
 
 
 def abstract_batch(run: Run, batch_size: int) -> dict:
@@ -479,7 +578,6 @@ def _finishing(manager, writer, progress):
 def _train(run: Run, data_iter, workdir: str) -> dict:
   c = run.config
   steps = compile_steps(run)
-  step_fn, eval_fn = steps.train_step, steps.eval_step
 
   manager = checkpoints.make_manager(
       os.path.join(workdir, "checkpoints"),
@@ -497,13 +595,17 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
   summary_path = os.path.join(workdir, "summary.json")
   summary = _read_summary(summary_path)
   if step == 0:
-    before = evaluate(run, state.params, eval_fn)
+    before = evaluate(run, state.params, steps)
     writer.write(0, before)
     summary["student_before"] = before.get("eval/accuracy")
     summary["eval_before"] = before
     if run.teacher is not None and c.eval.teacher:
       summary["teacher_eval"] = task_metrics(run, run.teacher, run.teacher_params)
       summary["teacher"] = summary["teacher_eval"].get("accuracy")
+    if run.teachers and c.eval.teacher:  # each teacher on all held-out prompts
+      summary["teachers_eval"] = {
+          t.name: task_metrics(run, t.model, t.params) for t in run.teachers
+      }
     if jax.process_index() == 0:
       workdir_lib.write_json(summary_path, summary)
 
@@ -511,6 +613,7 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
   progress = metrics.Progress(c.train.num_steps, step)
   tick, last_logged = time.perf_counter(), step
   stopped = mismatch_warned = False
+  per_teacher = {}  # several teachers: name -> (divergence x tokens, tokens) since the last log
   finite = NonFiniteGuard(c.train.max_nonfinite_steps, int(state.nonfinite_steps))
   with (
       checkpoints.PreemptionGuard(sync_every=c.train.preemption_check_every) as guard,
@@ -518,14 +621,17 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
   ):
     while step < c.train.num_steps and not stopped:
       try:
-        batch = _global_batch(run, next(data_iter))
+        local = next(data_iter)
       except StopIteration:
         ran_out = (
             f"data.num_epochs={c.data.num_epochs} ran out at step {step} of "
             f"train.num_steps={c.train.num_steps}; use -1 (repeat) or fewer steps"
         )
         raise ValueError(ran_out) from None
-      state, m = step_fn(state, run.teacher_params, batch, rng)
+      step_fn, teacher_params, name = step_program(run, steps, step, local)
+      state, m = step_fn(state, teacher_params, _global_batch(run, local), rng)
+      if name is not None:  # per-teacher token sums until the next log (no host sync)
+        per_teacher[name] = _add_teacher_metrics(per_teacher.get(name), m)
       step += 1
       finite.add(step, m)
       if (
@@ -536,6 +642,8 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
         finite.check()  # before the step's metrics, evaluation or checkpoint
       if step % c.train.log_every == 0 or step == c.train.num_steps:
         m = {k: float(v) for k, v in jax.device_get(m).items()}
+        m.update(_teacher_means(per_teacher))
+        per_teacher = {}
         now = time.perf_counter()
         m["step_time_s"] = (now - tick) / (step - last_logged)  # the first includes compilation
         m["tokens_per_s"] = m["num_tokens"] / m["step_time_s"]
@@ -555,7 +663,7 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
       else:
         progress.update(step)
       if c.train.eval_every and step % c.train.eval_every == 0 and step < c.train.num_steps:
-        result = evaluate(run, state.params, eval_fn)
+        result = evaluate(run, state.params, steps)
         writer.write(step, result)
         progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
       checkpoints.save(manager, step, state, data_iter)
@@ -570,7 +678,7 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
         f"stopped by SIGTERM/preemption at step {step}; checkpoint saved, run the "
         "same command again to resume"
     )
-  final = evaluate(run, state.params, eval_fn)
+  final = evaluate(run, state.params, steps)
   writer.write(step, final)
   writer.close()
   summary["student_after"] = final.get("eval/accuracy")
@@ -586,6 +694,25 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
     _plot(workdir)
     print(report.compare_table([workdir]))
   return summary
+
+
+def _add_teacher_metrics(sums, m):
+  """Adds a step's token count and divergence x tokens to a teacher's sums (device arrays)."""
+  n = m["num_tokens"]
+  step = {"num_tokens": n, **({"divergence": m["divergence"] * n} if "divergence" in m else {})}
+  return step if sums is None else jax.tree.map(jnp.add, sums, step)
+
+
+def _teacher_means(per_teacher: dict) -> dict:
+  """teacher/NAME/num_tokens and teacher/NAME/divergence (token mean) of the steps since the last
+  log, for each teacher that had one."""
+  out = {}
+  for name, sums in jax.device_get(per_teacher).items():
+    n = float(sums["num_tokens"])
+    out[f"teacher/{name}/num_tokens"] = n
+    if "divergence" in sums:
+      out[f"teacher/{name}/divergence"] = float(sums["divergence"]) / max(n, 1.0)
+  return out
 
 
 def _plot(workdir: str) -> None:
@@ -620,4 +747,4 @@ def _plot(workdir: str) -> None:
 def evaluate_checkpoint(config) -> dict:
   """Held-out loss terms and the task metric of `config.student` (what `gkd-jax eval` prints)."""
   run = build(config, mode="eval")
-  return evaluate(run, run.params, compile_steps(run).eval_step)
+  return evaluate(run, run.params, compile_steps(run))

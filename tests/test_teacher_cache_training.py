@@ -64,7 +64,43 @@ def test_a_cache_of_another_run_is_refused_at_start_up(cached):
     train.build(config)
 
 
-def test_the_cache_is_for_supervised_kd_only(cached):
-  config = _config(cached, teacher_cache=str(cached / "cache"), lmbda=0.5)
-  with pytest.raises(ValueError, match="gkd.lmbda=0"):
+@pytest.mark.parametrize(
+    "gkd", [dict(lmbda=1.0), dict(lmbda=0.5, mixing="example"), dict(lmbda=0.0, seq_kd=True)]
+)
+def test_the_cache_needs_whole_off_policy_steps(cached, gkd):
+  config = _config(cached, teacher_cache=str(cached / "cache"), **gkd)
+  with pytest.raises(ValueError, match="off-policy as a whole"):
     train.build(config)
+
+
+def test_mixed_lambda_runs_off_policy_steps_on_the_cache_and_matches_the_live_teacher(
+    cached, monkeypatch
+):
+  def config(**extra):
+    c = _config(cached, lmbda=0.5, mixing="batch", **extra)
+    c.train.num_steps = c.train.checkpoint_every = 8
+    return c
+
+  train.train(config(), str(cached / "live_mixed"))
+  used_cache = []
+  original = train.step_program
+
+  def spy(run, steps, step, local):
+    out = original(run, steps, step, local)
+    used_cache.append(out[0] is steps.off_policy_step)
+    return out
+
+  monkeypatch.setattr(train, "step_program", spy)
+  train.train(config(teacher_cache=str(cached / "cache")), str(cached / "cached_mixed"))
+
+  def rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      return [r for r in map(json.loads, f) if "loss" in r]
+
+  want, got = rows(cached / "live_mixed"), rows(cached / "cached_mixed")
+  on_policy = [r["on_policy_fraction"] for r in want]
+  assert [r["on_policy_fraction"] for r in got] == on_policy  # the same coins
+  assert 0 < sum(on_policy) < len(on_policy)  # both kinds of step happened
+  assert used_cache == [f == 0 for f in on_policy]  # the teacher ran on on-policy steps only
+  for w, g in zip(want, got):
+    assert g["loss"] == pytest.approx(w["loss"], rel=2e-5)

@@ -56,6 +56,17 @@ class GKDSettings:
   # How the divergence's tokens and vocabulary lie on the mesh (None: one device's view).
   layout: Optional[Layout] = None
 
+  @property
+  def sampler(self) -> dict:
+    """`sampling.sample`'s keyword arguments for on-policy (and SeqKD) completions."""
+    return dict(
+        max_new_tokens=self.sample_max_new_tokens,
+        temperature=self.sample_temperature,
+        top_k=self.sample_top_k,
+        top_p=self.sample_top_p,
+        eos_id=self.eos_id,
+    )
+
   @classmethod
   def from_config(cls, config, eos_id, layout=None):
     g, s = config.gkd, config.sampling
@@ -101,18 +112,7 @@ def _fit_length(length, pad_id, tokens_BxN, *rest_BxN):
 
 def _samples(model, params, prompt_BxP, prompt_mask_BxP, rng, length, s: GKDSettings):
   """(tokens, mask, log-prob the sampler recorded) [B, length] of `model`'s samples."""
-  out = sample(
-      model,
-      jax.lax.stop_gradient(params),
-      prompt_BxP,
-      prompt_mask_BxP,
-      rng,
-      max_new_tokens=s.sample_max_new_tokens,
-      temperature=s.sample_temperature,
-      top_k=s.sample_top_k,
-      top_p=s.sample_top_p,
-      eos_id=s.eos_id,
-  )
+  out = sample(model, jax.lax.stop_gradient(params), prompt_BxP, prompt_mask_BxP, rng, **s.sampler)
   tokens, mask, logprob = _fit_length(
       length, model.config.pad_id, out.tokens, out.mask.astype(jnp.int32), out.logprobs
   )
@@ -348,19 +348,13 @@ def train_step(
   comp_BxC, cmask_BxC, on_policy_B, sample_logprob_BxC = choose_completions(
       student, state.params, teacher, teacher_params, batch, rng, settings
   )
-  prompt_len = batch["prompt_tokens"].shape[1]
-  tokens_BxT = jnp.concatenate([batch["prompt_tokens"], comp_BxC], axis=1)
-  mask_BxT = jnp.concatenate([batch["prompt_mask"], cmask_BxC], axis=1)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (_, metrics), grads = grad_fn(
       state.params,
       teacher_params,
       student,
       teacher,
-      tokens_BxT,
-      mask_BxT,
-      prompt_len,
-      cmask_BxC,
+      *_sequences(batch, comp_BxC, cmask_BxC),
       on_policy_B,
       settings,
       sample_logprob_BxC,
@@ -395,6 +389,16 @@ def train_step(
   )
 
 
+def _sequences(batch, completion_BxC, completion_mask_BxC):
+  """loss_fn's (tokens [B,T], mask [B,T], prompt length, loss mask [B,C]) of prompt + completion."""
+  return (
+      jnp.concatenate([batch["prompt_tokens"], completion_BxC], axis=1),
+      jnp.concatenate([batch["prompt_mask"], completion_mask_BxC], axis=1),
+      batch["prompt_tokens"].shape[1],
+      completion_mask_BxC,
+  )
+
+
 def _teacher_topk(batch):
   if "teacher_topk_ids" not in batch:
     return None
@@ -408,25 +412,14 @@ def _all_finite(tree) -> jax.Array:
 def eval_step(params, teacher_params, batch, *, student, teacher, settings: GKDSettings):
   """Held-out loss terms on dataset completions (off-policy, no sampling, no update): token means
   over the batch, and `num_tokens`, the number of completion tokens they average over."""
-  prompt_len = batch["prompt_tokens"].shape[1]
-  tokens_BxT = jnp.concatenate([batch["prompt_tokens"], batch["completion_tokens"]], axis=1)
-  mask_BxT = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], axis=1)
-  b = tokens_BxT.shape[0]
+  b = batch["prompt_tokens"].shape[0]
   # Report both terms whatever the training weights are.
   settings = dataclasses.replace(
       settings, ce_weight=1.0, divergence_weight=1.0 if teacher is not None else 0.0
   )
+  sequences = _sequences(batch, batch["completion_tokens"], batch["completion_mask"])
   _, metrics = loss_fn(
-      params,
-      teacher_params,
-      student,
-      teacher,
-      tokens_BxT,
-      mask_BxT,
-      prompt_len,
-      batch["completion_mask"],
-      jnp.zeros((b,), jnp.float32),
-      settings,
+      params, teacher_params, student, teacher, *sequences, jnp.zeros((b,), jnp.float32), settings
   )
   del metrics["loss"]
   # Every metric is a mean over these tokens: callers combine batches weighted by it.

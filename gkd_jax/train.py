@@ -347,8 +347,10 @@ class Steps:
   # Several teachers: (train_step, eval_step) of each of run.teachers, in their order.
   routed: tuple = ()
   # A teacher cache with 0 < λ < 1: the λ=0 step on the cached top-k, for the off-policy steps
-  # (then train_step is the λ=1 step with the live teacher, for the on-policy ones).
+  # (then train_step is the λ=1 step with the live teacher, for the on-policy ones), and which
+  # steps are on-policy: bool [train.num_steps], the coins of `gkd.batch_coin`.
   off_policy_step: Any = None
+  on_policy_steps: Any = None
 
 
 def compile_steps(run: Run) -> Steps:
@@ -424,9 +426,10 @@ def compile_steps(run: Run) -> Steps:
         out_shardings=repl,
     )
 
-  settings, off_policy_step = run.settings, None
+  settings, off_policy_step, on_policy_steps = run.settings, None, None
   if run.teacher_cache is not None and 0 < settings.lmbda < 1:  # mixing="batch" (validated)
     _, off_policy_step = make_train_step(None, None, dataclasses.replace(settings, lmbda=0.0))
+    on_policy_steps = _coins(c.seed, settings.lmbda, c.train.num_steps)
     settings = dataclasses.replace(settings, lmbda=1.0)
   if run.teachers:
     programs = [
@@ -448,7 +451,16 @@ def compile_steps(run: Run) -> Steps:
       remat,
       routed,
       off_policy_step,
+      on_policy_steps,
   )
+
+
+def _coins(seed: int, lmbda: float, num_steps: int) -> np.ndarray:
+  """bool [num_steps]: whether each step of a mixing="batch" run is on-policy, the coin its
+  train_step would draw (all at once: no host round trip per step)."""
+  key = jax.random.key(seed)
+  draw = jax.vmap(lambda step: gkd.batch_coin(jax.random.fold_in(key, step), lmbda))
+  return np.asarray(jax.jit(draw)(jnp.arange(num_steps)))
 
 
 def _weighted(settings: gkd.GKDSettings, weight: float) -> gkd.GKDSettings:
@@ -458,15 +470,13 @@ def _weighted(settings: gkd.GKDSettings, weight: float) -> gkd.GKDSettings:
 def step_program(run: Run, steps: Steps, step: int, local_batch: dict):
   """(jitted train_step, its teacher params, teacher name or None) for this step's batch; pops the
   batch's `teacher_index` (several teachers: the batch's teacher). With a teacher cache and
-  0 < λ < 1, draws the step's coin (`gkd.batch_coin`, the one the mixed step would draw) so that
-  off-policy steps run on the cache, without the teacher."""
+  0 < λ < 1, the step's coin (the one the mixed step would draw) sends off-policy steps to the
+  cache, without the teacher."""
   if run.teachers:
     t = int(local_batch.pop("teacher_index")[0])  # one teacher per global batch
     return steps.routed[t][0], run.teachers[t].params, run.teachers[t].name
-  if steps.off_policy_step is not None:
-    step_rng = jax.random.fold_in(jax.random.key(run.config.seed), step)
-    if not bool(gkd.batch_coin(step_rng, run.config.gkd.lmbda)):
-      return steps.off_policy_step, None, None
+  if steps.off_policy_step is not None and not steps.on_policy_steps[step]:
+    return steps.off_policy_step, None, None
   return steps.train_step, run.teacher_params, None
 
 

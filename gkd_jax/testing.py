@@ -180,14 +180,8 @@ def llama_100m_config() -> ModelConfig:
   """~100M parameters: Llama 3.2's architecture (tied, rope base 5e5, head_dim 64) at 12 layers,
   d=768, GQA 12/4 heads, SwiGLU 2048, a 32k vocabulary, 2048 positions, no rope scaling."""
   hf = dict(presets.preset_hf_config("llama3.2_1b"), **hf_sizes(768, 2048, 12, 12, 4))
-  hf.update(
-      vocab_size=32000,
-      max_position_embeddings=2048,
-      rope_scaling=None,
-      bos_token_id=1,
-      eos_token_id=2,
-      pad_token_id=0,
-  )
+  hf.update(vocab_size=32000, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+  hf.update(max_position_embeddings=2048, rope_scaling=None)
   return config_from_hf(hf)
 
 

@@ -57,22 +57,15 @@ def _is_concrete_number(x) -> bool:
 
 
 def validate_divergence_args(
-    kind,
-    beta=0.5,
-    alpha=0.1,
-    temperature=1.0,
-    student_softcap=None,
-    teacher_softcap=None,
-    *,
-    tokens=None,
-    student_vocab=None,
-    teacher_vocab=None,
-    check_tokens=True,
+    spec, *, tokens=None, student_vocab=None, teacher_vocab=None, check_tokens=True
 ):
-  """Raises ValueError naming the offending argument and its value. Traced values are not range-checked.
+  """Raises ValueError naming the offending field of `spec` (a `DivergenceSpec`) or argument and its
+  value. Traced values are not range-checked.
 
   ``check_tokens``: whether a missing ``tokens`` is an error for kind="sampled_reverse_kl" (False
   when only the hyperparameters are being checked, as `DivergenceSpec` does)."""
+  kind, beta, alpha, temperature = spec.kind, spec.beta, spec.alpha, spec.temperature
+  student_softcap, teacher_softcap = spec.student_softcap, spec.teacher_softcap
   if kind not in KINDS:
     raise ValueError(f"kind={kind!r} is not one of {KINDS}")
   for name, value in (("beta", beta), ("alpha", alpha)):
@@ -116,15 +109,7 @@ class DivergenceSpec:
   teacher_softcap: Optional[float] = None
 
   def __post_init__(self):
-    validate_divergence_args(
-        self.kind,
-        self.beta,
-        self.alpha,
-        self.temperature,
-        self.student_softcap,
-        self.teacher_softcap,
-        check_tokens=False,
-    )
+    validate_divergence_args(self, check_tokens=False)
 
   @property
   def effective_kind(self) -> str:
@@ -187,12 +172,7 @@ def as_spec(
   elif hyperparameters:
     raise ValueError(f"pass either spec or its fields, not both ({sorted(hyperparameters)})")
   validate_divergence_args(
-      spec.kind,
-      spec.beta,
-      spec.alpha,
-      spec.temperature,
-      spec.student_softcap,
-      spec.teacher_softcap,
+      spec,
       tokens=tokens,
       student_vocab=student_vocab,
       teacher_vocab=teacher_vocab,

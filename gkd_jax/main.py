@@ -26,12 +26,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file."
 _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
-    "train: run directory (checkpoints, metrics, " "exported student); an existing one is resumed.",
+    "train: run directory (checkpoints, metrics, exported student); an existing one is resumed.",
 )
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint",
     "",
-    "eval/sample: HF checkpoint dir of the student " "(default: config.student.path).",
+    "eval/sample: HF checkpoint dir of the student (default: config.student.path).",
 )
 _PROMPTS = flags.DEFINE_string(
     "prompts", "-", "sample: file with one prompt per line ('-': stdin)."
@@ -39,34 +39,30 @@ _PROMPTS = flags.DEFINE_string(
 _RESTART = flags.DEFINE_bool(
     "restart",
     False,
-    "train: start over in an existing --workdir (removes "
-    "its checkpoints, metrics and exported student) instead of resuming.",
+    "train: start over in an existing --workdir (removes its checkpoints, metrics and exported student) instead of resuming.",
 )
 _MULTIHOST = flags.DEFINE_bool(
     "multihost",
     False,
-    "Call jax.distributed.initialize() first (every "
-    "host of a TPU slice / multi-node GPU job runs the same command).",
+    "Call jax.distributed.initialize() first (every host of a TPU slice / multi-node GPU job runs the same command).",
 )
 _COORDINATOR = flags.DEFINE_string(
     "coordinator",
     "",
-    "--multihost: HOST:PORT of process 0 "
-    "(with --num_processes, --process_id; absent: auto-detect).",
+    "--multihost: HOST:PORT of process 0 (with --num_processes, --process_id; absent: auto-detect).",
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--multihost: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "--multihost: this process's index.")
 _TOPOLOGY = flags.DEFINE_string(
     "topology",
     "",
-    "plan: TPU accelerator type (v5p-64, v6e-8, "
-    "v5litepod-16, v4-32) or topology (v5p:4x4x2); see gkd_jax/plan.py.",
+    "plan: TPU accelerator type (v5p-64, v6e-8, v5litepod-16, v4-32) or topology (v5p:4x4x2); see gkd_jax/plan.py.",
 )
 _JSON = flags.DEFINE_bool("json", False, "plan: end the output with one JSON object.")
 _OUT = flags.DEFINE_string(
     "out",
     None,
-    "cache-teacher: directory of the teacher cache (an " "interrupted one is continued).",
+    "cache-teacher: directory of the teacher cache (an interrupted one is continued).",
 )
 COMMANDS = ("train", "eval", "sample", "compare", "plan", "cache-teacher")
 

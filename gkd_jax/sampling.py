@@ -81,21 +81,8 @@ def sample(
     raise ValueError(f"top_p={top_p} must be in (0, 1]")
   greedy = static_t and temperature == 0
   use_top_p = not (isinstance(top_p, (int, float)) and top_p >= 1.0)
-  return _sample(
-      model,
-      params,
-      prompt_tokens,
-      prompt_mask,
-      rng,
-      temperature,
-      top_p,
-      max_new_tokens=int(max_new_tokens),
-      top_k=int(top_k),
-      eos_ids=eos_ids,
-      greedy=greedy,
-      use_top_p=use_top_p,
-      return_logits=bool(return_logits),
-  )
+  static = _Static(int(max_new_tokens), int(top_k), eos_ids, greedy, use_top_p, bool(return_logits))
+  return _sample(model, static, params, prompt_tokens, prompt_mask, rng, temperature, top_p)
 
 
 def choose_tokens(
@@ -157,34 +144,22 @@ def cache_sizes(model: Model, prompt_len: int, max_new_tokens: int) -> tuple[int
   return tuple(min(cfg.sliding_window, total) if s else total for s in cfg.is_sliding)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "model",
-        "max_new_tokens",
-        "top_k",
-        "eos_ids",
-        "greedy",
-        "use_top_p",
-        "return_logits",
-    ),
-)
+class _Static(NamedTuple):
+  """`_sample`'s compile-time arguments (one compiled program per distinct value)."""
+
+  max_new_tokens: int
+  top_k: int
+  eos_ids: tuple[int, ...]
+  greedy: bool
+  use_top_p: bool
+  return_logits: bool
+
+
+@functools.partial(jax.jit, static_argnames=("model", "static"))
 def _sample(
-    model: Model,
-    params,
-    prompt_tokens,
-    prompt_mask,
-    rng,
-    temperature,
-    top_p,
-    *,
-    max_new_tokens,
-    top_k,
-    eos_ids,
-    greedy,
-    use_top_p,
-    return_logits,
+    model: Model, static: _Static, params, prompt_tokens, prompt_mask, rng, temperature, top_p
 ):
+  max_new_tokens, top_k, eos_ids, greedy, use_top_p, return_logits = static
   cfg = model.config
   B, P = prompt_tokens.shape
   N = max_new_tokens

@@ -21,10 +21,19 @@ import sentencepiece as spm
 import tokenizers
 
 from gkd_jax import models, sharding
-from gkd_jax.models import FULL, SLIDING, ModelConfig, RopeScaling
+from gkd_jax.models import FULL, SLIDING, ModelConfig, RopeScaling, presets
+from gkd_jax.models.hf_config import config_from_hf, hf_sizes
 
 _BASE = dict(
     vocab_size=48, num_layers=2, embed_dim=32, mlp_dim=48, num_heads=4, num_kv_heads=2, head_dim=8
+)
+# What Gemma 2 and 3 share: GeGLU, (1+w) norms, sandwich norms, sqrt(d) embedding scale.
+_GEMMA = dict(
+    activation="gelu_tanh",
+    norm_scale_plus_one=True,
+    post_attn_norm=True,
+    post_mlp_norm=True,
+    scale_embeddings=True,
 )
 
 FAMILIES = {
@@ -45,15 +54,11 @@ FAMILIES = {
     "qwen2": dict(model_type="qwen2", qkv_bias=True, tie_embeddings=False, rope_theta=1e6),
     # Qwen 3: q/k RMSNorm over head_dim, MQA-ish grouping.
     "qwen3": dict(model_type="qwen3", qk_norm=True, num_kv_heads=1, rope_theta=1e6),
-    # Gemma 2: GeGLU, (1+w) norms, sandwich norms, both soft-caps (small so tanh bites),
-    # query_pre_attn_scalar != head_dim, sqrt(d) embedding scale, sliding layers (window 4).
+    # Gemma 2: both soft-caps (small so tanh bites), query_pre_attn_scalar != head_dim, sliding
+    # layers (window 4).
     "gemma2": dict(
+        _GEMMA,
         model_type="gemma2",
-        activation="gelu_tanh",
-        norm_scale_plus_one=True,
-        post_attn_norm=True,
-        post_mlp_norm=True,
-        scale_embeddings=True,
         query_pre_attn_scalar=12.0,
         attn_logit_softcap=2.0,
         final_logit_softcap=1.5,
@@ -62,13 +67,9 @@ FAMILIES = {
     ),
     # Gemma 3: + q/k (1+w) norms, local/global rope bases, linear scaling on global layers only.
     "gemma3": dict(
+        _GEMMA,
         model_type="gemma3_text",
         num_layers=3,
-        activation="gelu_tanh",
-        norm_scale_plus_one=True,
-        post_attn_norm=True,
-        post_mlp_norm=True,
-        scale_embeddings=True,
         qk_norm=True,
         query_pre_attn_scalar=8.0,
         rope_theta=1e6,
@@ -124,6 +125,11 @@ def tiny(family: str, dtype=np.float32, seed: int = 0, **overrides):
   return model, jax.tree.map(jnp.asarray, random_params(model, seed))
 
 
+# The special ids of `build_sentencepiece`'s models and of the bundled arithmetic tokenizer, as
+# ModelConfig and the sentencepiece trainer both name them (unk is 1).
+SPM_IDS = dict(bos_id=2, eos_id=3, pad_id=0)
+
+
 def llama_config(
     vocab_size: int = 32,
     num_layers: int = 1,
@@ -156,7 +162,7 @@ def tiny_llama(seed: int = 0, dtype=jnp.float32, **config):
 
 def save_tiny_llama(path, seed: int = 0, num_layers: int = 1, vocab_size: int = 32) -> str:
   """An HF checkpoint at `path` of a 32-wide untied Llama (4/2 heads) with the bundled arithmetic
-  tokenizer's ids (bos 2, eos 3, pad 0): a student or teacher for trainer tests on that task."""
+  tokenizer's ids (`SPM_IDS`): a student or teacher for trainer tests on that task."""
   model, params = tiny_llama(
       seed,
       vocab_size=vocab_size,
@@ -164,33 +170,19 @@ def save_tiny_llama(path, seed: int = 0, num_layers: int = 1, vocab_size: int = 
       embed_dim=32,
       num_heads=4,
       num_kv_heads=2,
-      bos_id=2,
-      eos_id=3,
-      pad_id=0,
+      **SPM_IDS,
   )
   models.save_pretrained(path, model, params)
   return str(path)
 
 
 def llama_100m_config() -> ModelConfig:
-  """~100M parameters: 12 layers, d=768, GQA 12/4 heads, SwiGLU 2048, 32k vocab, tied."""
-  return ModelConfig(
-      model_type="llama",
-      vocab_size=32000,
-      num_layers=12,
-      embed_dim=768,
-      mlp_dim=2048,
-      num_heads=12,
-      num_kv_heads=4,
-      head_dim=64,
-      rope_theta=500000.0,
-      norm_eps=1e-5,
-      tie_embeddings=True,
-      max_position_embeddings=2048,
-      bos_id=1,
-      eos_id=2,
-      pad_id=0,
-  )
+  """~100M parameters: Llama 3.2's architecture (tied, rope base 5e5, head_dim 64) at 12 layers,
+  d=768, GQA 12/4 heads, SwiGLU 2048, a 32k vocabulary, 2048 positions, no rope scaling."""
+  hf = dict(presets.preset_hf_config("llama3.2_1b"), **hf_sizes(768, 2048, 12, 12, 4))
+  hf.update(vocab_size=32000, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+  hf.update(max_position_embeddings=2048, rope_scaling=None)
+  return config_from_hf(hf)
 
 
 TP_FSDP_RULES = (
@@ -244,10 +236,8 @@ def build_sentencepiece(directory, vocab_size=120, chat=False):
       model_prefix=os.path.join(directory, "tokenizer"),
       model_type="bpe",
       vocab_size=vocab_size,
-      pad_id=0,
       unk_id=1,
-      bos_id=2,
-      eos_id=3,
+      **SPM_IDS,
       user_defined_symbols=extra,
       normalization_rule_name="identity",
       add_dummy_prefix=False,

@@ -54,23 +54,9 @@ def _concrete(x):
   return np.asarray(x)
 
 
-def validate_topk_args(
-    vocab,
-    lead_shape,
-    teacher_topk_ids,
-    teacher_topk_logprobs,
-    *,
-    kind,
-    beta,
-    alpha,
-    temperature,
-    student_softcap,
-    tokens,
-):
-  """Raises ValueError (one line naming the argument) on bad input; returns k."""
-  _divergences().validate_divergence_args(
-      kind, beta, alpha, temperature, student_softcap, tokens=tokens
-  )
+def validate_topk_args(vocab, lead_shape, teacher_topk_ids, teacher_topk_logprobs, tokens):
+  """Raises ValueError (one line naming the argument) on bad top-k inputs or sampled tokens (the
+  divergence's own arguments are `divergences.validate_divergence_args`'); returns k."""
   ids, lp = teacher_topk_ids, teacher_topk_logprobs
   lead_shape = tuple(lead_shape)
   if ids.ndim < 1 or tuple(ids.shape[:-1]) != lead_shape:
@@ -211,18 +197,9 @@ def topk_divergence(
   if zs.ndim < 1:
     raise ValueError(f"student_logits.shape={tuple(zs.shape)} must have a vocabulary axis")
   V = zs.shape[-1]
-  validate_topk_args(
-      V,
-      zs.shape[:-1],
-      ids,
-      lp,
-      kind=kind,
-      beta=beta,
-      alpha=alpha,
-      temperature=temperature,
-      student_softcap=student_softcap,
-      tokens=tokens,
-  )
+  spec = _divergences().DivergenceSpec(kind, beta, alpha, temperature, student_softcap)
+  _divergences().validate_divergence_args(spec, tokens=tokens)
+  validate_topk_args(V, zs.shape[:-1], ids, lp, tokens)
   z = _divergences().softcap_and_scale(zs, student_softcap, temperature)
   ids = ids.astype(jnp.int32)
   s_k1 = dense_student_kplus1(z, ids)

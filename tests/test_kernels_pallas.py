@@ -54,9 +54,9 @@ def test_pallas_gpu_forward_interpret(kind):
       ws.shape[1],
       *(jnp.asarray(x) for x in (hs, ws, ht, wt)),
       jnp.asarray(tok, jnp.int32),
-      token_block=4,
-      vocab_block=16,
-      hidden_block=4,
+      bn=4,
+      bv=16,
+      bd=4,
       interpret=True,
   )
   d_ref, _, _ = ref_fused_value_and_grad(

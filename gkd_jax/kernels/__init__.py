@@ -161,18 +161,7 @@ def _local(spec, impl, blocks, interpret, hs, Ws, ht, Wt, tok):
     )
   from gkd_jax.kernels import pallas  # pylint: disable=import-outside-toplevel  (imports Pallas)
 
-  return pallas.fused(
-      spec,
-      hs,
-      Ws,
-      ht,
-      Wt,
-      tok,
-      vocab_block=vocab_block,
-      token_block=token_block,
-      hidden_block=hidden_block,
-      interpret=interpret,
-  )
+  return pallas.fused(spec, hs, Ws, ht, Wt, tok, blocks=blocks, interpret=interpret)
 
 
 def fused_linear_divergence(

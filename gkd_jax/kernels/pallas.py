@@ -52,19 +52,9 @@ def _interpret_params(interpret):
   return interpret
 
 
-def fused(
-    spec,
-    hs,
-    Ws,
-    ht,
-    Wt,
-    tok,
-    *,
-    vocab_block=None,
-    token_block=None,
-    hidden_block=None,
-    interpret=None,
-):
+def fused(spec, hs, Ws, ht, Wt, tok, *, blocks=(None, None, None), interpret=None):
+  """blocks: (vocab_block, token_block, hidden_block), each None for its default."""
+  vocab_block, token_block, hidden_block = blocks
   N, V = hs.shape[0], Ws.shape[1]
   bn, bv = block_sizes(
       N,
@@ -104,8 +94,11 @@ def _forward_all(spec, cfg, hs, Ws, ht, Wt, tok):
 
     return run
 
-  def gpu():
-    return pallas_gpu.forward(spec, V, hs, Ws, ht, Wt, tok, hidden_block=hidden_block)
+  def gpu():  # the Triton kernel's own token and vocabulary blocks (the TPU ones suit VMEM)
+    bd = hidden_block or pallas_gpu.HIDDEN_BLOCK
+    return pallas_gpu.forward(
+        spec, V, hs, Ws, ht, Wt, tok, bn=pallas_gpu.TOKEN_BLOCK, bv=pallas_gpu.VOCAB_BLOCK, bd=bd
+    )
 
   def other():  # any other platform: the chunked XLA forward, in the same output format
     struct, values = common.split(spec)

@@ -87,25 +87,10 @@ def _kernel(
     ref[...] = x
 
 
-def forward(
-    spec,
-    V,
-    hs,
-    Ws,
-    ht,
-    Wt,
-    tok,
-    *,
-    token_block=None,
-    vocab_block=None,
-    hidden_block=None,
-    interpret=False,
-):
-  """Unpadded inputs -> (ms, ls, mt, lt, F, G, H_S, H_T, log p_S(tok)), each [N, 1] float32."""
+def forward(spec, V, hs, Ws, ht, Wt, tok, *, bn, bv, bd, interpret=False):
+  """Unpadded inputs, blocks bn x bv (tokens x vocabulary) stepping bd over the hidden size -> (ms,
+  ls, mt, lt, F, G, H_S, H_T, log p_S(tok)), each [N, 1] float32."""
   N = hs.shape[0]
-  bn = token_block or TOKEN_BLOCK
-  bv = vocab_block or VOCAB_BLOCK
-  bd = hidden_block or HIDDEN_BLOCK
   n, v = _round_up(N, bn), _round_up(V, bv)
   ds, dt = _round_up(hs.shape[1], bd), _round_up(ht.shape[1], bd)
   hs = _pad(_pad(hs, 0, n), 1, ds)

@@ -47,23 +47,10 @@ def _logp(z, m, l):
   return common.log_probs(z, *common.stats_finalize(m, l))
 
 
-def _fwd_kernel(
-    spec,
-    V,
-    bv,
-    hs_ref,
-    ws_ref,
-    ht_ref,
-    wt_ref,
-    tok_ref,
-    ms_ref,
-    ls_ref,
-    mt_ref,
-    lt_ref,
-    f_ref,
-    g_ref,
-    *stat_refs,
-):
+def _fwd_kernel(spec, V, bv, *refs):
+  """refs: inputs hs, ws, ht, wt, tok; outputs ms, ls, mt, lt, F, G and the `common.stat_terms`."""
+  hs_ref, ws_ref, ht_ref, wt_ref, tok_ref, *out_refs = refs
+  ms_ref, ls_ref, mt_ref, lt_ref, *sum_refs = out_refs
   phase, j = pl.program_id(1), pl.program_id(2)
   _, zs, zt, cols, ok = _tiles(spec, hs_ref, ws_ref, ht_ref, wt_ref, j * bv, V)
 
@@ -71,7 +58,7 @@ def _fwd_kernel(
   def _init():
     for ref in (ms_ref, mt_ref):
       ref[...] = jnp.full(ref.shape, NEG_INF, jnp.float32)
-    for ref in (ls_ref, lt_ref, f_ref, g_ref, *stat_refs):
+    for ref in (ls_ref, lt_ref, *sum_refs):
       ref[...] = jnp.zeros(ref.shape, jnp.float32)
 
   @pl.when(phase == 0)
@@ -85,129 +72,41 @@ def _fwd_kernel(
     t = _logp(zt, mt_ref[...], lt_ref[...])
     onehot = cols == tok_ref[...]
     terms = common.tile_terms(spec, s, t, ok, onehot) + common.stat_terms(s, t, ok, onehot)
-    for ref, x in zip((f_ref, g_ref, *stat_refs), terms):
+    for ref, x in zip(sum_refs, terms):
       ref[...] += jnp.sum(x, axis=1, keepdims=True)
 
 
-def _dz(
-    spec,
-    V,
-    bv,
-    col0,
-    hs_ref,
-    ws_ref,
-    ht_ref,
-    wt_ref,
-    tok_ref,
-    ct_ref,
-    ms_ref,
-    ls_ref,
-    mt_ref,
-    lt_ref,
-    g_ref,
-):
-  zs_raw, zs, zt, cols, ok = _tiles(spec, hs_ref, ws_ref, ht_ref, wt_ref, col0, V)
+def _dhidden(hs_ref, ws_ref, dz):
+  return common.dot(dz.astype(ws_ref.dtype), ws_ref[...], trans_b=True)
+
+
+def _dunembed(hs_ref, ws_ref, dz):
+  return common.dot(hs_ref[...], dz, trans_a=True)
+
+
+def _grad_kernel(spec, V, bv, vocab_axis, contribution, *refs):
+  """One gradient: `contribution` (`_dhidden` or `_dunembed`) of every tile summed over grid axis 1
+  into a float32 scratch; the vocabulary block is grid axis `vocab_axis`.
+
+  refs: inputs hs, ws, ht, wt, tok, ct, ms, ls, mt, lt, G; the output; the scratch."""
+  *in_refs, out_ref, acc_ref = refs
+  hs_ref, ws_ref, ht_ref, wt_ref, tok_ref, ct_ref, ms_ref, ls_ref, mt_ref, lt_ref, g_ref = in_refs
+  j, step = pl.program_id(vocab_axis), pl.program_id(1)
+
+  @pl.when(step == 0)
+  def _init():
+    acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
+
+  zs_raw, zs, zt, cols, ok = _tiles(spec, hs_ref, ws_ref, ht_ref, wt_ref, j * bv, V)
   s = _logp(zs, ms_ref[...], ls_ref[...])
   t = _logp(zt, mt_ref[...], lt_ref[...])
   _, g = common.tile_terms(spec, s, t, ok, cols == tok_ref[...])
   dz = common.student_logit_grad(spec, s, g, g_ref[...], ct_ref[...], zs_raw, ok)
-  return dz.astype(hs_ref.dtype)
+  acc_ref[...] += contribution(hs_ref, ws_ref, dz.astype(hs_ref.dtype))
 
-
-def _dh_kernel(
-    spec,
-    V,
-    bv,
-    hs_ref,
-    ws_ref,
-    ht_ref,
-    wt_ref,
-    tok_ref,
-    ct_ref,
-    ms_ref,
-    ls_ref,
-    mt_ref,
-    lt_ref,
-    g_ref,
-    dh_ref,
-    acc_ref,
-):
-  j = pl.program_id(1)
-
-  @pl.when(j == 0)
-  def _init():
-    acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
-
-  dz = _dz(
-      spec,
-      V,
-      bv,
-      j * bv,
-      hs_ref,
-      ws_ref,
-      ht_ref,
-      wt_ref,
-      tok_ref,
-      ct_ref,
-      ms_ref,
-      ls_ref,
-      mt_ref,
-      lt_ref,
-      g_ref,
-  )
-  acc_ref[...] += common.dot(dz.astype(ws_ref.dtype), ws_ref[...], trans_b=True)
-
-  @pl.when(j == pl.num_programs(1) - 1)
+  @pl.when(step == pl.num_programs(1) - 1)
   def _write():
-    dh_ref[...] = acc_ref[...].astype(dh_ref.dtype)
-
-
-def _dw_kernel(
-    spec,
-    V,
-    bv,
-    hs_ref,
-    ws_ref,
-    ht_ref,
-    wt_ref,
-    tok_ref,
-    ct_ref,
-    ms_ref,
-    ls_ref,
-    mt_ref,
-    lt_ref,
-    g_ref,
-    dw_ref,
-    acc_ref,
-):
-  j, i = pl.program_id(0), pl.program_id(1)
-
-  @pl.when(i == 0)
-  def _init():
-    acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
-
-  dz = _dz(
-      spec,
-      V,
-      bv,
-      j * bv,
-      hs_ref,
-      ws_ref,
-      ht_ref,
-      wt_ref,
-      tok_ref,
-      ct_ref,
-      ms_ref,
-      ls_ref,
-      mt_ref,
-      lt_ref,
-      g_ref,
-  )
-  acc_ref[...] += common.dot(hs_ref[...], dz, trans_a=True)
-
-  @pl.when(i == pl.num_programs(1) - 1)
-  def _write():
-    dw_ref[...] = acc_ref[...].astype(dw_ref.dtype)
+    out_ref[...] = acc_ref[...].astype(out_ref.dtype)
 
 
 # Mosaic's scoped-VMEM limit is capped here so that one setting compiles on v5e and v6e (128 MiB of
@@ -257,88 +156,68 @@ def choose_blocks(n, v, ds, dt, student_itemsize, teacher_itemsize, round_up):
   return candidates[-1]
 
 
-def _params(semantics, need):
+def _in_specs(args, bn, bv, row, col):
+  """BlockSpecs of args = (hs, Ws, ht, Wt, per-token [Npad, 1] vectors...): hidden blocks [bn, D]
+  at index map `row`, unembedding blocks [D, bv] at `col`."""
+  hs, _, ht, _, *vectors = args
+  ds, dt = hs.shape[1], ht.shape[1]
+  matrices = [((bn, ds), row), ((ds, bv), col), ((bn, dt), row), ((dt, bv), col)]
+  blocks = matrices + [((bn, 1), row)] * len(vectors)
+  return [pl.BlockSpec(shape, index) for shape, index in blocks]
+
+
+def _compiler_params(grid, bn, bv, hs, ht):
+  """Grid axis 0 parallel, the others accumulated over; the VMEM limit the blocks need."""
+  semantics = ("parallel",) + ("arbitrary",) * (len(grid) - 1)
+  need = vmem_bytes(bn, bv, hs.shape[1], ht.shape[1], hs.dtype.itemsize, ht.dtype.itemsize)
   return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=vmem_limit(need))
-
-
-def _need(bn, bv, hs, ht):
-  return vmem_bytes(bn, bv, hs.shape[1], ht.shape[1], hs.dtype.itemsize, ht.dtype.itemsize)
 
 
 def forward(spec, V, hs, Ws, ht, Wt, tok_N1, *, bn, bv, interpret=False):
   """Padded inputs -> (ms, ls, mt, lt, F, G, H_S, H_T, log p_S(tok)), each [Npad, 1] float32."""
-  n, ds = hs.shape
-  dt, vp = ht.shape[1], Ws.shape[1]
-  grid = (n // bn, 2, vp // bv)
+  args = (hs, Ws, ht, Wt, tok_N1)
+  grid = (hs.shape[0] // bn, 2, Ws.shape[1] // bv)
   row = lambda i, p, j: (i, 0)  # noqa: E731
-  vec = pl.BlockSpec((bn, 1), row)
-  out = jax.ShapeDtypeStruct((n, 1), jnp.float32)
   return pl.pallas_call(
       functools.partial(_fwd_kernel, spec, V, bv),
       grid=grid,
-      in_specs=[
-          pl.BlockSpec((bn, ds), row),
-          pl.BlockSpec((ds, bv), lambda i, p, j: (0, j)),
-          pl.BlockSpec((bn, dt), row),
-          pl.BlockSpec((dt, bv), lambda i, p, j: (0, j)),
-          vec,
-      ],
-      out_specs=[vec] * 9,
-      out_shape=[out] * 9,
-      compiler_params=_params(("parallel", "arbitrary", "arbitrary"), _need(bn, bv, hs, ht)),
+      in_specs=_in_specs(args, bn, bv, row, lambda i, p, j: (0, j)),
+      out_specs=[pl.BlockSpec((bn, 1), row)] * 9,
+      out_shape=[jax.ShapeDtypeStruct((hs.shape[0], 1), jnp.float32)] * 9,
+      compiler_params=_compiler_params(grid, bn, bv, hs, ht),
       interpret=interpret,
       name="gkd_divergence_fwd",
-  )(hs, Ws, ht, Wt, tok_N1)
+  )(*args)
 
 
 def backward(spec, V, hs, Ws, ht, Wt, tok_N1, ct_N1, stats, *, bn, bv, interpret=False):
   """Padded inputs, stats = (ms, ls, mt, lt, G) [Npad, 1] -> (d hs, d Ws)."""
-  n, ds = hs.shape
-  dt, vp = ht.shape[1], Ws.shape[1]
   args = (hs, Ws, ht, Wt, tok_N1, ct_N1) + tuple(stats)
-  need = _need(bn, bv, hs, ht)
+  grad = functools.partial(_grad, spec, V, args, bn=bn, bv=bv, interpret=interpret)
+  return grad("hidden"), grad("unembed")
 
-  def specs(row, col):
-    vec = pl.BlockSpec((bn, 1), row)
-    return [
-        pl.BlockSpec((bn, ds), row),
-        pl.BlockSpec((ds, bv), col),
-        pl.BlockSpec((bn, dt), row),
-        pl.BlockSpec((dt, bv), col),
-    ] + [vec] * 7
 
-  def call(kernel, grid, row, col, out_block, out_index, out, name):
-    return pl.pallas_call(
-        functools.partial(kernel, spec, V, bv),
-        grid=grid,
-        in_specs=specs(row, col),
-        out_specs=pl.BlockSpec(out_block, out_index),
-        out_shape=jax.ShapeDtypeStruct(out.shape, out.dtype),
-        scratch_shapes=[pltpu.VMEM(out_block, jnp.float32)],
-        compiler_params=_params(("parallel", "arbitrary"), need),
-        interpret=interpret,
-        name=name,
-    )(*args)
-
-  # d hidden: grid (token blocks, vocab blocks); d unembed: grid (vocab blocks, token blocks).
-  dh = call(
-      _dh_kernel,
-      (n // bn, vp // bv),
-      lambda i, j: (i, 0),
-      lambda i, j: (0, j),
-      (bn, ds),
-      lambda i, j: (i, 0),
-      hs,
-      "gkd_divergence_dhidden",
-  )
-  dw = call(
-      _dw_kernel,
-      (vp // bv, n // bn),
-      lambda j, i: (i, 0),
-      lambda j, i: (0, j),
-      (ds, bv),
-      lambda j, i: (0, j),
-      Ws,
-      "gkd_divergence_dunembed",
-  )
-  return dh, dw
+def _grad(spec, V, args, wrt, *, bn, bv, interpret):
+  """d hs (wrt="hidden", grid (token blocks, vocab blocks)) or d Ws (wrt="unembed", grid (vocab
+  blocks, token blocks)): the gradient's block stays resident while grid axis 1 is summed over."""
+  hs, Ws, ht = args[:3]
+  token_blocks, vocab_blocks = hs.shape[0] // bn, Ws.shape[1] // bv
+  if wrt == "hidden":
+    grid, vocab_axis, contribution = (token_blocks, vocab_blocks), 1, _dhidden
+    row, col = (lambda i, j: (i, 0)), (lambda i, j: (0, j))
+    out, out_spec = hs, pl.BlockSpec((bn, hs.shape[1]), row)
+  else:
+    grid, vocab_axis, contribution = (vocab_blocks, token_blocks), 0, _dunembed
+    row, col = (lambda j, i: (i, 0)), (lambda j, i: (0, j))
+    out, out_spec = Ws, pl.BlockSpec((hs.shape[1], bv), col)
+  return pl.pallas_call(
+      functools.partial(_grad_kernel, spec, V, bv, vocab_axis, contribution),
+      grid=grid,
+      in_specs=_in_specs(args, bn, bv, row, col),
+      out_specs=out_spec,
+      out_shape=jax.ShapeDtypeStruct(out.shape, out.dtype),
+      scratch_shapes=[pltpu.VMEM(out_spec.block_shape, jnp.float32)],
+      compiler_params=_compiler_params(grid, bn, bv, hs, ht),
+      interpret=interpret,
+      name=f"gkd_divergence_d{wrt}",
+  )(*args)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from gkd_jax import topk
+from gkd_jax import divergences, topk
 from gkd_jax.divergences import DivergenceSpec
 from gkd_jax.kernels import common
 from gkd_jax.kernels.layout import Layout
@@ -158,10 +158,7 @@ def fused_linear_topk_divergence(
   """
   hs, W = student_hidden, student_unembed
   ids, lp = jnp.asarray(teacher_topk_ids), jnp.asarray(teacher_topk_logprobs)
-  if spec is None:
-    spec = DivergenceSpec(**hyperparameters)
-  elif hyperparameters:
-    raise ValueError(f"pass either spec or its fields, not both ({sorted(hyperparameters)})")
+  spec = divergences.as_spec(spec, hyperparameters, tokens=tokens)
   for name, x in (("student_hidden", hs), ("student_unembed", W)):
     if x.ndim != 2:
       raise ValueError(f"{name}.shape={tuple(x.shape)} must have 2 dimensions")
@@ -173,18 +170,7 @@ def fused_linear_topk_divergence(
   if vocab_block is not None and (not isinstance(vocab_block, int) or vocab_block <= 0):
     raise ValueError(f"vocab_block={vocab_block!r} must be a positive int")
   V = W.shape[1]
-  topk.validate_topk_args(
-      V,
-      hs.shape[:1],
-      ids,
-      lp,
-      kind=spec.kind,
-      beta=spec.beta,
-      alpha=spec.alpha,
-      temperature=spec.temperature,
-      student_softcap=spec.student_softcap,
-      tokens=tokens,
-  )
+  topk.validate_topk_args(V, hs.shape[:1], ids, lp, tokens)
   for name in ("beta", "alpha", "temperature", "student_softcap"):
     value = getattr(spec, name)
     if value is not None and not isinstance(value, numbers.Real):

@@ -52,26 +52,15 @@ _VISION_PREFIXES = (
 )
 
 # Our parameter paths (api.py's params layout), by role; layer roles sit under ("layers", i).
+_NORMS = ("final_norm", "attn_norm", "post_attn_norm", "mlp_norm", "post_mlp_norm")
 _NAMES = dict(
     embed=("embed",),
     lm_head=("lm_head",),
-    final_norm=("final_norm", "scale"),
-    attn_norm=("attn_norm", "scale"),
-    q=("attn", "q"),
-    k=("attn", "k"),
-    v=("attn", "v"),
-    o=("attn", "o"),
-    q_bias=("attn", "q_bias"),
-    k_bias=("attn", "k_bias"),
-    v_bias=("attn", "v_bias"),
+    **{norm: (norm, "scale") for norm in _NORMS},
+    **{role: ("attn", role) for role in ("q", "k", "v", "o", "q_bias", "k_bias", "v_bias")},
     q_norm=("attn", "q_norm", "scale"),
     k_norm=("attn", "k_norm", "scale"),
-    post_attn_norm=("post_attn_norm", "scale"),
-    mlp_norm=("mlp_norm", "scale"),
-    gate=("mlp", "gate"),
-    up=("mlp", "up"),
-    down=("mlp", "down"),
-    post_mlp_norm=("post_mlp_norm", "scale"),
+    **{role: ("mlp", role) for role in ("gate", "up", "down")},
 )
 
 

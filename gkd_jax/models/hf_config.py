@@ -18,6 +18,22 @@ from typing import Any, Mapping, Optional
 
 from gkd_jax.models.config import FULL, SLIDING, ModelConfig, RopeScaling
 
+# The size fields of a config.json, in the order `hf_sizes` takes them.
+SIZE_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
+
+
+def hf_sizes(*sizes) -> dict[str, Any]:
+  """{hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads}
+  of five values in that order."""
+  return dict(zip(SIZE_FIELDS, sizes, strict=True))
+
+
 # transformers' class defaults per model_type (the values a config.json may leave out).
 _COMMON = dict(
     rms_norm_eps=1e-6,
@@ -28,44 +44,39 @@ _COMMON = dict(
     bos_token_id=None,
     eos_token_id=None,
 )
+_GEMMA2 = dict(
+    _COMMON,
+    **hf_sizes(2304, 9216, 26, 8, 4),
+    vocab_size=256000,
+    head_dim=256,
+    hidden_activation="gelu_pytorch_tanh",
+    max_position_embeddings=8192,
+    pad_token_id=0,
+    eos_token_id=1,
+    bos_token_id=2,
+    tie_word_embeddings=True,
+    query_pre_attn_scalar=256,
+    sliding_window=4096,
+    final_logit_softcapping=30.0,
+    attn_logit_softcapping=50.0,
+)
+_QWEN2 = dict(
+    _COMMON,
+    **hf_sizes(4096, 22016, 32, 32, 32),
+    vocab_size=151936,
+    head_dim=None,
+    hidden_act="silu",
+    max_position_embeddings=32768,
+    use_sliding_window=False,
+    sliding_window=4096,
+    max_window_layers=28,
+)
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "gemma2": dict(
-        _COMMON,
-        vocab_size=256000,
-        hidden_size=2304,
-        intermediate_size=9216,
-        num_hidden_layers=26,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=256,
-        hidden_activation="gelu_pytorch_tanh",
-        max_position_embeddings=8192,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-        tie_word_embeddings=True,
-        query_pre_attn_scalar=256,
-        sliding_window=4096,
-        final_logit_softcapping=30.0,
-        attn_logit_softcapping=50.0,
-    ),
+    "gemma2": _GEMMA2,
     "gemma3_text": dict(
-        _COMMON,
+        _GEMMA2,
         vocab_size=262208,
-        hidden_size=2304,
-        intermediate_size=9216,
-        num_hidden_layers=26,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=256,
-        hidden_activation="gelu_pytorch_tanh",
         max_position_embeddings=131072,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-        tie_word_embeddings=True,
-        query_pre_attn_scalar=256,
-        sliding_window=4096,
         final_logit_softcapping=None,
         attn_logit_softcapping=None,
         rope_theta=1_000_000.0,
@@ -74,12 +85,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "llama": dict(
         _COMMON,
+        **hf_sizes(4096, 11008, 32, 32, None),
         vocab_size=32000,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=None,
         head_dim=None,
         hidden_act="silu",
         max_position_embeddings=2048,
@@ -87,36 +94,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         eos_token_id=2,
         mlp_bias=False,
     ),
-    "qwen2": dict(
-        _COMMON,
-        vocab_size=151936,
-        hidden_size=4096,
-        intermediate_size=22016,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        head_dim=None,
-        hidden_act="silu",
-        max_position_embeddings=32768,
-        use_sliding_window=False,
-        sliding_window=4096,
-        max_window_layers=28,
-    ),
-    "qwen3": dict(
-        _COMMON,
-        vocab_size=151936,
-        hidden_size=4096,
-        intermediate_size=22016,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        head_dim=128,
-        hidden_act="silu",
-        max_position_embeddings=32768,
-        use_sliding_window=False,
-        sliding_window=4096,
-        max_window_layers=28,
-    ),
+    "qwen2": _QWEN2,
+    "qwen3": dict(_QWEN2, head_dim=128),
 }
 MODEL_TYPES = tuple(_DEFAULTS)
 ARCHITECTURES = {

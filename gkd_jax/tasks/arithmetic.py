@@ -32,20 +32,31 @@ def make_prompt(a: int, b: int) -> str:
   return f"Q: {a}+{b}\nA:"
 
 
-def make_completion(a: int, b: int) -> str:
-  """The step-by-step completion (with its leading space) for a + b, a, b >= 0."""
+def true_steps(a: int, b: int) -> list[tuple[int, int, int, int]]:
+  """(x, y, carry in, column sum) for each column of a + b, rightmost first."""
   da, db = str(a)[::-1], str(b)[::-1]
   steps, carry = [], 0
   for i in range(max(len(da), len(db))):
     x = int(da[i]) if i < len(da) else 0
     y = int(db[i]) if i < len(db) else 0
-    s = x + y + carry
-    steps.append(f"{x}+{y}" + ("+1" if carry else "") + f"={s}")
-    carry = s // 10
+    steps.append((x, y, carry, x + y + carry))
+    carry = (x + y + carry) // 10
+  return steps
+
+
+def join_steps(steps: Sequence[str], a: int, b: int) -> str:
+  """A completion from its written steps: leading space, "|" between steps, "|=" and the sum."""
   return " " + "|".join(steps) + f"|={a + b}"
 
 
-def _operand(rng: random.Random, min_digits: int, max_digits: int) -> int:
+def make_completion(a: int, b: int) -> str:
+  """The step-by-step completion (with its leading space) for a + b, a, b >= 0."""
+  steps = [f"{x}+{y}" + ("+1" if c else "") + f"={s}" for x, y, c, s in true_steps(a, b)]
+  return join_steps(steps, a, b)
+
+
+def random_operand(rng: random.Random, min_digits: int, max_digits: int) -> int:
+  """A uniform number of min..max digits, then a uniform operand of that many digits."""
   digits = rng.randint(min_digits, max_digits)
   low = 0 if digits == 1 else 10 ** (digits - 1)
   return rng.randint(low, 10**digits - 1)
@@ -68,7 +79,7 @@ def generate_examples(
   rng = random.Random(seed)
   out = []
   while len(out) < n:
-    a, b = _operand(rng, min_digits, max_digits), _operand(rng, min_digits, max_digits)
+    a, b = random_operand(rng, min_digits, max_digits), random_operand(rng, min_digits, max_digits)
     prompt = make_prompt(a, b)
     if prompt in seen:
       continue

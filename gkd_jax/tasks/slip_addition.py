@@ -29,7 +29,15 @@ import random
 import re
 from typing import Iterable, Optional, Sequence
 
-from gkd_jax.tasks.arithmetic import build_tokenizer_model, make_prompt, parse_prompt, write_jsonl
+from gkd_jax.tasks.arithmetic import (
+    build_tokenizer_model,
+    join_steps,
+    make_prompt,
+    parse_prompt,
+    random_operand,
+    true_steps,
+    write_jsonl,
+)
 
 __all__ = [
     "make_prompt",
@@ -56,18 +64,6 @@ CORRECTION_RE = re.compile(r"\d+/(\d+)")
 ANSWER_RE = re.compile(r"\|=(\d+)(?!\d)")
 
 
-def true_steps(a: int, b: int) -> list[tuple[int, int, int, int]]:
-  """(x, y, carry in, column sum) for each column of a + b, rightmost first."""
-  da, db = str(a)[::-1], str(b)[::-1]
-  steps, carry = [], 0
-  for i in range(max(len(da), len(db))):
-    x = int(da[i]) if i < len(da) else 0
-    y = int(db[i]) if i < len(db) else 0
-    steps.append((x, y, carry, x + y + carry))
-    carry = (x + y + carry) // 10
-  return steps
-
-
 def _render(values: Sequence[str]) -> str:
   x, y, c, s = values
   return f"{x}+{y}+{c}={s}"
@@ -76,7 +72,7 @@ def _render(values: Sequence[str]) -> str:
 def make_completion(a: int, b: int) -> str:
   """The clean step-by-step completion (with its leading space) for a + b, a, b >= 0."""
   steps = [_render([str(v) for v in step]) for step in true_steps(a, b)]
-  return " " + "|".join(steps) + f"|={a + b}"
+  return join_steps(steps, a, b)
 
 
 def _wrong_value(rng: random.Random, slot: str, value: int) -> int:
@@ -98,13 +94,7 @@ def slipped_completion(a: int, b: int, rng: random.Random, slip_rate: float) -> 
       k = rng.randrange(4)
       values[k] = f"{_wrong_value(rng, SLOTS[k], step[k])}/{step[k]}"
     steps.append(_render(values))
-  return " " + "|".join(steps) + f"|={a + b}"
-
-
-def _operand(rng: random.Random, min_digits: int, max_digits: int) -> int:
-  digits = rng.randint(min_digits, max_digits)
-  low = 0 if digits == 1 else 10 ** (digits - 1)
-  return rng.randint(low, 10**digits - 1)
+  return join_steps(steps, a, b)
 
 
 def generate_problems(
@@ -119,7 +109,7 @@ def generate_problems(
   rng, seen, out = random.Random(seed), set(exclude), []
   while len(out) < n:
     digits = rng.randint(min_digits, max_digits)
-    a, b = _operand(rng, digits, digits), _operand(rng, 1, digits)
+    a, b = random_operand(rng, digits, digits), random_operand(rng, 1, digits)
     if rng.random() < 0.5:
       a, b = b, a
     if (a, b) not in seen:

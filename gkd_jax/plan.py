@@ -33,7 +33,7 @@ import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-posit
 import jax.numpy as jnp  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 from gkd_jax import gkd, models, sharding, train  # noqa: E402  pylint: disable=g-import-not-at-top
-from gkd_jax.config_validation import validate  # noqa: E402
+from gkd_jax.config_validation import teachers, validate  # noqa: E402
 from gkd_jax.models.hf_config import config_from_hf  # noqa: E402
 from gkd_jax.models.presets import PRESETS, get_preset  # noqa: E402
 
@@ -94,6 +94,11 @@ def abstract_run(config, devices) -> train.Run:
   """What `train.build` makes, with ShapeDtypeStructs for parameters and the kernels built for the
   devices' platform (Mosaic for TPU). Validates the config (paths are not needed)."""
   validate(config, num_devices=len(devices), mode="train", check_paths=False)
+  if teachers(config):
+    raise ValueError(
+        f"teachers ({', '.join(teachers(config))}): a plan compiles one teacher's step; plan the "
+        "largest as `teacher` (teacher.path or teacher.preset, teachers empty)"
+    )
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = tuple(config.sharding_rules)
   student = models.build(

@@ -194,3 +194,11 @@ def test_bad_teachers_are_refused_in_one_line(files, change, message):
   change(config)
   with pytest.raises(ValueError, match=message):
     train.build(config)
+
+
+def test_plan_refuses_several_teachers_in_one_line(files):
+  from gkd_jax import plan  # pylint: disable=import-outside-toplevel
+
+  config = _config(files, a=_entry(files["a"]), b=_entry(files["b"]))
+  with pytest.raises(ValueError, match=r"teachers \(a, b\): a plan compiles one teacher's step"):
+    plan.abstract_run(config, jax.devices())

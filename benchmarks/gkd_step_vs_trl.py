@@ -8,7 +8,7 @@ sliding (window 4096) / full layers. Batch 8 of 32-token random prompts (no padd
 new tokens (no early stop), λ=1 (always on-policy), JSD β=0.5, temperature 1 (sampling and loss),
 AdamW (lr 1e-4, constant, no weight decay, global-norm clip 1.0), float32.
 
-gkd_jax side: the trainer's own path, `gkd_jax.train.build(config)` + `train.compile_steps(run)`
+gkd_jax side: the trainer's own path, `train.build(config)` + `programs.compile_steps(run)`
 from configs/default.py with the settings above (its defaults otherwise, e.g. train.remat and
 gkd.kernel_impl), with `settings.eos_id = ()` so no sampled id ends a row. The split is timed as
 two separately jitted programs: `gkd_jax.sample` alone (as `train_step` calls it) and the same
@@ -171,7 +171,7 @@ class GkdJaxSide:
     import functools
     import jax
     import jax.numpy as jnp
-    from gkd_jax import models, sharding, train
+    from gkd_jax import models, programs, sharding, train
     from gkd_jax.sampling import sample
 
     self.jax = jax
@@ -181,8 +181,8 @@ class GkdJaxSide:
     run = train.build(config, devices=devices)  # default: all devices
     on = dataclasses.replace(run.settings, eos_id=())  # no id ends a row: forced lengths
     self.run = run = dataclasses.replace(run, settings=on)
-    self.on = train.compile_steps(run)
-    self.off = train.compile_steps(
+    self.on = programs.compile_steps(run)
+    self.off = programs.compile_steps(
         dataclasses.replace(run, settings=dataclasses.replace(on, lmbda=0.0))
     )
     arrays = batch_arrays(args.batch, args.prompt_len, args.new_tokens)

@@ -217,8 +217,8 @@ def _refuse_wrong_experiments(config) -> None:
     )
   if cache and _get(config, "teachers"):
     raise ValueError(
-        f"gkd.teacher_cache={cache!r} with several teachers: a cache holds one teacher; "
-        "use `teacher`, or no cache"
+        f"gkd.teacher_cache={cache!r} with teachers ({', '.join(_get(config, 'teachers'))}): "
+        "a cache holds one teacher; give it as `teacher`, or use no cache"
     )
   batch = _get(config, "train.batch_size")
   if _get(config, "gkd.mixing") == "example" and 0 < lmbda < 1:

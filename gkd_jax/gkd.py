@@ -46,7 +46,7 @@ class GKDSettings:
   # Platform the divergence kernels are built for; None = the default backend. "tpu" on a CPU host
   # builds the real Mosaic kernels instead of interpret mode (`gkd-jax plan` compiles for a TPU).
   kernel_platform: Optional[str] = None
-  remat: bool = False  # recompute student layers in the backward pass (train.compile_steps
+  remat: bool = False  # recompute student layers in the backward pass (programs.compile_steps
   # resolves train.remat="auto")
   sample_temperature: float = 1.0
   sample_top_k: int = 0

@@ -32,7 +32,7 @@ tpu_topology.compile_only_env()  # before jax starts its backends (no-op if it a
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-from gkd_jax import gkd, models, sharding, train  # noqa: E402  pylint: disable=g-import-not-at-top
+from gkd_jax import gkd, models, programs, sharding, train  # noqa: E402  pylint: disable=g-import-not-at-top
 from gkd_jax.config_validation import teachers, validate  # noqa: E402
 from gkd_jax.models.hf_config import config_from_hf  # noqa: E402
 from gkd_jax.models.presets import PRESETS, get_preset  # noqa: E402
@@ -191,19 +191,19 @@ def _compile(jitted, args, static=None) -> StepPlan:
 def plan_steps(config, devices, only=STEPS) -> dict[str, StepPlan]:
   """{program name: StepPlan} for the config on `devices` (e.g. a TPU topology's)."""
   run = abstract_run(config, devices)
-  steps = train.compile_steps(run)
+  steps = programs.compile_steps(run)
   repl = sharding.replicated(run.mesh)
   key = jax.eval_shape(lambda: jax.random.key(0))
   rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=repl)
   c = config
-  eval_batch = train.abstract_batch(run, c.eval.batch_size)
-  programs = {
+  eval_batch = programs.abstract_batch(run, c.eval.batch_size)
+  jobs = {
       "train_step": (
           steps.train_step,
           (
               steps.abstract_state,
               run.teacher_params,
-              train.abstract_batch(run, c.train.batch_size),
+              programs.abstract_batch(run, c.train.batch_size),
               rng,
           ),
       ),
@@ -223,7 +223,7 @@ def plan_steps(config, devices, only=STEPS) -> dict[str, StepPlan]:
   }
   out = {}
   for name in only:
-    jitted, args, *static = programs[name]
+    jitted, args, *static = jobs[name]
     out[name] = _compile(jitted, args, *static)
   return out
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import arithmetic
-from gkd_jax import data, testing, train
+from gkd_jax import data, programs, testing, train
 from gkd_jax.tokenizers import load_tokenizer
 
 
@@ -128,7 +128,7 @@ def test_each_batch_is_scored_by_its_own_teacher_exactly_as_a_single_teacher_run
   for name, weight in (("a", 1.0), ("b", 0.5)):
     single = _config(files, only=_entry(files[name], weight))
     srun = train.build(single)
-    singles[name] = (srun, train.compile_steps(srun))
+    singles[name] = (srun, programs.compile_steps(srun))
   state = singles["a"][1].init_state(singles["a"][0].params)
   seen = set()
   for step in range(1, 7):

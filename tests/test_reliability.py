@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from gkd_jax import checkpoints, train, workdir
+from gkd_jax import checkpoints, programs, train, workdir
 from gkd_jax.models.hf import load_pretrained
 from test_train import ROOT, _cli, _config, _train_records, run_files  # noqa: F401 (fixture)
 
@@ -63,7 +63,7 @@ def _restore_all(run_files, wd):
   """Every checkpoint of `wd` (of a run with optim.grad_clip=0) restored, as (step, state)."""
   config = _config(run_files)
   config.mesh.data, config.optim.grad_clip = 1, 0.0
-  steps = train.compile_steps(train.build(config, devices=jax.devices()[:1]))
+  steps = programs.compile_steps(train.build(config, devices=jax.devices()[:1]))
   manager = checkpoints.make_manager(wd / "checkpoints")
   out = []
   for step in sorted(manager.all_steps(), reverse=True):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from gkd_jax import remat, train
+from gkd_jax import programs, remat, train
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def demo_run():
 def _one_step(run, batch, remat_setting, monkeypatch, limit):
   run.config.train.remat = remat_setting
   monkeypatch.setattr(remat, "memory_limit", lambda device: limit)
-  steps = train.compile_steps(run)
+  steps = programs.compile_steps(run)
   state = steps.init_state(run.params)
   _, m = steps.train_step(state, run.teacher_params, batch, jax.random.key(0))
   return steps, {k: float(v) for k, v in jax.device_get(m).items()}

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from configs import arithmetic
-from gkd_jax import teacher_cache, testing, train
+from gkd_jax import programs, teacher_cache, testing, train
 
 V = 32  # the arithmetic tokenizer's vocabulary
 
@@ -83,14 +83,14 @@ def test_mixed_lambda_runs_off_policy_steps_on_the_cache_and_matches_the_live_te
 
   train.train(config(), str(cached / "live_mixed"))
   used_cache = []
-  original = train.step_program
+  original = programs.step_program
 
   def spy(run, steps, step, local):
     out = original(run, steps, step, local)
     used_cache.append(out[0] is steps.off_policy_step)
     return out
 
-  monkeypatch.setattr(train, "step_program", spy)
+  monkeypatch.setattr(programs, "step_program", spy)
   train.train(config(teacher_cache=str(cached / "cache")), str(cached / "cached_mixed"))
 
   def rows(workdir):

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from gkd_jax import tasks, testing, train
+from gkd_jax import programs, tasks, testing, train
 from gkd_jax.models.hf import load_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +86,7 @@ def test_same_losses_on_every_mesh(run_files):
     assert (getattr(run.settings.layout, "vocab_axis", None) == "tensor") == (
         shape[2] > 1
     )  # vocab-parallel divergence
-    steps = train.compile_steps(run)
+    steps = programs.compile_steps(run)
     state = steps.init_state(run.params)
     it = iter(train._loader(run, config.data.train_path, batch_size=8, shuffle=True, num_epochs=-1))
     losses = []
@@ -119,7 +119,7 @@ def test_other_optimizers_build_their_sharded_state(run_files, name):
   config.optim.name = name
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 4, 2
   run = train.build(config, devices=jax.devices()[:8])
-  steps = train.compile_steps(run)
+  steps = programs.compile_steps(run)
   state = steps.init_state(run.params)
   leaves = jax.tree.leaves(state.opt_state)
   assert leaves and all(np.all(np.isfinite(np.asarray(x))) for x in leaves)

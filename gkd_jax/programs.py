@@ -118,13 +118,13 @@ def compile_steps(run) -> Steps:
     on_policy_steps = _coins(c.seed, settings.lmbda, c.train.num_steps)
     settings = dataclasses.replace(settings, lmbda=1.0)
   if run.teachers:
-    programs = [
+    trains = [
         make_train_step(t.model, t.params, weighted(settings, t.weight)) for t in run.teachers
     ]
     routed = tuple(
-        (p[1], make_eval_step(t.model, t.params)) for p, t in zip(programs, run.teachers)
+        (fn, make_eval_step(t.model, t.params)) for (_, fn), t in zip(trains, run.teachers)
     )
-    (remat, train_step), eval_step = programs[0], routed[0][1]
+    (remat, train_step), eval_step = trains[0], routed[0][1]
   else:
     routed = ()
     remat, train_step = make_train_step(run.teacher, run.teacher_params, settings)

@@ -139,7 +139,8 @@ def markdown(result, plot_name: str = "") -> str:
         "",
     ]
     lines += ["## Compile / warm-up", ""] + _first_calls(c) + [""]
-    lines += ["## Same loss on the same completion", ""] + _loss_check(c) + [""]
+    if "loss_check" in c:  # off with --loss-check 0
+      lines += ["## Same loss on the same completion", ""] + _loss_check(c) + [""]
   else:
     lines += [f"## Scaling ({c['steps']} rounds per cell)", ""]
     lines += _scaling_table(cells, result["skipped"]) + [""]

@@ -31,13 +31,15 @@ RESULTS_MD = os.path.join(HERE, "results", "tpu_plans.md")
 # Replaced after planning: Gemma 2 27B->2B was first given v5p-128 / v5p-16 and fitted on v5p-16,
 # so v5p-8 replaced v5p-128; Llama 8B->1B fitted on v5p-8 (the smallest v5p slice), so v5e-4
 # (16 GiB chips) replaced v5p-32, and likewise for Qwen 3 8B->1.7B; Gemma 2 27B->9B's v5p-128
-# became v5p-16 (a smaller candidate); Gemma 2 9B->2B fits on v5p-8, so v5litepod-8 was added.
+# became v5p-16 (a smaller candidate); Gemma 2 9B->2B and 27B->2B fit on v5p-8, so v5litepod-8
+# (16 GiB chips) was added for each.
 ROWS = (
     ("gemma2_9b_to_2b", "v5p-64"),
     ("gemma2_9b_to_2b", "v5p-8"),
     ("gemma2_9b_to_2b", "v5litepod-8"),
     ("gemma2_27b_to_2b", "v5p-16"),
     ("gemma2_27b_to_2b", "v5p-8"),
+    ("gemma2_27b_to_2b", "v5litepod-8"),
     ("gemma2_27b_to_9b", "v5p-32"),
     ("gemma2_27b_to_9b", "v5p-16"),
     ("qwen3_8b_to_1p7b", "v5p-8"),

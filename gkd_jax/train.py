@@ -444,7 +444,7 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
   progress = metrics.Progress(c.train.num_steps, step)
   tick, last_logged = time.perf_counter(), step
   stopped = mismatch_warned = False
-  per_teacher = {}  # several teachers: name -> (divergence x tokens, tokens) since the last log
+  per_teacher = {}  # several teachers: name -> {num_tokens, divergence x tokens} since the last log
   finite = NonFiniteGuard(c.train.max_nonfinite_steps, int(state.nonfinite_steps))
   with (
       checkpoints.PreemptionGuard(sync_every=c.train.preemption_check_every) as guard,

@@ -32,7 +32,8 @@ RESULTS_MD = os.path.join(HERE, "results", "tpu_plans.md")
 # so v5p-8 replaced v5p-128; Llama 8B->1B fitted on v5p-8 (the smallest v5p slice), so v5e-4
 # (16 GiB chips) replaced v5p-32, and likewise for Qwen 3 8B->1.7B; Gemma 2 27B->9B's v5p-128
 # became v5p-16 (a smaller candidate); Gemma 2 9B->2B and 27B->2B fit on v5p-8, so v5litepod-8
-# (16 GiB chips) was added for each.
+# (16 GiB chips) was added for each; Gemma 2 27B->9B fitted neither v5p-16 nor v5p-32 until its
+# config took two micro-batches per update (the plan's knob re-plan).
 ROWS = (
     ("gemma2_9b_to_2b", "v5p-64"),
     ("gemma2_9b_to_2b", "v5p-8"),
@@ -99,10 +100,11 @@ def render(results) -> str:
       "are XLA's per-device count of one call, a while loop's body (the decode loop) counted once.",
       "Slices: per config one expected to fit and a smaller one expected not to (replaced or",
       "added where a plan showed the first guess fits: see ROWS in the script); the verdict in",
-      "a row is the plan's. Gemma 2 27B->9B fits no slice planned: its train_step temporaries",
-      "stay at 113-118 GiB from 8 to 16 chips (so do others': 27B->2B 55 GiB on 4 and on 8",
-      "chips, 9B->2B 33-34 GiB from 8 to 32), i.e. more FSDP does not shrink them.",
-      "`not yet planned` rows were never",
+      "a row is the plan's. Gemma 2 27B->9B needed its config changed: at 256 rows per step",
+      "its train_step needed 137.0 GiB per chip on v5p-16 and 122.6 on v5p-32 (temporaries",
+      "118 -> 113 GiB: more FSDP barely shrinks them; so for 27B->2B, 55 GiB on 4 and 8 chips);",
+      "the plan's knob re-plan found two micro-batches of 128 (optim.grad_accum_steps=2), now",
+      "in configs/gemma2_27b_to_9b.py, which the rows below plan. `not yet planned` rows were never",
       "compiled (a Gemma-2-9B-scale plan takes ~8 min of 2 idle CPU cores). compile s is wall",
       "time on the planning host, which may have been shared with other work (nice 19).",
       "A plan's compile takes 9-12 GB of host memory at these sizes: on a 24 GiB host run rows one",

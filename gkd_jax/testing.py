@@ -129,6 +129,18 @@ def tiny(family: str, dtype=np.float32, seed: int = 0, **overrides):
 # ModelConfig and the sentencepiece trainer both name them (unk is 1).
 SPM_IDS = dict(bos_id=2, eos_id=3, pad_id=0)
 
+# Per-step training metrics that are a function of the run alone (not of wall time): what tests
+# compare between two runs that must be the same (meshes, processes, resumes).
+DETERMINISTIC_METRICS = (
+    "loss",
+    "divergence",
+    "on_policy_fraction",
+    "completion_length",
+    "grad_norm",
+    "student_entropy",
+    "teacher_entropy",
+)
+
 
 def llama_config(
     vocab_size: int = 32,

@@ -26,14 +26,7 @@ from gkd_jax.models.hf import load_pretrained
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = tasks.asset_dir("arithmetic")
 STEPS, CHECK_EVERY = 20, 4
-COMPARED = (
-    "loss",
-    "divergence",
-    "on_policy_fraction",
-    "completion_length",
-    "grad_norm",
-    "student_entropy",
-    "teacher_entropy",
+COMPARED = testing.DETERMINISTIC_METRICS + (
     "eval/divergence",
     "eval/cross_entropy",
     "eval/accuracy",

@@ -16,15 +16,7 @@ from gkd_jax.models.hf import load_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = tasks.asset_dir("arithmetic")
-DETERMINISTIC = (
-    "loss",
-    "divergence",
-    "on_policy_fraction",
-    "completion_length",
-    "grad_norm",
-    "student_entropy",
-    "teacher_entropy",
-)
+DETERMINISTIC = testing.DETERMINISTIC_METRICS
 
 
 @pytest.fixture(scope="module")

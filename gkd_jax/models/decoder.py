@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gkd_jax.models import rope
+from gkd_jax.models import matmul, rope
 from gkd_jax.models.config import ModelConfig
 
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)
@@ -92,13 +92,16 @@ class Attention(nnx.Module):
     self.scale = float(scalar) ** -0.5
     self.logit_cap = cfg.attn_logit_softcap
 
-  def _project(self, x, w, b, norm):
-    y = jnp.einsum("btd,dnh->bnth", x, w[...])
-    if b is not None:
-      y = y + b[...][None, :, None, :]
+  def _project(self, x_BxTxD, w_DxNxH, b_NxH, norm):
+    """[B,N,T,H] heads: one [B*T,D] x [D,N*H] matmul (no weight transpose), then the heads axis."""
+    B, T, D = x_BxTxD.shape
+    _, N, H = w_DxNxH.shape
+    y = matmul.dense(x_BxTxD, w_DxNxH[...].reshape(D, N * H)).reshape(B, T, N, H)
+    if b_NxH is not None:
+      y = y + b_NxH[...]
     if norm is not None:
       y = norm(y)
-    return y
+    return jnp.swapaxes(y, 1, 2)
 
   def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv_fn: Optional[KVFn], query_from: int = 0):
     """Attention output for the queries at positions >= `query_from` (keys: every position)."""
@@ -117,7 +120,8 @@ class Attention(nnx.Module):
     logits = jnp.where(mask_BxTxS[:, None, None, query_from:], logits, MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bksd->bkgtd", probs, v).reshape(B, H, T, Dh)
-    return jnp.einsum("bnth,nhd->btd", out, self.o[...]), extra
+    out = jnp.swapaxes(out, 1, 2).reshape(B, T, H * Dh)
+    return matmul.dense(out, self.o[...].reshape(H * Dh, -1)), extra
 
 
 class MLP(nnx.Module):
@@ -131,9 +135,9 @@ class MLP(nnx.Module):
     self.activation = cfg.activation
 
   def __call__(self, x):
-    g = x @ self.gate[...]
+    g = matmul.dense(x, self.gate[...])
     g = jax.nn.silu(g) if self.activation == "silu" else jax.nn.gelu(g, approximate=True)
-    return (g * (x @ self.up[...])) @ self.down[...]
+    return matmul.dense(g * matmul.dense(x, self.up[...]), self.down[...])
 
 
 class Block(nnx.Module):

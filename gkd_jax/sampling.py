@@ -23,7 +23,7 @@ calls with the same shapes and static arguments reuse the compiled program.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -79,33 +79,36 @@ def sample(
     raise ValueError(f"temperature={temperature} must be >= 0")
   if isinstance(top_p, (int, float)) and not 0 < top_p <= 1:
     raise ValueError(f"top_p={top_p} must be in (0, 1]")
-  greedy = static_t and temperature == 0
+  greedy = bool(temperature == 0) if static_t else None  # None: the traced temperature decides
   use_top_p = not (isinstance(top_p, (int, float)) and top_p >= 1.0)
   static = _Static(int(max_new_tokens), int(top_k), eos_ids, greedy, use_top_p, bool(return_logits))
   return _sample(model, static, params, prompt_tokens, prompt_mask, rng, temperature, top_p)
 
 
 def choose_tokens(
-    logits_BxV, rng, temperature, top_p, *, top_k: int, greedy: bool, use_top_p: bool
+    logits_BxV, rng, temperature, top_p, *, top_k: int, greedy: Optional[bool], use_top_p: bool
 ) -> tuple[jax.Array, jax.Array]:
   """One token per row from float32 logits, and its log-probability under the distribution it was
   drawn from: softmax(logits) when greedy (temperature 0), else softmax of logits / temperature
-  restricted to the top-k / top-p set."""
+  restricted to the top-k / top-p set. greedy: True (temperature is 0), False (it is > 0) or None
+  (a traced temperature: both are computed and it picks)."""
 
   def pick(logits, tok):
     return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tok[:, None], axis=-1)[:, 0]
 
-  best = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  best_lp = pick(logits_BxV, best)
+  def best():
+    tok = argmax(logits_BxV)
+    return tok, pick(logits_BxV, tok)
+
   if greedy:
-    return best, best_lp
+    return best()
   t = jnp.asarray(temperature, jnp.float32)
   scaled = logits_BxV / jnp.where(t > 0, t, 1.0)
   if top_k > 0:
     vals, idx = jax.lax.top_k(scaled, top_k)  # sorted, descending
     if use_top_p:
       vals = _nucleus_sorted(vals, top_p)
-    choice = jax.random.categorical(rng, vals, axis=-1)
+    choice = categorical(rng, vals)
     tok = jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0]
     lp = pick(vals, choice)
   else:
@@ -114,10 +117,27 @@ def choose_tokens(
       kept = _nucleus_sorted(desc, top_p)
       threshold = jnp.min(jnp.where(jnp.isfinite(kept), kept, jnp.inf), axis=-1, keepdims=True)
       scaled = jnp.where(scaled >= threshold, scaled, -jnp.inf)
-    tok = jax.random.categorical(rng, scaled, axis=-1)
+    tok = categorical(rng, scaled)
     lp = pick(scaled, tok)
+  if greedy is False:
+    return tok, lp
+  best_tok, best_lp = best()
   sampled = t > 0
-  return jnp.where(sampled, tok.astype(jnp.int32), best), jnp.where(sampled, lp, best_lp)
+  return jnp.where(sampled, tok, best_tok), jnp.where(sampled, lp, best_lp)
+
+
+def argmax(x_BxV) -> jax.Array:
+  """`jnp.argmax(x, -1)` as int32, NaN included (the first maximum, or the first NaN), computed as
+  two plain reductions: XLA:CPU runs argmax's (value, index) reduction several times slower."""
+  hit_BxV = (x_BxV == jnp.max(x_BxV, axis=-1, keepdims=True)) | jnp.isnan(x_BxV)
+  iota_V = jnp.arange(x_BxV.shape[-1], dtype=jnp.int32)
+  return jnp.min(jnp.where(hit_BxV, iota_V, x_BxV.shape[-1]), axis=-1)
+
+
+def categorical(rng, logits_BxV) -> jax.Array:
+  """`jax.random.categorical(rng, logits, axis=-1)` token for token (the same Gumbel noise, then
+  the faster `argmax`), as int32."""
+  return argmax(jax.random.gumbel(rng, logits_BxV.shape, logits_BxV.dtype) + logits_BxV)
 
 
 def _nucleus_sorted(desc_BxK, top_p):
@@ -150,7 +170,7 @@ class _Static(NamedTuple):
   max_new_tokens: int
   top_k: int
   eos_ids: tuple[int, ...]
-  greedy: bool
+  greedy: Optional[bool]
   use_top_p: bool
   return_logits: bool
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gkd_jax.models import matmul
+from gkd_jax.sampling import argmax, categorical
 
 
 @pytest.mark.parametrize("shape", [(8, 96, 256, 1024), (1, 7, 24, 40)])
@@ -40,3 +41,32 @@ def test_dense_default_backward_is_autodiff():
   want = jax.vjp(jnp.matmul, x, w)[1](dy)
   for g, ref in zip(got, want):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(ref))
+
+
+def test_argmax_equals_jnp_argmax_with_ties_infinities_and_nans():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((64, 301)).astype(np.float32)
+  x[1, [4, 200]] = 9.0  # a tie: the first one wins
+  x[2] = -np.inf  # nothing finite: index 0
+  x[3, 10:] = -np.inf
+  x[4, [7, 50]] = np.nan  # the first NaN wins, as in jnp.argmax
+  x[5, 0] = np.inf
+  x[6] = np.round(x[6])  # many ties
+  want = np.asarray(jnp.argmax(jnp.asarray(x), axis=-1))
+  assert want[1] == 4 and want[4] == 7  # the cases above are what they claim to be
+  got = np.asarray(jax.jit(argmax)(x))
+  assert got.dtype == np.int32
+  np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("vocab", [5, 4096])
+def test_categorical_draws_the_same_tokens_as_jax_random_categorical(vocab):
+  rng = np.random.default_rng(vocab)
+  logits = (3 * rng.standard_normal((16, vocab))).astype(np.float32)
+  logits[:, : vocab // 3] = -np.inf  # masked entries, as top-k / top-p leave them
+  mine = jax.jit(jax.vmap(categorical, in_axes=(0, None)))
+  theirs = jax.jit(jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1), in_axes=(0, None)))
+  keys = jax.random.split(jax.random.key(vocab), 200)
+  got, want = np.asarray(mine(keys, logits)), np.asarray(theirs(keys, logits))
+  np.testing.assert_array_equal(got, want)
+  assert (got >= vocab // 3).all() and len(np.unique(got)) > min(vocab // 2, 20)

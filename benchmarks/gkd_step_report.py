@@ -76,6 +76,28 @@ def _first_calls(c) -> list[str]:
   return rows
 
 
+def _floor(c) -> list[str]:
+  """How fast the loss + update could be at all: its FLOPs at this CPU's matmul rate."""
+  fj, ft = c["gkd_jax"]["floor"], c["trl"]["floor"]
+  gflop, rate = fj["update_flops"] / 1e9, fj["matmul_gflops"]
+  upd, smp = _med(c, "gkd_jax", "update"), _med(c, "gkd_jax", "sample")
+  at_rate = gflop / rate
+  best = _med(c, "trl", "step") / (at_rate + smp)
+  return [
+      f"One float32 {' x '.join(map(str, fj['matmul']))} matmul (the teacher's MLP) runs at "
+      f"{rate:.0f} GFLOP/s under XLA and {ft['matmul_gflops']:.0f} under torch on this CPU "
+      "(medians, measured in each side's process before the rounds).",
+      "",
+      "| gkd_jax loss + backward + update | value |",
+      "| --- | --- |",
+      f"| FLOPs (XLA cost analysis of train_step at λ=0) | {gflop:.1f} GFLOP |",
+      f"| median time, achieved rate | {upd:.3f} s, {gflop / upd:.0f} GFLOP/s "
+      f"({100 * gflop / upd / rate:.0f}% of the matmul rate) |",
+      f"| the same FLOPs at the matmul rate | {at_rate:.3f} s |",
+      f"| TRL/gkd_jax step if so (sampling as measured, {smp:.3f} s) | {best:.2f} |",
+  ]
+
+
 def _loss_check(c) -> list[str]:
   lc = c["loss_check"]
   rows = [
@@ -138,6 +160,8 @@ def markdown(result, plot_name: str = "") -> str:
         f"Peak RSS MiB: {json.dumps({k: round(v) for k, v in c['peak_rss_mib'].items()})}.",
         "",
     ]
+    if "floor" in c["gkd_jax"]:
+      lines += ["## Arithmetic floor", ""] + _floor(c) + [""]
     lines += ["## Compile / warm-up", ""] + _first_calls(c) + [""]
     if "loss_check" in c:  # off with --loss-check 0
       lines += ["## Same loss on the same completion", ""] + _loss_check(c) + [""]

@@ -136,6 +136,29 @@ def write_checkpoints(root: Path) -> dict:
   return paths
 
 
+MATMUL = (768, 512, 2048)  # the teacher's MLP matmul at the benchmark's batch (8 x 96 tokens)
+
+
+def matmul_rate(np_like, jax=None, reps: int = 30) -> dict:
+  """Median GFLOP/s of one float32 [M,K] x [K,N] matmul (MATMUL) on this CPU: jax (jitted) or
+  torch (when `jax` is None and `np_like` is torch)."""
+  m, k, n = MATMUL
+  if jax is not None:
+    a, b = (jax.random.normal(jax.random.key(i), s) for i, s in enumerate(((m, k), (k, n))))
+    f = jax.jit(lambda a, b: a @ b)
+    run = lambda: f(a, b).block_until_ready()
+  else:
+    a, b = np_like.randn(m, k), np_like.randn(k, n)
+    run = lambda: a @ b
+  run()
+  ts = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    run()
+    ts.append(time.perf_counter() - t)
+  return dict(matmul=list(MATMUL), matmul_gflops=2 * m * k * n / statistics.median(ts) / 1e9)
+
+
 # ---- the gkd_jax side ---------------------------------------------------------------------------
 
 
@@ -234,6 +257,19 @@ class GkdJaxSide:
       raise ValueError(name)
     out["s"] = time.perf_counter() - t
     return out
+
+  def floor(self) -> dict:
+    """The loss + update program's FLOPs (XLA's cost analysis of train_step at λ=0: no loop, so
+    the count is whole) and this CPU's float32 matmul rate, measured in this process."""
+    fn = self.off.train_step
+    compiled = (
+        fn
+        if not hasattr(fn, "lower")
+        else fn.lower(self.state, self.run.teacher_params, self.batch, self.rng).compile()
+    )
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return dict(update_flops=float(cost["flops"]), **matmul_rate(self.jax.numpy, self.jax))
 
   def versions(self) -> dict:
     import flax
@@ -393,6 +429,12 @@ def serve(args) -> None:
   for name in check + ("step", "sample") + (("sample_bf16",) if args.child == "gkd_jax" else ()):
     r = side.op(name)
     first.setdefault(name, []).append(r)
+  if args.child == "gkd_jax":
+    ready["floor"] = side.floor()
+  else:
+    import torch
+
+    ready["floor"] = matmul_rate(torch)
   ready.update(
       losses_fixed=[r["loss"] for r in first.get("update", [])],
       first_call_s={k: v[0]["s"] for k, v in first.items()},
@@ -503,6 +545,7 @@ def run_cell(args, paths, log_dir: Path, ops=("step", "sample", "update")) -> di
         first_call_s=ready["first_call_s"],
         losses_fixed=ready["losses_fixed"],
         versions=ready["versions"],
+        floor=ready["floor"],
         tokens_per_s=tokens / st["step"]["median"],
     )
   med = lambda s, op: res[s]["times"][op]["median"]

@@ -76,3 +76,19 @@ def test_hlo_index_reads_opcode_shape_and_op_name():
       v[0] in ("fusion", "dot", "custom-call") and v[1].startswith("f32[8,8]")
       for v in index.values()
   )
+
+
+def test_floor_counts_at_least_the_teacher_forward_and_measures_a_matmul_rate(tiny, tmp_path):
+  paths = bench.write_checkpoints(tmp_path)
+  side = bench.GkdJaxSide(tiny, paths, devices=jax.devices()[:1], remat=False)
+  floor = side.floor()
+  # Lower bound: the layer matmuls at the positions every layer computes (the B x (N+1) that
+  # predict the completion; 2 FLOPs per multiply-add), the teacher's forward and the student's
+  # forward + backward (3x), a part of what the update must compute.
+  weights = lambda params: sum(
+      int(np.prod(x.shape)) for x in jax.tree.leaves(params["layers"]) if x.ndim >= 2
+  )
+  positions = tiny.batch * (tiny.new_tokens + 1)
+  need = 2 * positions * (weights(side.run.teacher_params) + 3 * weights(side.state.params))
+  assert floor["update_flops"] >= need
+  assert floor["matmul"] == list(bench.MATMUL) and 1 < floor["matmul_gflops"] < 1e5

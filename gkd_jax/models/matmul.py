@@ -6,8 +6,8 @@ into the elementwise fusion producing dy (e.g. the GeGLU backward), which writes
 stride of N: at the benchmark's student sizes (768 tokens, 256 -> 1024) those four fusions took
 longer than the MLP's matmuls. Written as dw = einsum("nd,nf->df") over the flattened tokens,
 every dot reads row-major operands. On CPU the values equal autodiff's bit for bit (same dots,
-same summation order; tests/test_matmul.py); other platforms lower autodiff's own backward
-(`lax.platform_dependent`), so TPU and GPU programs are unchanged.
+same summation order; tests/test_matmul.py); TPU and GPU lower autodiff's own backward
+(`lax.platform_dependent`, resolved when the program is lowered for its platform).
 """
 
 from __future__ import annotations

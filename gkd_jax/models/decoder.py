@@ -19,6 +19,7 @@ ones for `score`, a KV cache for `sample`) so one code path serves scoring, pref
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional
 
@@ -92,16 +93,14 @@ class Attention(nnx.Module):
     self.scale = float(scalar) ** -0.5
     self.logit_cap = cfg.attn_logit_softcap
 
-  def _project(self, x_BxTxD, w_DxNxH, b_NxH, norm):
-    """[B,N,T,H] heads: one [B*T,D] x [D,N*H] matmul (no weight transpose), then the heads axis."""
-    B, T, D = x_BxTxD.shape
-    _, N, H = w_DxNxH.shape
-    y = matmul.dense(x_BxTxD, w_DxNxH[...].reshape(D, N * H)).reshape(B, T, N, H)
-    if b_NxH is not None:
-      y = y + b_NxH[...]
+  def _project(self, x, w, b, norm):
+    einsum = functools.partial(jnp.einsum, "btd,dnh->bnth")
+    y = jax.lax.platform_dependent(x, w[...], cpu=_cpu_heads_projection, default=einsum)
+    if b is not None:
+      y = y + b[...][None, :, None, :]
     if norm is not None:
       y = norm(y)
-    return jnp.swapaxes(y, 1, 2)
+    return y
 
   def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv_fn: Optional[KVFn], query_from: int = 0):
     """Attention output for the queries at positions >= `query_from` (keys: every position)."""
@@ -120,8 +119,27 @@ class Attention(nnx.Module):
     logits = jnp.where(mask_BxTxS[:, None, None, query_from:], logits, MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bksd->bkgtd", probs, v).reshape(B, H, T, Dh)
-    out = jnp.swapaxes(out, 1, 2).reshape(B, T, H * Dh)
-    return matmul.dense(out, self.o[...].reshape(H * Dh, -1)), extra
+    einsum = functools.partial(jnp.einsum, "bnth,nhd->btd")
+    return (
+        jax.lax.platform_dependent(out, self.o[...], cpu=_cpu_output_projection, default=einsum),
+        extra,
+    )
+
+
+# On CPU the attention projections are plain [B*T, D] x [D, N*H] matmuls (`matmul.dense`): XLA:CPU
+# otherwise transposes the [D, N, H] weights for the einsum, inside the decode loop once per token.
+# TPU and GPU keep the einsums (their memory plans moved either way with the reshaped form).
+def _cpu_heads_projection(x_BxTxD, w_DxNxH):
+  B, T, D = x_BxTxD.shape
+  _, N, H = w_DxNxH.shape
+  y_BxTxNxH = matmul.dense(x_BxTxD, w_DxNxH.reshape(D, N * H)).reshape(B, T, N, H)
+  return jnp.swapaxes(y_BxTxNxH, 1, 2)
+
+
+def _cpu_output_projection(out_BxNxTxH, w_NxHxD):
+  B, N, T, H = out_BxNxTxH.shape
+  out_BxTxNH = jnp.swapaxes(out_BxNxTxH, 1, 2).reshape(B, T, N * H)
+  return matmul.dense(out_BxTxNH, w_NxHxD.reshape(N * H, -1))
 
 
 class MLP(nnx.Module):

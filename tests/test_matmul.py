@@ -1,11 +1,15 @@
-"""models.matmul.dense (the model's weight matmuls, with a backward written for XLA:CPU): values
-and gradients against float64 numpy and against autodiff of jnp.matmul, on fresh random inputs.
-"""
+"""models.matmul.dense (the model's weight matmuls, with a backward written for XLA:CPU) and the
+sampler's argmax / categorical (two plain reductions instead of argmax's (value, index) one):
+values against float64 numpy and against the JAX functions they replace, on fresh random inputs,
+and which backward each platform lowers."""
+
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import export
 
 from gkd_jax.models import matmul
 from gkd_jax.sampling import argmax, categorical
@@ -33,14 +37,19 @@ def test_dense_values_and_gradients_equal_float64_and_autodiff(shape):
     np.testing.assert_array_equal(np.asarray(g), np.asarray(p))  # bitwise autodiff's on CPU
 
 
-def test_dense_default_backward_is_autodiff():
-  """The branch lowered for TPU/GPU is jax.vjp of jnp.matmul itself (called here directly)."""
-  rng = np.random.default_rng(5)
-  x, w, dy = (rng.standard_normal(s).astype(np.float32) for s in ((3, 5, 6), (6, 4), (3, 5, 4)))
-  got = matmul._autodiff_bwd(x, w, dy)  # pylint: disable=protected-access
-  want = jax.vjp(jnp.matmul, x, w)[1](dy)
-  for g, ref in zip(got, want):
-    np.testing.assert_array_equal(np.asarray(g), np.asarray(ref))
+def _backward_ops(f, platform: str) -> list[str]:
+  """The dot_general / transpose ops of grad(sum(f(x, w) * r)) lowered for `platform` (export:
+  lowering only, no such device needed), SSA names dropped."""
+  x, w, r = jnp.ones((3, 5, 6)), jnp.ones((6, 4)), jnp.ones((3, 5, 4))
+  grad = jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) * r), argnums=(0, 1)))
+  text = export.export(grad, platforms=[platform])(x, w).mlir_module()
+  ops = re.findall(r"(stablehlo\.(?:dot_general|transpose)[^\n]*?)(?: loc\(|$)", text, re.M)
+  return [re.sub(r"%[\w#]+", "%", op) for op in ops]
+
+
+def test_dense_lowers_autodiffs_backward_for_tpu_and_its_own_for_cpu():
+  assert _backward_ops(matmul.dense, "tpu") == _backward_ops(jnp.matmul, "tpu")
+  assert _backward_ops(matmul.dense, "cpu") != _backward_ops(jnp.matmul, "cpu")
 
 
 def test_argmax_equals_jnp_argmax_with_ties_infinities_and_nans():

@@ -139,16 +139,18 @@ def write_checkpoints(root: Path) -> dict:
 MATMUL = (768, 512, 2048)  # the teacher's MLP matmul at the benchmark's batch (8 x 96 tokens)
 
 
-def matmul_rate(np_like, jax=None, reps: int = 30) -> dict:
-  """Median GFLOP/s of one float32 [M,K] x [K,N] matmul (MATMUL) on this CPU: jax (jitted) or
-  torch (when `jax` is None and `np_like` is torch)."""
+def matmul_rate(torch=None, reps: int = 30) -> dict:
+  """Median GFLOP/s of one float32 [M,K] x [K,N] matmul (MATMUL) on this CPU: jitted jax, or torch
+  when the torch module is given."""
   m, k, n = MATMUL
-  if jax is not None:
+  if torch is None:
+    import jax
+
     a, b = (jax.random.normal(jax.random.key(i), s) for i, s in enumerate(((m, k), (k, n))))
     f = jax.jit(lambda a, b: a @ b)
     run = lambda: f(a, b).block_until_ready()
   else:
-    a, b = np_like.randn(m, k), np_like.randn(k, n)
+    a, b = torch.randn(m, k), torch.randn(k, n)
     run = lambda: a @ b
   run()
   ts = []
@@ -258,18 +260,19 @@ class GkdJaxSide:
     out["s"] = time.perf_counter() - t
     return out
 
+  def compiled_train_step(self, steps):
+    """`steps.train_step` (self.on or self.off) compiled for the benchmark's batch."""
+    fn = steps.train_step
+    if not hasattr(fn, "lower"):  # already compiled (train.remat="auto")
+      return fn
+    return fn.lower(self.state, self.run.teacher_params, self.batch, self.rng).compile()
+
   def floor(self) -> dict:
     """The loss + update program's FLOPs (XLA's cost analysis of train_step at λ=0: no loop, so
     the count is whole) and this CPU's float32 matmul rate, measured in this process."""
-    fn = self.off.train_step
-    compiled = (
-        fn
-        if not hasattr(fn, "lower")
-        else fn.lower(self.state, self.run.teacher_params, self.batch, self.rng).compile()
-    )
-    cost = compiled.cost_analysis()
+    cost = self.compiled_train_step(self.off).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return dict(update_flops=float(cost["flops"]), **matmul_rate(self.jax.numpy, self.jax))
+    return dict(update_flops=float(cost["flops"]), **matmul_rate())
 
   def versions(self) -> dict:
     import flax

@@ -107,11 +107,9 @@ def profile(args) -> dict:
     paths = bench.write_checkpoints(Path(tmp))
     side = bench.GkdJaxSide(args, paths)
     op = {"step": "step", "update": "update", "sample": "sample"}[args.what]
-    fn = {"step": side.on.train_step, "update": side.off.train_step}.get(args.what)
-    if fn is not None and not hasattr(fn, "lower"):  # already compiled (train.remat="auto")
-      compiled = fn
-    elif fn is not None:
-      compiled = fn.lower(side.state, side.run.teacher_params, side.batch, side.rng).compile()
+    steps = {"step": side.on, "update": side.off}.get(args.what)
+    if steps is not None:
+      compiled = side.compiled_train_step(steps)
     else:
       sample_fn, _ = side._sample["float32"]  # pylint: disable=protected-access
       compiled = sample_fn.lower(

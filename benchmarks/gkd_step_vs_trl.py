@@ -268,11 +268,26 @@ class GkdJaxSide:
     return fn.lower(self.state, self.run.teacher_params, self.batch, self.rng).compile()
 
   def floor(self) -> dict:
-    """The loss + update program's FLOPs (XLA's cost analysis of train_step at λ=0: no loop, so
-    the count is whole) and this CPU's float32 matmul rate, measured in this process."""
-    cost = self.compiled_train_step(self.off).cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return dict(update_flops=float(cost["flops"]), **matmul_rate())
+    """FLOPs of the loss + update program (XLA's cost analysis of train_step at λ=0: no loop, so
+    the count is whole) and of sampling's model work (the sampler is a loop, so: one student
+    forward over prompt + completion with logits where a token is chosen, which is what prefill
+    and decode compute between them), and this CPU's float32 matmul rate, measured here."""
+    from gkd_jax.scoring import score
+
+    def flops(compiled):
+      cost = compiled.cost_analysis()
+      return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+    b = self.batch
+    tokens = self.jax.numpy.concatenate([b["prompt_tokens"], b["completion_tokens"]], axis=1)
+    forward = self.jax.jit(
+        lambda p, t: score(self.run.student, p, t, output_from=b["prompt_tokens"].shape[1] - 1)
+    )
+    return dict(
+        update_flops=flops(self.compiled_train_step(self.off)),
+        sample_flops=flops(forward.lower(self.state.params, tokens).compile()),
+        **matmul_rate(),
+    )
 
   def versions(self) -> dict:
     import flax

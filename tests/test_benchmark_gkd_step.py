@@ -78,7 +78,7 @@ def test_hlo_index_reads_opcode_shape_and_op_name():
   )
 
 
-def test_floor_counts_at_least_the_teacher_forward_and_measures_a_matmul_rate(tiny, tmp_path):
+def test_floor_counts_at_least_the_models_matmuls_and_measures_a_matmul_rate(tiny, tmp_path):
   paths = bench.write_checkpoints(tmp_path)
   side = bench.GkdJaxSide(tiny, paths, devices=jax.devices()[:1], remat=False)
   floor = side.floor()
@@ -91,4 +91,9 @@ def test_floor_counts_at_least_the_teacher_forward_and_measures_a_matmul_rate(ti
   positions = tiny.batch * (tiny.new_tokens + 1)
   need = 2 * positions * (weights(side.run.teacher_params) + 3 * weights(side.state.params))
   assert floor["update_flops"] >= need
+  # Sampling: the student's layers and unembedding at those positions, and less than the update
+  # (which also runs the teacher and the student's backward).
+  cfg = side.run.student.config
+  need = 2 * positions * (weights(side.state.params) + cfg.embed_dim * cfg.vocab_size)
+  assert need <= floor["sample_flops"] < floor["update_flops"]
   assert floor["matmul"] == list(bench.MATMUL) and 1 < floor["matmul_gflops"] < 1e5

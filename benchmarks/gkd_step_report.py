@@ -100,7 +100,8 @@ def _floor(c) -> list[str]:
       "",
       f"TRL/gkd_jax step with the loss + update at the matmul rate (sampling as measured): "
       f"{trl / (at_rate_u + smp):.2f}; with both halves at the matmul rate: "
-      f"{trl / (at_rate_u + at_rate_s):.2f}, the most these FLOPs allow on this CPU.",
+      f"{trl / (at_rate_u + at_rate_s):.2f}, a ceiling (elementwise work counted as if it ran "
+      "at the matmul rate too).",
   ]
 
 

@@ -97,3 +97,28 @@ def test_floor_counts_at_least_the_models_matmuls_and_measures_a_matmul_rate(tin
   need = 2 * positions * (weights(side.state.params) + cfg.embed_dim * cfg.vocab_size)
   assert need <= floor["sample_flops"] < floor["update_flops"]
   assert floor["matmul"] == list(bench.MATMUL) and 1 < floor["matmul_gflops"] < 1e5
+
+
+def test_floor_section_states_each_half_and_the_ceiling_from_the_measurements():
+  import gkd_step_report as report  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng()
+  rate, flops_u, flops_s = rng.uniform(50, 300), rng.uniform(1e10, 9e10), rng.uniform(1e9, 9e9)
+  times = {op: rng.uniform(0.05, 2.0) for op in ("trl_step", "update", "sample")}
+  med = lambda t: dict(median=t)
+  cell = dict(
+      gkd_jax=dict(
+          floor=dict(
+              matmul=[4, 5, 6], matmul_gflops=rate, update_flops=flops_u, sample_flops=flops_s
+          ),
+          times=dict(update=med(times["update"]), sample=med(times["sample"])),
+      ),
+      trl=dict(
+          floor=dict(matmul_gflops=rng.uniform(50, 300)), times=dict(step=med(times["trl_step"]))
+      ),
+  )
+  text = "\n".join(report._floor(cell))  # pylint: disable=protected-access
+  u_s, s_s = flops_u / 1e9 / rate, flops_s / 1e9 / rate
+  assert f"| {u_s:.3f} s | {s_s:.3f} s |" in text
+  assert f"as measured): {times['trl_step'] / (u_s + times['sample']):.2f};" in text
+  assert f"both halves at the matmul rate: {times['trl_step'] / (u_s + s_s):.2f}," in text

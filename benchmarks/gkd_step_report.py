@@ -84,7 +84,7 @@ def _floor(c) -> list[str]:
   gflop_u, gflop_s = fj["update_flops"] / 1e9, fj["sample_flops"] / 1e9
   at_rate_u, at_rate_s = gflop_u / rate, gflop_s / rate
   trl = _med(c, "trl", "step")
-  return [
+  rows = [
       f"One float32 {' x '.join(map(str, fj['matmul']))} matmul (the teacher's MLP) runs at "
       f"{rate:.0f} GFLOP/s under XLA and {ft['matmul_gflops']:.0f} under torch on this CPU "
       "(medians, measured in each side's process before the rounds).",
@@ -97,12 +97,26 @@ def _floor(c) -> list[str]:
       f"({100 * gflop_u / upd / rate:.0f}%) | {smp:.3f} s, {gflop_s / smp:.0f} GFLOP/s "
       f"({100 * gflop_s / smp / rate:.0f}%) |",
       f"| the same FLOPs at the matmul rate | {at_rate_u:.3f} s | {at_rate_s:.3f} s |",
+  ]
+  if "update_matmuls_s" in fj:  # results from before matmul_floor.py lack it
+    mm_u, mm_s = fj["update_matmuls_s"], fj["sample_matmuls_s"]
+    rows.append(
+        f"| its weight matmuls alone under XLA, at these shapes (`matmul_floor.py`) "
+        f"| {mm_u:.3f} s | {mm_s:.3f} s |"
+    )
+  rows += [
       "",
       f"TRL/gkd_jax step with the loss + update at the matmul rate (sampling as measured): "
       f"{trl / (at_rate_u + smp):.2f}; with both halves at the matmul rate: "
       f"{trl / (at_rate_u + at_rate_s):.2f}, a ceiling (elementwise work counted as if it ran "
       "at the matmul rate too).",
   ]
+  if "update_matmuls_s" in fj:
+    rows[-1] += (
+        f" With everything but the weight matmuls taking no time, at XLA's speed for their shapes: "
+        f"{trl / (mm_u + mm_s):.2f}."
+    )
+  return rows
 
 
 def _loss_check(c) -> list[str]:

@@ -271,7 +271,9 @@ class GkdJaxSide:
     """FLOPs of the loss + update program (XLA's cost analysis of train_step at λ=0: no loop, so
     the count is whole) and of sampling's model work (the sampler is a loop, so: one student
     forward over prompt + completion with logits where a token is chosen, which is what prefill
-    and decode compute between them), and this CPU's float32 matmul rate, measured here."""
+    and decode compute between them), this CPU's float32 matmul rate, and the seconds each half's
+    weight matmuls take alone under XLA (`matmul_floor.py`), measured here."""
+    import matmul_floor
     from gkd_jax.scoring import score
 
     def flops(compiled):
@@ -283,9 +285,13 @@ class GkdJaxSide:
     forward = self.jax.jit(
         lambda p, t: score(self.run.student, p, t, output_from=b["prompt_tokens"].shape[1] - 1)
     )
+    (B, P), N = b["prompt_tokens"].shape, b["completion_tokens"].shape[1]
+    alone = matmul_floor.programs(self.run.student.config, self.run.teacher.config, B, P, N)
     return dict(
         update_flops=flops(self.compiled_train_step(self.off)),
         sample_flops=flops(forward.lower(self.state.params, tokens).compile()),
+        update_matmuls_s=matmul_floor.seconds(*alone["update"]),
+        sample_matmuls_s=matmul_floor.seconds(*alone["sample"]),
         **matmul_rate(),
     )
 

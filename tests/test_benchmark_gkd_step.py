@@ -97,6 +97,44 @@ def test_floor_counts_at_least_the_models_matmuls_and_measures_a_matmul_rate(tin
   need = 2 * positions * (weights(side.state.params) + cfg.embed_dim * cfg.vocab_size)
   assert need <= floor["sample_flops"] < floor["update_flops"]
   assert floor["matmul"] == list(bench.MATMUL) and 1 < floor["matmul_gflops"] < 1e5
+  assert floor["update_matmuls_s"] > 0 and floor["sample_matmuls_s"] > 0
+
+
+def test_matmul_floor_replicas_count_the_models_weight_matmuls():
+  import matmul_floor  # pylint: disable=import-outside-toplevel
+  from gkd_jax.models.config import ModelConfig  # pylint: disable=import-outside-toplevel
+
+  cfg = lambda L, D, F, H, K, Dh: ModelConfig(
+      model_type="gemma2",
+      vocab_size=64,
+      num_layers=L,
+      embed_dim=D,
+      mlp_dim=F,
+      num_heads=H,
+      num_kv_heads=K,
+      head_dim=Dh,
+  )
+  student, teacher = cfg(2, 32, 64, 2, 1, 16), cfg(3, 48, 80, 4, 2, 12)
+  B, P, N = 2, 3, 4
+
+  def forward(c, rows, kept):  # 2 FLOPs per multiply-add; the last layer past k, v on `kept`
+    D, F, Q, KV = c.embed_dim, c.mlp_dim, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    kv, rest = 2 * D * KV, 2 * D * Q + 3 * D * F
+    layers = (c.num_layers - 1) * rows * (kv + rest) + rows * kv + kept * rest
+    return 2 * (layers + kept * D * c.vocab_size)
+
+  # The update: teacher forward + student forward and backward (dW and dx: 3x the forward).
+  # Sampling: XLA counts a loop body once, so prefill + one decode step.
+  want = dict(
+      update=forward(teacher, B * (P + N), B * N) + 3 * forward(student, B * (P + N), B * N),
+      sample=forward(student, B * P, B) + forward(student, B, B),
+  )
+  for name, (fn, args) in matmul_floor.programs(student, teacher, B, P, N).items():
+    cost = fn.lower(*args).compile().cost_analysis()
+    flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+    # Elementwise products add a little; a missing or untrimmed matmul moves it by more.
+    assert 0.99 * want[name] <= flops <= 1.05 * want[name], (name, flops, want[name])
+    assert matmul_floor.seconds(fn, args, reps=1) > 0
 
 
 def test_floor_section_states_each_half_and_the_ceiling_from_the_measurements():
@@ -104,12 +142,18 @@ def test_floor_section_states_each_half_and_the_ceiling_from_the_measurements():
 
   rng = np.random.default_rng()
   rate, flops_u, flops_s = rng.uniform(50, 300), rng.uniform(1e10, 9e10), rng.uniform(1e9, 9e9)
-  times = {op: rng.uniform(0.05, 2.0) for op in ("trl_step", "update", "sample")}
+  ops = ("trl_step", "update", "sample", "mm_update", "mm_sample")
+  times = {op: rng.uniform(0.05, 2.0) for op in ops}
   med = lambda t: dict(median=t)
   cell = dict(
       gkd_jax=dict(
           floor=dict(
-              matmul=[4, 5, 6], matmul_gflops=rate, update_flops=flops_u, sample_flops=flops_s
+              matmul=[4, 5, 6],
+              matmul_gflops=rate,
+              update_flops=flops_u,
+              sample_flops=flops_s,
+              update_matmuls_s=times["mm_update"],
+              sample_matmuls_s=times["mm_sample"],
           ),
           times=dict(update=med(times["update"]), sample=med(times["sample"])),
       ),
@@ -122,3 +166,6 @@ def test_floor_section_states_each_half_and_the_ceiling_from_the_measurements():
   assert f"| {u_s:.3f} s | {s_s:.3f} s |" in text
   assert f"as measured): {times['trl_step'] / (u_s + times['sample']):.2f};" in text
   assert f"both halves at the matmul rate: {times['trl_step'] / (u_s + s_s):.2f}," in text
+  assert f"| {times['mm_update']:.3f} s | {times['mm_sample']:.3f} s |" in text
+  mm = times["trl_step"] / (times["mm_update"] + times["mm_sample"])
+  assert f"at XLA's speed for their shapes: {mm:.2f}." in text

@@ -98,8 +98,9 @@ def _floor(c) -> list[str]:
       f"({100 * gflop_s / smp / rate:.0f}%) |",
       f"| the same FLOPs at the matmul rate | {at_rate_u:.3f} s | {at_rate_s:.3f} s |",
   ]
-  if "update_matmuls_s" in fj:  # results from before matmul_floor.py lack it
-    mm_u, mm_s = fj["update_matmuls_s"], fj["sample_matmuls_s"]
+  alone = "update_matmuls" in c["gkd_jax"]["times"]  # results from before matmul_floor.py: no
+  if alone:
+    mm_u, mm_s = _med(c, "gkd_jax", "update_matmuls"), _med(c, "gkd_jax", "sample_matmuls")
     rows.append(
         f"| its weight matmuls alone under XLA, at these shapes (`matmul_floor.py`) "
         f"| {mm_u:.3f} s | {mm_s:.3f} s |"
@@ -111,7 +112,7 @@ def _floor(c) -> list[str]:
       f"{trl / (at_rate_u + at_rate_s):.2f}, a ceiling (elementwise work counted as if it ran "
       "at the matmul rate too).",
   ]
-  if "update_matmuls_s" in fj:
+  if alone:
     rows[-1] += (
         f" With everything but the weight matmuls taking no time, at XLA's speed for their shapes: "
         f"{trl / (mm_u + mm_s):.2f}."

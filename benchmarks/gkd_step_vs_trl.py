@@ -27,7 +27,9 @@ completions (the rest). Threads: torch.set_num_threads(--threads); XLA:CPU uses 
 
 Both sides run in their own persistent processes, set up one after the other (compile / warm-up
 timed), then driven alternately over pipes (one op on A, the same op on B, first mover swapped
-every round) so they see the same machine load. Before any timing, both compute the loss of step 1
+every round) so they see the same machine load; each round also times, on the gkd_jax side,
+sampling in bfloat16 and each half's weight matmuls alone (`matmul_floor.py`: the floor's bound
+with everything else free). Before any timing, both compute the loss of step 1
 and step 2 (after one AdamW update) on the same fixed completion from the same weights; their
 difference shows the two compute the same thing.
 
@@ -196,6 +198,7 @@ class GkdJaxSide:
     import functools
     import jax
     import jax.numpy as jnp
+    import matmul_floor
     from gkd_jax import models, programs, sharding, train
     from gkd_jax.sampling import sample
 
@@ -235,6 +238,10 @@ class GkdJaxSide:
     for dtype in ("float32", "bfloat16"):  # sampling precision (issue: bf16 is TPU's common case)
       model = models.build(run.student.config, getattr(jnp, dtype))
       self._sample[dtype] = (jax.jit(functools.partial(sample, model, **kw)), model.dtype)
+    # Each half's weight matmuls alone (the floor's "matmuls alone" rows), timed in the rounds.
+    self._alone = matmul_floor.programs(
+        run.student.config, run.teacher.config, args.batch, args.prompt_len, args.new_tokens
+    )
 
   def _state_step(self, steps) -> dict:
     self.state, m = steps.train_step(self.state, self.run.teacher_params, self.batch, self.rng)
@@ -247,6 +254,9 @@ class GkdJaxSide:
       out = self._state_step(self.on)
     elif name == "update":
       out = self._state_step(self.off)
+    elif name in ("update_matmuls", "sample_matmuls"):
+      fn, args = self._alone[name.split("_")[0]]
+      self.jax.block_until_ready(fn(*args))
     elif name.startswith("sample"):
       dtype = "bfloat16" if name == "sample_bf16" else "float32"
       fn, wdtype = self._sample[dtype]
@@ -271,9 +281,7 @@ class GkdJaxSide:
     """FLOPs of the loss + update program (XLA's cost analysis of train_step at λ=0: no loop, so
     the count is whole) and of sampling's model work (the sampler is a loop, so: one student
     forward over prompt + completion with logits where a token is chosen, which is what prefill
-    and decode compute between them), this CPU's float32 matmul rate, and the seconds each half's
-    weight matmuls take alone under XLA (`matmul_floor.py`), measured here."""
-    import matmul_floor
+    and decode compute between them), and this CPU's float32 matmul rate, measured here."""
     from gkd_jax.scoring import score
 
     def flops(compiled):
@@ -285,13 +293,9 @@ class GkdJaxSide:
     forward = self.jax.jit(
         lambda p, t: score(self.run.student, p, t, output_from=b["prompt_tokens"].shape[1] - 1)
     )
-    (B, P), N = b["prompt_tokens"].shape, b["completion_tokens"].shape[1]
-    alone = matmul_floor.programs(self.run.student.config, self.run.teacher.config, B, P, N)
     return dict(
         update_flops=flops(self.compiled_train_step(self.off)),
         sample_flops=flops(forward.lower(self.state.params, tokens).compile()),
-        update_matmuls_s=matmul_floor.seconds(*alone["update"]),
-        sample_matmuls_s=matmul_floor.seconds(*alone["sample"]),
         **matmul_rate(),
     )
 
@@ -450,7 +454,8 @@ def serve(args) -> None:
   # the first call of each op includes compilation / warm-up.
   first = {}
   check = ("update", "update") if args.loss_check else ()
-  for name in check + ("step", "sample") + (("sample_bf16",) if args.child == "gkd_jax" else ()):
+  own = ("sample_bf16", "update_matmuls", "sample_matmuls") if args.child == "gkd_jax" else ()
+  for name in check + ("step", "sample") + own:
     r = side.op(name)
     first.setdefault(name, []).append(r)
   if args.child == "gkd_jax":
@@ -525,7 +530,9 @@ def run_cell(args, paths, log_dir: Path, ops=("step", "sample", "update")) -> di
   ready_tr = tr.reply()
   sides = {"gkd_jax": jx, "trl": tr}
   times = {s: {op: [] for op in ops} for s in sides}
-  times["gkd_jax"]["sample_bf16"] = []
+  alone = ("update_matmuls", "sample_matmuls") if "update" in ops else ()  # the floor's rows
+  for op in ("sample_bf16",) + alone:
+    times["gkd_jax"][op] = []
   times["trl"]["step_generate"] = []
   rss = {}
   t1 = time.perf_counter()
@@ -544,7 +551,8 @@ def run_cell(args, paths, log_dir: Path, ops=("step", "sample", "update")) -> di
           if "generate_s" in out:
             times[s]["step_generate"].append(out["generate_s"])
           rss[s] = out["maxrss_mib"]
-      times["gkd_jax"]["sample_bf16"].append(jx.ask("sample_bf16")["s"])
+      for op in ("sample_bf16",) + alone:
+        times["gkd_jax"][op].append(jx.ask(op)["s"])
   finally:
     for c in sides.values():
       c.close()

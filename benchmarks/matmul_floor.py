@@ -18,9 +18,6 @@ could reach here without faster matmul kernels.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,14 +83,3 @@ def programs(student_cfg, teacher_cfg, batch: int, prompt_len: int, new_tokens: 
       update=(jax.jit(update), (s_layers, s_emb, xs, t_layers, t_emb, xt)),
       sample=(jax.jit(sample), (s_layers, s_emb, xs)),
   )
-
-
-def seconds(fn, args, reps: int = 7) -> float:
-  """Median wall seconds of `fn(*args)` after one warm-up call."""
-  jax.block_until_ready(fn(*args))
-  ts = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    ts.append(time.perf_counter() - t)
-  return statistics.median(ts)

@@ -87,7 +87,7 @@ def _floor(c) -> list[str]:
   rows = [
       f"One float32 {' x '.join(map(str, fj['matmul']))} matmul (the teacher's MLP) runs at "
       f"{rate:.0f} GFLOP/s under XLA and {ft['matmul_gflops']:.0f} under torch on this CPU "
-      "(medians, measured in each side's process before the rounds).",
+      "(the fastest of 30 runs, measured in each side's process before the rounds).",
       "",
       "| gkd_jax | loss + backward + update | sampling |",
       "| --- | --- | --- |",

@@ -77,14 +77,16 @@ def _first_calls(c) -> list[str]:
 
 
 def _floor(c) -> list[str]:
-  """How fast each half could be at all: its FLOPs at this CPU's matmul rate."""
+  """How fast each half could be at all: its FLOPs at this CPU's matmul rate, and its weight
+  matmuls alone under XLA."""
   fj, ft = c["gkd_jax"]["floor"], c["trl"]["floor"]
   rate = fj["matmul_gflops"]
   upd, smp = _med(c, "gkd_jax", "update"), _med(c, "gkd_jax", "sample")
   gflop_u, gflop_s = fj["update_flops"] / 1e9, fj["sample_flops"] / 1e9
   at_rate_u, at_rate_s = gflop_u / rate, gflop_s / rate
+  mm_u, mm_s = _med(c, "gkd_jax", "update_matmuls"), _med(c, "gkd_jax", "sample_matmuls")
   trl = _med(c, "trl", "step")
-  rows = [
+  return [
       f"One float32 {' x '.join(map(str, fj['matmul']))} matmul (the teacher's MLP) runs at "
       f"{rate:.0f} GFLOP/s under XLA and {ft['matmul_gflops']:.0f} under torch on this CPU "
       "(the fastest of 30 runs, measured in each side's process before the rounds).",
@@ -97,27 +99,15 @@ def _floor(c) -> list[str]:
       f"({100 * gflop_u / upd / rate:.0f}%) | {smp:.3f} s, {gflop_s / smp:.0f} GFLOP/s "
       f"({100 * gflop_s / smp / rate:.0f}%) |",
       f"| the same FLOPs at the matmul rate | {at_rate_u:.3f} s | {at_rate_s:.3f} s |",
-  ]
-  alone = "update_matmuls" in c["gkd_jax"]["times"]  # results from before matmul_floor.py: no
-  if alone:
-    mm_u, mm_s = _med(c, "gkd_jax", "update_matmuls"), _med(c, "gkd_jax", "sample_matmuls")
-    rows.append(
-        f"| its weight matmuls alone under XLA, at these shapes (`matmul_floor.py`) "
-        f"| {mm_u:.3f} s | {mm_s:.3f} s |"
-    )
-  rows += [
+      f"| its weight matmuls alone under XLA, at these shapes (`matmul_floor.py`) "
+      f"| {mm_u:.3f} s | {mm_s:.3f} s |",
       "",
       f"TRL/gkd_jax step with the loss + update at the matmul rate (sampling as measured): "
       f"{trl / (at_rate_u + smp):.2f}; with both halves at the matmul rate: "
       f"{trl / (at_rate_u + at_rate_s):.2f}, a ceiling (elementwise work counted as if it ran "
-      "at the matmul rate too).",
+      "at the matmul rate too). With everything but the weight matmuls taking no time, at XLA's "
+      f"speed for their shapes: {trl / (mm_u + mm_s):.2f}.",
   ]
-  if alone:
-    rows[-1] += (
-        f" With everything but the weight matmuls taking no time, at XLA's speed for their shapes: "
-        f"{trl / (mm_u + mm_s):.2f}."
-    )
-  return rows
 
 
 def _loss_check(c) -> list[str]:

@@ -102,19 +102,13 @@ def test_floor_counts_at_least_the_models_matmuls_and_measures_a_matmul_rate(tin
 
 def test_matmul_floor_replicas_count_the_models_weight_matmuls():
   import matmul_floor  # pylint: disable=import-outside-toplevel
-  from gkd_jax.models.config import ModelConfig  # pylint: disable=import-outside-toplevel
+  from gkd_jax import testing  # pylint: disable=import-outside-toplevel
 
-  cfg = lambda L, D, F, H, K, Dh: ModelConfig(
-      model_type="gemma2",
-      vocab_size=64,
-      num_layers=L,
-      embed_dim=D,
-      mlp_dim=F,
-      num_heads=H,
-      num_kv_heads=K,
-      head_dim=Dh,
+  # Two different shapes (Llama: every layer full attention, so any layer count works).
+  student = testing.tiny_config("llama", num_layers=2, vocab_size=64)
+  teacher = testing.tiny_config(
+      "llama", num_layers=3, vocab_size=64, embed_dim=48, mlp_dim=80, head_dim=12
   )
-  student, teacher = cfg(2, 32, 64, 2, 1, 16), cfg(3, 48, 80, 4, 2, 12)
   B, P, N = 2, 3, 4
 
   def forward(c, rows, kept):  # 2 FLOPs per multiply-add; the last layer past k, v on `kept`

@@ -199,7 +199,6 @@ class GkdJaxSide:
     import functools
     import jax
     import jax.numpy as jnp
-    import matmul_floor
     from gkd_jax import models, programs, sharding, train
     from gkd_jax.sampling import sample
 
@@ -239,11 +238,7 @@ class GkdJaxSide:
     for dtype in ("float32", "bfloat16"):  # sampling precision (issue: bf16 is TPU's common case)
       model = models.build(run.student.config, getattr(jnp, dtype))
       self._sample[dtype] = (jax.jit(functools.partial(sample, model, **kw)), model.dtype)
-    # Each half's weight matmuls alone (the floor's "matmuls alone" rows), timed in the rounds.
-    self._alone = matmul_floor.programs(
-        run.student.config, run.teacher.config, args.batch, args.prompt_len, args.new_tokens
-    )
-    self._warm = set()
+    self._alone = None  # each half's weight matmuls alone (matmul_floor.py), built on first use
 
   def _state_step(self, steps) -> dict:
     self.state, m = steps.train_step(self.state, self.run.teacher_params, self.batch, self.rng)
@@ -257,11 +252,16 @@ class GkdJaxSide:
     elif name == "update":
       out = self._state_step(self.off)
     elif name in ("update_matmuls", "sample_matmuls"):
-      fn, args = self._alone[name.split("_")[0]]
-      if name not in self._warm:  # compile on the first call, untimed (only cells that use it)
-        self.jax.block_until_ready(fn(*args))
-        self._warm.add(name)
+      if self._alone is None:  # only the cell that reports the floor: build and compile, untimed
+        import matmul_floor  # pylint: disable=import-outside-toplevel  (jax: not in TRL's venv)
+
+        (B, P), N = self.batch["prompt_tokens"].shape, self.batch["completion_tokens"].shape[1]
+        student, teacher = self.run.student.config, self.run.teacher.config
+        self._alone = matmul_floor.programs(student, teacher, B, P, N)
+        for fn, args in self._alone.values():
+          self.jax.block_until_ready(fn(*args))
         t = time.perf_counter()
+      fn, args = self._alone[name.split("_")[0]]
       self.jax.block_until_ready(fn(*args))
     elif name.startswith("sample"):
       dtype = "bfloat16" if name == "sample_bf16" else "float32"

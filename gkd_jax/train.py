@@ -25,7 +25,7 @@ from gkd_jax import report, sharding, tasks
 from gkd_jax import teacher_cache, tokenizers
 from gkd_jax import workdir as workdir_lib
 from gkd_jax.finite import NonFiniteGuard
-from gkd_jax.models.hf import read_model, read_params, save_pretrained
+from gkd_jax.models.hf import is_gguf, read_model, read_params, save_pretrained
 from gkd_jax.models.presets import get_preset
 from gkd_jax.sampling import sample
 from gkd_jax.tokenizers import load_tokenizer
@@ -60,16 +60,20 @@ class Run:
 
 
 def _load(section, name, mesh, rules):
-  """(model, params) from an HF checkpoint dir, placed with the shardings of its logical axes."""
+  """(model, params) from an HF checkpoint dir or a GGUF file, placed with the shardings of its
+  logical axes."""
   path = section.path
-  if not os.path.isfile(os.path.join(path, "config.json")):
-    raise ValueError(f"{name}.path={path!r} is not a checkpoint directory (no config.json)")
+  gguf = is_gguf(path)
+  if not gguf and not os.path.isfile(os.path.join(path, "config.json")):
+    raise ValueError(
+        f"{name}.path={path!r} is not a checkpoint directory (no config.json) or a .gguf file"
+    )
   dtype = models.DTYPES[section.dtype]
   try:
     model, multimodal = read_model(path, dtype)
   except (KeyError, TypeError, ValueError) as e:
     raise ValueError(
-        f"{os.path.join(path, 'config.json')} ({name}.path): not a model config "
+        f"{path if gguf else os.path.join(path, 'config.json')} ({name}.path): not a model config "
         f"this code reads ({type(e).__name__}: {e})"
     ) from None
   shardings = _param_shardings(model, mesh, rules)

@@ -1,5 +1,7 @@
 """HuggingFace checkpoint folders in and out: config.json + *.safetensors (sharded or not).
 
+GGUF files are read through the same validated path (`params_from_tensors`; see models/gguf.py).
+
   model, params = load_pretrained("path/to/Qwen3-0.6B", dtype=jnp.bfloat16, shardings=...)
   save_pretrained("out/student", model, params)      # opens in transformers unchanged
 
@@ -245,6 +247,74 @@ def _canonical(name: str, multimodal: bool) -> Optional[str]:
 ShardingsArg = Union[None, Any, Callable[[tuple, jax.ShapeDtypeStruct], Any]]
 
 
+@dataclasses.dataclass(frozen=True)
+class TensorRef:
+  """One checkpoint tensor in HF layout, described and read on demand (any file format).
+
+  `meta()` -> (shape, dtype name, is floating point); `read()` -> the array in HF layout; `where`
+  names it in errors (file and tensor name as the file spells it).
+  """
+
+  where: str
+  meta: Callable[[], tuple[tuple[int, ...], str, bool]]
+  read: Callable[[], np.ndarray]
+
+
+def params_from_tensors(
+    tensors: dict[str, TensorRef], model, dtype, shardings: ShardingsArg, source: str
+) -> dict:
+  """The params tree of `model` from HF-named tensors: every expected tensor present, no unexpected
+  one, HF shapes right, dtypes floating point (all checked before the first tensor is read), then
+  read one at a time, cast, and placed. `source` names the checkpoint in errors."""
+  plan = _plan_for(model)
+  expected = {e.hf_name for e in plan}
+  tied_head = model.config.tie_embeddings and "lm_head.weight" in tensors
+  missing = sorted(expected - set(tensors))
+  if missing:
+    raise ValueError(
+        f"checkpoint {source!r} is missing {len(missing)} tensor(s) that "
+        f"{model.config.model_type} needs: {', '.join(missing[:8])}"
+        + (" ..." if len(missing) > 8 else "")
+    )
+  extra = sorted(set(tensors) - expected - ({"lm_head.weight"} if tied_head else set()))
+  if extra:
+    raise ValueError(
+        f"checkpoint {source!r} has {len(extra)} unexpected tensor(s) for this "
+        f"config: {', '.join(extra[:8])}" + (" ..." if len(extra) > 8 else "")
+    )
+  out_dtype = np.dtype(jnp.dtype(dtype))
+  if not jnp.issubdtype(out_dtype, jnp.floating):
+    raise ValueError(f"dtype={out_dtype} must be a floating-point dtype")
+  checks = [(e.hf_name, e.hf_shape) for e in plan]
+  if tied_head:
+    checks.append(("lm_head.weight", plan[0].hf_shape))
+  for name, hf_shape in checks:
+    shape, type_name, is_float = tensors[name].meta()
+    if shape != hf_shape:
+      raise ValueError(
+          f"tensor {name!r} has shape {list(shape)}, expected "
+          f"{list(hf_shape)} for this config ({tensors[name].where})"
+      )
+    if not is_float:
+      raise ValueError(
+          f"tensor {name!r} has dtype {type_name}, which cannot be cast to "
+          f"{out_dtype} (expected a float tensor; {tensors[name].where})"
+      )
+  if tied_head:  # tolerated only when it is the embedding itself (as some releases store it)
+    head, emb = tensors["lm_head.weight"], tensors[plan[0].hf_name]
+    if not np.array_equal(head.read(), emb.read()):
+      raise ValueError(
+          f"tensor {head.where!r} differs from {emb.where!r} but tie_word_embeddings is "
+          "true in config.json"
+      )
+  params: dict = {}
+  for e in plan:
+    x = e.to_ours(tensors[e.hf_name].read()).astype(out_dtype, copy=False)
+    _set(params, e.path, _place(x, e.path, shardings))
+    del x
+  return params
+
+
 def read_params(
     path, model, dtype=jnp.float32, shardings: ShardingsArg = None, multimodal: bool = False
 ) -> dict:
@@ -253,73 +323,34 @@ def read_params(
   shardings: None (default device), a pytree of `jax.sharding.Sharding` with the params' structure,
   or a callable (path_tuple, ShapeDtypeStruct) -> Sharding.
   """
+  if is_gguf(path):
+    from gkd_jax.models import gguf  # pylint: disable=import-outside-toplevel
+
+    return gguf.read_params(path, model, dtype, shardings)
   path = Path(path)
-  plan = _plan_for(model)
-  files = {}
-  for name, file in _weight_files(path).items():
-    canon = _canonical(name, multimodal)
-    if canon is not None:
-      files[canon] = (name, file)
-  expected = {e.hf_name for e in plan}
-  tied_head = model.config.tie_embeddings and "lm_head.weight" in files
-  missing = sorted(expected - set(files))
-  if missing:
-    raise ValueError(
-        f"checkpoint {str(path)!r} is missing {len(missing)} tensor(s) that "
-        f"{model.config.model_type} needs: {', '.join(missing[:8])}"
-        + (" ..." if len(missing) > 8 else "")
-    )
-  extra = sorted(set(files) - expected - ({"lm_head.weight"} if tied_head else set()))
-  if extra:
-    raise ValueError(
-        f"checkpoint {str(path)!r} has {len(extra)} unexpected tensor(s) for this "
-        f"config: {', '.join(extra[:8])}" + (" ..." if len(extra) > 8 else "")
-    )
-  out_dtype = np.dtype(jnp.dtype(dtype))
-  if not jnp.issubdtype(out_dtype, jnp.floating):
-    raise ValueError(f"dtype={out_dtype} must be a floating-point dtype")
-  params: dict = {}
   with contextlib.ExitStack() as stack:
     handles = {}
 
-    def open_(file):
+    def open_(name, file):
       if file not in handles:
         handles[file] = stack.enter_context(_safe_open(file))
+      if name not in handles[file].keys():
+        raise ValueError(f"tensor {name!r} is listed for {file.name} but that file lacks it")
       return handles[file]
 
-    checks = [(e.hf_name, e.hf_shape) for e in plan]
-    if tied_head:
-      checks.append(("lm_head.weight", plan[0].hf_shape))
-    for canon, hf_shape in checks:
-      name, file = files[canon]
-      f = open_(file)
-      if name not in f.keys():
-        raise ValueError(f"tensor {name!r} is listed for {file.name} but that file lacks it")
-      s = f.get_slice(name)
-      shape, st_dtype = tuple(s.get_shape()), s.get_dtype()
-      if shape != hf_shape:
-        raise ValueError(
-            f"tensor {name!r} has shape {list(shape)}, expected "
-            f"{list(hf_shape)} for this config ({file.name})"
-        )
-      if st_dtype not in _FLOAT_DTYPES:
-        raise ValueError(
-            f"tensor {name!r} has dtype {st_dtype}, which cannot be cast to "
-            f"{out_dtype} (expected a float tensor; {file.name})"
-        )
-    if tied_head:  # tolerated only when it is the embedding itself (as some releases store it)
-      (head, head_file), (emb, emb_file) = files["lm_head.weight"], files[plan[0].hf_name]
-      if not np.array_equal(handles[head_file].get_tensor(head), handles[emb_file].get_tensor(emb)):
-        raise ValueError(
-            f"tensor {head!r} differs from {emb!r} but tie_word_embeddings is "
-            "true in config.json"
-        )
-    for e in plan:
-      name, file = files[e.hf_name]
-      x = e.to_ours(handles[file].get_tensor(name)).astype(out_dtype, copy=False)
-      _set(params, e.path, _place(x, e.path, shardings))
-      del x
-  return params
+    def ref(name, file):
+      def meta():
+        s = open_(name, file).get_slice(name)
+        return tuple(s.get_shape()), s.get_dtype(), s.get_dtype() in _FLOAT_DTYPES
+
+      return TensorRef(f"{name} in {file.name}", meta, lambda: open_(name, file).get_tensor(name))
+
+    tensors = {}
+    for name, file in _weight_files(path).items():
+      canon = _canonical(name, multimodal)
+      if canon is not None:
+        tensors[canon] = ref(name, file)
+    return params_from_tensors(tensors, model, dtype, shardings, str(path))
 
 
 def _place(x: np.ndarray, path: tuple, shardings: ShardingsArg):
@@ -346,15 +377,24 @@ def _get(tree, path: tuple):
   return tree
 
 
+def is_gguf(path) -> bool:
+  """Whether `path` names a GGUF file (by its suffix) rather than a checkpoint folder."""
+  return str(path).endswith(".gguf") and not os.path.isdir(path)
+
+
 def read_model(path, dtype=jnp.float32) -> tuple[Any, bool]:
-  """The `Model` the folder's config.json describes (the file is read once), and whether the
+  """The `Model` the folder's config.json (or the GGUF file's metadata) describes, and whether the
   checkpoint is a multimodal Gemma 3 whose text weights `read_params(multimodal=True)` picks."""
+  if is_gguf(path):
+    from gkd_jax.models import gguf  # pylint: disable=import-outside-toplevel
+
+    return _model_api().build(config_from_hf(gguf.read_config(path)), dtype), False
   hf = read_hf_config(path)
   return _model_api().build(config_from_hf(hf), dtype), hf.get("model_type") == "gemma3"
 
 
 def load_pretrained(path, dtype=jnp.float32, shardings: ShardingsArg = None):
-  """(model, params) from a HuggingFace checkpoint folder; see the module docstring."""
+  """(model, params) from a HuggingFace checkpoint folder or a `.gguf` file (see models/gguf.py)."""
   model, multimodal = read_model(path, dtype)
   return model, read_params(path, model, dtype, shardings, multimodal=multimodal)
 

@@ -6,6 +6,8 @@
   gkd-jax compare WORKDIR [WORKDIR ...]                            # finished runs side by side
   gkd-jax plan   --config=configs/gemma2_9b_to_2b.py --topology=v5p-64 [--json]  # fits? (libtpu)
   gkd-jax cache-teacher --config=CFG --out=DIR    # teacher top-k over the training data (resumable)
+  gkd-jax convert --gguf=FILE.gguf --out=DIR      # GGUF -> HF folder (weights, tokenizer, template)
+  gkd-jax convert --checkpoint=DIR --to_gguf=FILE.gguf [--gguf_type=q8_0]   # HF folder -> GGUF
 
 Bad input (config values, paths, data lines, vocabularies, flags, a workdir in use or holding
 another experiment) ends with one line on stderr and exit code 2; a training run that produces a
@@ -62,9 +64,15 @@ _JSON = flags.DEFINE_bool("json", False, "plan: end the output with one JSON obj
 _OUT = flags.DEFINE_string(
     "out",
     None,
-    "cache-teacher: directory of the teacher cache (an interrupted one is continued).",
+    "cache-teacher: directory of the teacher cache (an interrupted one is continued); "
+    "convert --gguf: the HF folder to write.",
 )
-COMMANDS = ("train", "eval", "sample", "compare", "plan", "cache-teacher")
+_GGUF = flags.DEFINE_string("gguf", "", "convert: a .gguf file to write as an HF folder (--out).")
+_TO_GGUF = flags.DEFINE_string("to_gguf", "", "convert: write --checkpoint as this .gguf file.")
+_GGUF_TYPE = flags.DEFINE_enum(
+    "gguf_type", "f32", ["f32", "f16", "bf16", "q8_0"], "convert --to_gguf: tensor type."
+)
+COMMANDS = ("train", "eval", "sample", "compare", "plan", "cache-teacher", "convert")
 
 
 def _student_override(config):
@@ -117,6 +125,23 @@ def _sample(config):
     print(json.dumps({"prompt": prompt, "completion": tok.decode(ids)}), flush=True)
 
 
+def _convert() -> int:
+  """`gkd-jax convert`: GGUF -> HF folder (--gguf, --out) or HF folder/GGUF -> GGUF (--to_gguf)."""
+  from gkd_jax import convert  # pylint: disable=g-import-not-at-top
+
+  try:
+    if _GGUF.value and _OUT.value and not _TO_GGUF.value:
+      print(convert.gguf_to_hf(_GGUF.value, _OUT.value))
+    elif _TO_GGUF.value and _CHECKPOINT.value and not _GGUF.value:
+      print(convert.to_gguf(_CHECKPOINT.value, _TO_GGUF.value, _GGUF_TYPE.value))
+    else:
+      _usage("convert needs --gguf=FILE --out=DIR, or --checkpoint=DIR --to_gguf=FILE")
+  except (ValueError, OSError) as e:
+    print(f"gkd-jax convert: error: {_one_line(e)}", file=sys.stderr)
+    return 2
+  return 0
+
+
 def _usage(message):
   raise app.UsageError(message, exitcode=2)
 
@@ -165,6 +190,8 @@ def main(argv):
       print(f"gkd-jax compare: error: {e}", file=sys.stderr)
       sys.exit(2)
     return
+  if len(argv) == 2 and argv[1] == "convert":
+    sys.exit(_convert())
   if len(argv) != 2 or argv[1] not in COMMANDS:
     _usage(f"usage: gkd-jax {{{','.join(COMMANDS)}}} --config=FILE [flags]")
   config = _config()

@@ -47,6 +47,11 @@ QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpf
 class Tokenizer:
   """One tokenizer behind a backend-independent interface (see the module docstring)."""
 
+  # Defaults for instances unpickled from before these attributes existed.
+  chat_template: Optional[str] = None
+  add_bos_default: bool = True
+  unk_id: Optional[int] = None
+
   def __init__(
       self,
       backend: str,
@@ -57,14 +62,20 @@ class Tokenizer:
       pad_id: int,
       stop_ids: Sequence[int] = (),
       path: str = "",
+      chat_template: Optional[str] = None,
+      add_bos_default: bool = True,
+      unk_id: Optional[int] = None,
   ):
     self.backend = backend  # "sentencepiece" | "tokenizers"
     self.impl = impl  # the SentencePieceProcessor or tokenizers.Tokenizer
     self.bos_id = bos_id
     self.eos_id = int(eos_id)
     self.pad_id = int(pad_id)
+    self.unk_id = None if unk_id is None else int(unk_id)
     self.stop_ids = tuple(dict.fromkeys([self.eos_id, *[int(i) for i in stop_ids]]))
     self.path = path
+    self.chat_template = chat_template or None  # the checkpoint's own Jinja chat template
+    self.add_bos_default = bool(add_bos_default)  # add_bos_token: what encode(add_bos=None) does
 
   @property
   def vocab_size(self) -> int:
@@ -72,8 +83,12 @@ class Tokenizer:
       return int(self.impl.get_piece_size())
     return int(self.impl.get_vocab_size(with_added_tokens=True))
 
-  def encode(self, text: str, add_bos: bool = True) -> list[int]:
-    """Token ids of `text`; a BOS first when `add_bos` and the tokenizer has one. Never adds EOS."""
+  def encode(self, text: str, add_bos: Optional[bool] = True) -> list[int]:
+    """Token ids of `text`; a BOS first when `add_bos` and the tokenizer has one. Never adds EOS.
+
+    `add_bos=None` follows the checkpoint (`add_bos_default`: its add_bos_token setting)."""
+    if add_bos is None:
+      add_bos = self.add_bos_default
     if self.backend == "sentencepiece":
       ids = list(self.impl.encode(text))
     else:
@@ -157,6 +172,7 @@ def _as_id_list(value) -> list[int]:
 
 def _find_file(path: str) -> tuple[str, str]:
   """(tokenizer file, directory holding the json configs) for a directory or a file path."""
+  path = os.fspath(path)
   if os.path.isdir(path):
     for name in TOKENIZER_FILES:
       candidate = os.path.join(path, name)
@@ -197,8 +213,44 @@ def _special_ids(lookup, model_ids: dict, config_dir: str) -> dict:
   return {"bos_id": found["bos"], "eos_id": found["eos"], "pad_id": found["pad"], "stop_ids": stops}
 
 
+def chat_template_of(config_dir: str) -> Optional[str]:
+  """A HF checkpoint's own chat template: `chat_template.jinja`, else tokenizer_config.json's
+  `chat_template` (a string, or a list of {name, template} of which "default" is used); None if
+  it has none."""
+  jinja = os.path.join(config_dir, "chat_template.jinja")
+  if os.path.isfile(jinja):
+    with open(jinja, encoding="utf-8") as f:
+      return f.read() or None
+  config_file = os.path.join(config_dir, "tokenizer_config.json")
+  template = _read_json(config_file).get("chat_template")
+  if isinstance(template, list):
+    named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+    if "default" not in named:
+      raise ValueError(
+          f"{config_file}: chat_template is a list without a 'default' entry (names: "
+          f"{sorted(str(n) for n in named)})"
+      )
+    template = named["default"]
+  if template is not None and not isinstance(template, str):
+    raise ValueError(
+        f"{config_file}: chat_template must be a string or a list of {{name, template}}"
+    )
+  return template or None
+
+
+def _add_bos_default(config_dir: str) -> bool:
+  """tokenizer_config.json's add_bos_token (True when absent: BOS was always added before)."""
+  value = _read_json(os.path.join(config_dir, "tokenizer_config.json")).get("add_bos_token", True)
+  return bool(value)
+
+
 def load_tokenizer(path: str) -> Tokenizer:
-  """Loads `tokenizer.model` (preferred) or `tokenizer.json` from a checkpoint dir, or a file path."""
+  """Loads `tokenizer.model` (preferred) or `tokenizer.json` from a checkpoint dir, a tokenizer
+  file, or a `.gguf` file (see gkd_jax.gguf_tokenizer)."""
+  if str(path).endswith(".gguf") and os.path.isfile(path):
+    from gkd_jax import gguf_tokenizer  # pylint: disable=import-outside-toplevel
+
+    return gguf_tokenizer.tokenizer_from_gguf(path)
   file, config_dir = _find_file(path)
   if file.endswith(".json"):
     import tokenizers  # pylint: disable=import-outside-toplevel
@@ -222,7 +274,63 @@ def load_tokenizer(path: str) -> Tokenizer:
     }
     backend = "sentencepiece"
   ids = _special_ids(lookup, model_ids, config_dir)
-  return Tokenizer(backend, impl, path=file, **ids)
+  unk = _token_string(
+      _read_json(os.path.join(config_dir, "tokenizer_config.json")).get("unk_token")
+  )
+  unk_id = lookup(unk) if unk is not None else None
+  if unk_id is None and backend == "sentencepiece":
+    unk_id = impl.unk_id()
+  return Tokenizer(
+      backend,
+      impl,
+      path=file,
+      chat_template=chat_template_of(config_dir),
+      add_bos_default=_add_bos_default(config_dir),
+      unk_id=unk_id,
+      **ids,
+  )
+
+
+def _token_text(tokenizer: Tokenizer, i: Optional[int]) -> Optional[str]:
+  return None if i is None else tokenizer.id_to_token(i)
+
+
+def save_tokenizer(tokenizer: Tokenizer, folder: str) -> None:
+  """Writes a tokenizer as a HF checkpoint's tokenizer files, which load_tokenizer and
+  transformers' AutoTokenizer both read back to the same ids.
+
+  `tokenizer.model` (sentencepiece; class GemmaTokenizer, or LlamaTokenizer when the model adds a
+  dummy prefix) or `tokenizer.json` (PreTrainedTokenizerFast), plus `tokenizer_config.json` (special
+  token strings, add_bos_token, chat_template) and `special_tokens_map.json`."""
+  os.makedirs(folder, exist_ok=True)
+  specials = {
+      f"{kind}_token": _token_text(tokenizer, getattr(tokenizer, f"{kind}_id"))
+      for kind in ("bos", "eos", "unk", "pad")
+  }
+  specials = {k: v for k, v in specials.items() if v is not None}
+  if tokenizer.backend == "sentencepiece":
+    proto = tokenizer.impl.serialized_model_proto()
+    with open(os.path.join(folder, "tokenizer.model"), "wb") as f:
+      f.write(proto)
+    from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
+
+    model = sentencepiece_model_pb2.ModelProto.FromString(proto)
+    cls = "LlamaTokenizer" if model.normalizer_spec.add_dummy_prefix else "GemmaTokenizer"
+  else:
+    tokenizer.impl.save(os.path.join(folder, "tokenizer.json"))
+    cls = "PreTrainedTokenizerFast"
+  config = {
+      "tokenizer_class": cls,
+      **specials,
+      "add_bos_token": tokenizer.add_bos_default and tokenizer.bos_id is not None,
+      "add_eos_token": False,
+      "clean_up_tokenization_spaces": False,
+  }
+  if tokenizer.chat_template:
+    config["chat_template"] = tokenizer.chat_template
+  for name, obj in (("tokenizer_config.json", config), ("special_tokens_map.json", specials)):
+    with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=2, ensure_ascii=False)
 
 
 def has_tokenizer(path: str) -> bool:

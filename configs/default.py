@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.shuffle = True  # Shuffle every epoch (deterministically, from `seed`).
   c.data.num_epochs = -1  # Passes over the training data; -1 = repeat forever (stop at num_steps).
   c.data.worker_count = 0  # Grain worker processes for tokenization; 0 = in the main process.
-  c.data.chat_family = ""  # gemma | llama3 | chatml | qwen2.5: template of chat "messages" records.
+  c.data.chat_family = ""  # Chats without a tokenizer chat template: gemma|llama3|chatml|qwen2.5.
 
   # The GKD algorithm (README: "The algorithm and its settings").
   c.gkd = ml_collections.ConfigDict()

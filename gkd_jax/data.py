@@ -5,9 +5,12 @@ A data file has one JSON object per line, either
   {"prompt": "...", "completion": "..."}        # completion optional (on-policy runs need none)
   {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
 
-A chat record's last message, when it is the assistant's, is the completion; the messages before it are
-rendered with the family's chat template (`gkd_jax.tokenizers.apply_chat_template`) into the prompt,
-ending with the opening of the assistant turn. Chat records need `chat_family`.
+A chat record's last message, when it is the assistant's, is the completion; the messages before
+it are rendered into the prompt, ending with the opening of the assistant turn: with the tokenizer's
+own chat template when it has one (`gkd_jax.chat_template`: the ids transformers'
+apply_chat_template gives), else in `chat_family`'s format (`tokenizers.apply_chat_template`, BOS
+first). Chat records need one of the two. A plain prompt gets a BOS when the tokenizer adds one by
+default (`add_bos_default`: the checkpoint's add_bos_token).
 
 Every batch is a dict of int32 numpy arrays, B = the per-process batch size:
 
@@ -16,11 +19,14 @@ Every batch is a dict of int32 numpy arrays, B = the per-process batch size:
   completion_tokens  [B,C]  RIGHT-padded; the completion followed by its end token
   completion_mask    [B,C]  1 on completion tokens and the end token; all 0 for a prompt-only record
 
-The end token is the tokenizer's EOS for plain records and the family's end-of-turn token for chat
-records (`completion_end_id`); a sampler should stop at the same id.
+The end token is the chat end-of-turn token for chat records (`completion_end_id`: the one the
+tokenizer's template writes after an assistant message, else the family's) and the tokenizer's EOS
+for plain records (the end-of-turn token too when `chat_family` is set); a sampler should stop at
+the same id.
 
 Truncation policy: a prompt longer than P keeps its LAST P tokens (what the completion directly follows),
-with the BOS put back in front when it had one; it is never dropped. A completion plus its end token
+with the BOS put back in front when it had one and the tokenizer adds BOS by default; it is never
+dropped. A completion plus its end token
 longer than C is cut to its first C tokens, so the end token is lost only when the completion itself is
 cut.
 
@@ -51,6 +57,7 @@ import grain
 import jax
 import numpy as np
 
+from gkd_jax import chat_template
 from gkd_jax import tokenizers as tok_lib
 
 ROLES = ("system", "user", "assistant")
@@ -134,8 +141,16 @@ def read_jsonl_records(path: str) -> list[dict]:
 _FAMILIES = ", ".join(tok_lib.CHAT_FAMILIES)
 
 
+def has_chat_template(tokenizer) -> bool:
+  """Whether the tokenizer brings its own chat template (which then renders chat records)."""
+  return bool(getattr(tokenizer, "chat_template", None))
+
+
 def completion_end_id(tokenizer, chat_family: Optional[str] = None) -> int:
-  """The id that ends a completion: the family's end-of-turn token for chat data, else EOS."""
+  """The id that ends a chat completion: the end-of-turn token of the tokenizer's own chat template
+  when it has one, else the family's; EOS without either."""
+  if has_chat_template(tokenizer):
+    return chat_template.end_of_turn_id(tokenizer)
   if chat_family:
     i = tokenizer.token_to_id(tok_lib.end_of_turn_token(chat_family))
     if i is not None:
@@ -143,18 +158,31 @@ def completion_end_id(tokenizer, chat_family: Optional[str] = None) -> int:
   return tokenizer.eos_id
 
 
+def _split_completion(messages: Sequence[dict]) -> tuple[list, Optional[str]]:
+  """(the messages of the prompt, the final assistant message's content or None)."""
+  if messages[-1]["role"] == "assistant":
+    return list(messages[:-1]), messages[-1]["content"]
+  return list(messages), None
+
+
 def record_text(record: dict, chat_family: Optional[str]) -> tuple[str, Optional[str]]:
-  """(prompt text, completion text or None) of a validated record."""
+  """(prompt text, completion text or None) of a validated record; chats in `chat_family`'s
+  format."""
   if "messages" not in record:
     return record["prompt"], record["completion"]
   if not chat_family:
     raise ValueError(f"chat 'messages' records need a chat_family ({_FAMILIES})")
-  messages = record["messages"]
-  completion = None
-  if messages[-1]["role"] == "assistant":
-    completion = messages[-1]["content"]
-    messages = messages[:-1]
+  messages, completion = _split_completion(record["messages"])
   return tok_lib.apply_chat_template(messages, chat_family, add_generation_prompt=True), completion
+
+
+def record_ids(tokenizer, record: dict, chat_family: Optional[str]) -> tuple[list, Optional[str]]:
+  """(prompt ids, completion text or None) of a validated record (see the module docstring)."""
+  if "messages" in record and has_chat_template(tokenizer):
+    messages, completion = _split_completion(record["messages"])
+    return chat_template.encode_chat(tokenizer, messages, add_generation_prompt=True), completion
+  prompt, completion = record_text(record, chat_family)
+  return tokenizer.encode(prompt, add_bos=True if "messages" in record else None), completion
 
 
 def truncate_prompt(ids: Sequence[int], max_len: int, bos_id: Optional[int]) -> list[int]:
@@ -181,12 +209,14 @@ class TokenizeAndPad(grain.transforms.Map):
     self.max_prompt_len = max_prompt_len
     self.max_completion_len = max_completion_len
     self.chat_family = chat_family
-    self.end_id = completion_end_id(tokenizer, chat_family)
+    self.end_id = completion_end_id(tokenizer, chat_family)  # chat records
+    self.plain_end_id = self.end_id if chat_family else tokenizer.eos_id
+    self.kept_bos = tokenizer.bos_id if getattr(tokenizer, "add_bos_default", True) else None
 
   def map(self, record: dict) -> dict:
     tok, P, C = self.tokenizer, self.max_prompt_len, self.max_completion_len
-    prompt, completion = record_text(record, self.chat_family)
-    prompt_ids = truncate_prompt(tok.encode(prompt, add_bos=True), P, tok.bos_id)
+    prompt_ids, completion = record_ids(tok, record, self.chat_family)
+    prompt_ids = truncate_prompt(prompt_ids, P, self.kept_bos)
     prompt_tokens_P = np.full((P,), tok.pad_id, np.int32)
     prompt_mask_P = np.zeros((P,), np.int32)
     if prompt_ids:
@@ -195,7 +225,8 @@ class TokenizeAndPad(grain.transforms.Map):
     completion_tokens_C = np.full((C,), tok.pad_id, np.int32)
     completion_mask_C = np.zeros((C,), np.int32)
     if completion is not None:
-      completion_ids = (tok.encode(completion, add_bos=False) + [self.end_id])[:C]
+      end_id = self.end_id if "messages" in record else self.plain_end_id
+      completion_ids = (tok.encode(completion, add_bos=False) + [end_id])[:C]
       completion_tokens_C[: len(completion_ids)] = completion_ids
       completion_mask_C[: len(completion_ids)] = 1
     return {
@@ -254,8 +285,11 @@ def make_dataset(
     num_epochs = None  # -1 in configs: repeat forever
   if chat_family:
     chat_family = tok_lib.chat_family(chat_family)
-  elif any("messages" in r for r in records):
-    raise ValueError(f"the data has chat 'messages' records: set data.chat_family ({_FAMILIES})")
+  elif any("messages" in r for r in records) and not has_chat_template(tokenizer):
+    raise ValueError(
+        "the data has chat 'messages' records and the tokenizer has no chat template: set "
+        f"data.chat_family ({_FAMILIES})"
+    )
   records = list(records)
   teacher_R = teacher_indices(records, teachers, default_teacher) if teachers else None
   if split_global_batches:

@@ -226,6 +226,26 @@ def test_metadata_reader_equals_gguf_reader(small_spm):
   assert tok.chat_template == ref.chat_template and tok.add_bos_default == ref.add_bos_default
 
 
+def test_a_small_byte_level_gguf(tmp_path):
+  """Control tokens are special and matched in text, user-defined ones matched, digits split alone
+  (`smollm`), and a token llama.cpp wrote in plain text is respelled in the byte alphabet."""
+  tokens = ["<|end|>", "<tool>", "a", "b", "ab", "\u0120", "1", "2", "12", "\u010a", "\n\n"]
+  path = _write_gguf(
+      tmp_path / "bpe.gguf",
+      tokenizer_model="gpt2",
+      tokenizer_pre="smollm",
+      token_list=tokens,
+      token_types=[3, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+      token_merges=["a b", "1 2"],
+      eos_token_id=0,
+  )
+  tok = gt.tokenizer_from_gguf(path)
+  assert tok.encode("ab<|end|>a b<tool>12", add_bos=False) == [4, 0, 2, 5, 3, 1, 6, 7]
+  assert tok.token_to_id("\u010a\u010a") == 10  # "\n\n" respelled
+  assert tok.decode([4, 0, 2], skip_special=False) == "ab<|end|>a"
+  assert tok.bos_id is None and tok.pad_id == 0 and tok.add_bos_default is False
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [

@@ -38,6 +38,13 @@ _CHECKPOINT = flags.DEFINE_string(
 _PROMPTS = flags.DEFINE_string(
     "prompts", "-", "sample: file with one prompt per line ('-': stdin)."
 )
+_CHAT = flags.DEFINE_enum(
+    "chat",
+    "auto",
+    ["auto", "yes", "no"],
+    "sample: send each prompt as a user message through the chat template (auto: when the "
+    "tokenizer has one of its own, or data.chat_family is set).",
+)
 _RESTART = flags.DEFINE_bool(
     "restart",
     False,
@@ -85,7 +92,7 @@ def _student_override(config):
 def _sample(config):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from gkd_jax import train  # pylint: disable=g-import-not-at-top
+  from gkd_jax import chat_template, train  # pylint: disable=g-import-not-at-top
   from gkd_jax.sampling import sample  # pylint: disable=g-import-not-at-top
   from gkd_jax.data import truncate_prompt  # pylint: disable=g-import-not-at-top
 
@@ -98,8 +105,14 @@ def _sample(config):
   max_len = min(
       config.data.max_prompt_len, run.student.config.max_position_embeddings - s.max_new_tokens
   )
+  family = config.data.chat_family or None
+  chat = _CHAT.value == "yes" or (_CHAT.value == "auto" and bool(tok.chat_template or family))
   for i, prompt in enumerate(l.replace("\\n", "\n") for l in lines if l.strip()):
-    ids = tok.encode(prompt, add_bos=True)
+    if chat:
+      messages = [{"role": "user", "content": prompt}]
+      ids = chat_template.encode_chat(tok, messages, chat_family=family)
+    else:
+      ids = tok.encode(prompt, add_bos=None)  # BOS as the checkpoint adds it
     if len(ids) > max_len:  # as training does: keep the end, which the completion follows
       logging.warning(
           "prompt %d has %d tokens; keeping its last %d (data.max_prompt_len, and "

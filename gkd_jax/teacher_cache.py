@@ -102,6 +102,9 @@ def teacher_identity(path: str) -> dict:
 def tokenizer_identity(tokenizer) -> dict:
   h = hashlib.sha256()
   h.update(json.dumps([tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id]).encode())
+  # The chat template and BOS default decide how records become ids, as much as the vocabulary.
+  template = getattr(tokenizer, "chat_template", None) or ""
+  h.update(json.dumps([template, getattr(tokenizer, "add_bos_default", True)]).encode())
   for i in range(tokenizer.vocab_size):
     h.update(tokenizer.id_to_token(i).encode("utf-8", "surrogatepass") + b"\0")
   return {"vocab_size": tokenizer.vocab_size, "sha256": h.hexdigest()}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import gkd_jax
-from gkd_jax import convert, released, tokenizers
+from gkd_jax import chat_template, convert, released, tokenizers
 from gkd_jax.models import gguf_write
 from gkd_jax.models.hf_config import config_from_hf
 
@@ -123,7 +123,7 @@ def test_converted_hf_folder_reloads(real, tmp_path):
   _same_params(params, params2)
   tok = tokenizers.load_tokenizer(str(folder))
   toks = _fixture(name, "tokens.json")
-  assert [tok.encode(t, add_bos=False) for t in toks["texts"]] == toks["ids"]
+  assert [chat_template.encode_rendered(tok, t) for t in toks["texts"]] == toks["ids"]
 
 
 def test_written_gguf_reopens(real, tmp_path):
@@ -136,7 +136,7 @@ def test_written_gguf_reopens(real, tmp_path):
   _same_params(params, params2, atol=2e-7 if name.startswith("gemma") else 0.0)
   tok2 = tokenizers.load_tokenizer(str(f32))
   toks = _fixture(name, "tokens.json")
-  assert [tok2.encode(t, add_bos=False) for t in toks["texts"]] == toks["ids"]
+  assert [chat_template.encode_rendered(tok2, t) for t in toks["texts"]] == toks["ids"]
   assert tok2.chat_template == tok.chat_template
   # Q8_0 of an already-quantised model: logits move by a small fraction of their spread.
   q8 = gguf_write.save_gguf(tmp_path / "q8.gguf", model, params, tok, qtype="q8_0")

@@ -3,8 +3,12 @@
 A data file has one JSON object per line, either
 
   {"prompt": "...", "completion": "..."}        # completion optional (on-policy runs need none)
+  {"prompt": "...", "completion_ids": [...]}    # the completion as token ids, used verbatim
   {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
 
+`completion_ids` (also on a chat record without a final assistant message) keeps a model's own
+tokens, e.g. a teacher's sampled answer with its end token: decoding to text and re-encoding would
+change the ids of a few percent of answers. Nothing is appended to them.
 A chat record's last message, when it is the assistant's, is the completion; the messages before
 it are rendered into the prompt, ending with the opening of the assistant turn: with the tokenizer's
 own chat template when it has one (`gkd_jax.chat_template`: the ids transformers'
@@ -89,7 +93,10 @@ def _validate_record(record, path: str, lineno: int) -> dict:
         )
     if not any(m["role"] == "user" for m in messages):
       raise _record_error(path, lineno, "'messages' has no user message")
-    return _with_teacher({"messages": messages}, record, path, lineno)
+    out = {"messages": messages, **_completion_ids(record, path, lineno)}
+    if "completion_ids" in out and messages[-1]["role"] == "assistant":
+      raise _record_error(path, lineno, "'completion_ids' and a final assistant message: give one")
+    return _with_teacher(out, record, path, lineno)
   if "prompt" not in record:
     raise _record_error(
         path,
@@ -102,7 +109,26 @@ def _validate_record(record, path: str, lineno: int) -> dict:
     raise _record_error(path, lineno, f"'prompt' must be a non-empty string, got {prompt!r:.80}")
   if completion is not None and not isinstance(completion, str):
     raise _record_error(path, lineno, f"'completion' must be a string, got {completion!r:.80}")
-  return _with_teacher({"prompt": prompt, "completion": completion}, record, path, lineno)
+  ids = _completion_ids(record, path, lineno)
+  if ids and completion is not None:
+    raise _record_error(path, lineno, "'completion' and 'completion_ids': give one")
+  return _with_teacher({"prompt": prompt, "completion": completion, **ids}, record, path, lineno)
+
+
+def _completion_ids(record: dict, path: str, lineno: int) -> dict:
+  """{"completion_ids": [...]} when the record gives its completion as token ids, else {}."""
+  if "completion_ids" not in record:
+    return {}
+  ids = record["completion_ids"]
+  if (
+      not isinstance(ids, list)
+      or not ids
+      or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
+  ):
+    raise _record_error(
+        path, lineno, f"'completion_ids' must be a non-empty list of token ids, got {ids!r:.80}"
+    )
+  return {"completion_ids": ids}
 
 
 def _with_teacher(normalised: dict, record: dict, path: str, lineno: int) -> dict:
@@ -224,7 +250,16 @@ class TokenizeAndPad(grain.transforms.Map):
       prompt_mask_P[P - len(prompt_ids) :] = 1
     completion_tokens_C = np.full((C,), tok.pad_id, np.int32)
     completion_mask_C = np.zeros((C,), np.int32)
-    if completion is not None:
+    if "completion_ids" in record:  # verbatim: the end token is there when the answer ended
+      completion_ids = list(record["completion_ids"])[:C]
+      if max(completion_ids) >= tok.vocab_size:
+        raise ValueError(
+            f"completion_ids has id {max(completion_ids)}, outside the tokenizer's "
+            f"{tok.vocab_size}-token vocabulary"
+        )
+      completion_tokens_C[: len(completion_ids)] = completion_ids
+      completion_mask_C[: len(completion_ids)] = 1
+    elif completion is not None:
       end_id = self.end_id if "messages" in record else self.plain_end_id
       completion_ids = (tok.encode(completion, add_bos=False) + [end_id])[:C]
       completion_tokens_C[: len(completion_ids)] = completion_ids

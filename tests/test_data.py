@@ -263,6 +263,14 @@ def test_iterator_state_resume_gives_same_batches(tmp_path, tok):
         ("[1, 2]", "expected a JSON object"),
         ('{"messages": [{"role": "robot", "content": "x"}]}', "messages[0]"),
         ('{"messages": [{"role": "assistant", "content": "x"}]}', "no user message"),
+        ('{"prompt": "a", "completion_ids": [1, -2]}', "'completion_ids' must be"),
+        ('{"prompt": "a", "completion_ids": []}', "'completion_ids' must be"),
+        ('{"prompt": "a", "completion": "b", "completion_ids": [1]}', "give one"),
+        (
+            '{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]'
+            ', "completion_ids": [1]}',
+            "give one",
+        ),
     ],
 )
 def test_malformed_line_names_file_and_line(tmp_path, line, message):
@@ -272,6 +280,38 @@ def test_malformed_line_names_file_and_line(tmp_path, line, message):
     data.read_jsonl_records(path)
   assert str(e.value).startswith(f"{path}:4: ")
   assert message in str(e.value)
+
+
+def test_completion_ids_are_used_verbatim(tmp_path, tok):
+  """Token-id completions (a teacher's own tokens) are copied as given: no re-encoding, nothing
+  appended, cut to C; ids outside the vocabulary are refused."""
+  rng = np.random.default_rng(5)
+  ids = [rng.integers(0, tok.vocab_size, n).tolist() for n in (3, 9, 20)]
+  rows = [{"prompt": "Q: 1+1\nA:", "completion_ids": x} for x in ids]
+  C = 12
+  (batch,) = _collect(
+      data.make_loader(
+          _write(tmp_path / "d.jsonl", rows),
+          tok,
+          batch_size=3,
+          max_prompt_len=8,
+          max_completion_len=C,
+          shuffle=False,
+          num_epochs=1,
+          shard_index=0,
+          shard_count=1,
+      )
+  )
+  for i, x in enumerate(ids):
+    n = min(len(x), C)
+    np.testing.assert_array_equal(batch["completion_tokens"][i][:n], x[:n])
+    assert batch["completion_mask"][i].tolist() == [1] * n + [0] * (C - n)
+  bad = _write(tmp_path / "bad.jsonl", [{"prompt": "a", "completion_ids": [tok.vocab_size]}])
+  loader = data.make_loader(
+      bad, tok, batch_size=1, max_prompt_len=8, max_completion_len=C, shard_index=0, shard_count=1
+  )
+  with pytest.raises(ValueError, match="outside the tokenizer"):
+    next(iter(loader))
 
 
 def test_empty_file_is_an_error(tmp_path):

@@ -8,6 +8,8 @@
   gkd-jax cache-teacher --config=CFG --out=DIR    # teacher top-k over the training data (resumable)
   gkd-jax convert --gguf=FILE.gguf --out=DIR      # GGUF -> HF folder (weights, tokenizer, template)
   gkd-jax convert --checkpoint=DIR --to_gguf=FILE.gguf [--gguf_type=q8_0]   # HF folder -> GGUF
+  gkd-jax prune --checkpoint=DIR|FILE.gguf --out=DIR --num_layers=N [--prune_rule=importance]
+                [--calibration=FILE.jsonl]          # depth pruning (Minitron block importance)
 
 Bad input (config values, paths, data lines, vocabularies, flags, a workdir in use or holding
 another experiment) ends with one line on stderr and exit code 2; a training run that produces a
@@ -33,7 +35,8 @@ _WORKDIR = flags.DEFINE_string(
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint",
     "",
-    "eval/sample: HF checkpoint dir of the student (default: config.student.path).",
+    "eval/sample: HF checkpoint dir or .gguf file of the student (default: config.student.path); "
+    "convert --to_gguf / prune: the checkpoint to read.",
 )
 _PROMPTS = flags.DEFINE_string(
     "prompts", "-", "sample: file with one prompt per line ('-': stdin)."
@@ -72,14 +75,25 @@ _OUT = flags.DEFINE_string(
     "out",
     None,
     "cache-teacher: directory of the teacher cache (an interrupted one is continued); "
-    "convert --gguf: the HF folder to write.",
+    "convert --gguf / prune: the HF folder to write.",
 )
 _GGUF = flags.DEFINE_string("gguf", "", "convert: a .gguf file to write as an HF folder (--out).")
 _TO_GGUF = flags.DEFINE_string("to_gguf", "", "convert: write --checkpoint as this .gguf file.")
 _GGUF_TYPE = flags.DEFINE_enum(
     "gguf_type", "f32", ["f32", "f16", "bf16", "q8_0"], "convert --to_gguf: tensor type."
 )
-COMMANDS = ("train", "eval", "sample", "compare", "plan", "cache-teacher", "convert")
+_NUM_LAYERS = flags.DEFINE_integer("num_layers", None, "prune: layers to keep.")
+_PRUNE_RULE = flags.DEFINE_enum(
+    "prune_rule",
+    "importance",
+    ["importance", "even"],
+    "prune: keep the most important layers (Minitron block importance on --calibration) or evenly "
+    "spaced ones; both keep the first, the last and every global-attention layer.",
+)
+_CALIBRATION = flags.DEFINE_string(
+    "calibration", "", "prune: JSONL records whose prompts measure block importance."
+)
+COMMANDS = ("train", "eval", "sample", "compare", "plan", "cache-teacher", "convert", "prune")
 
 
 def _student_override(config):
@@ -155,6 +169,23 @@ def _convert() -> int:
   return 0
 
 
+def _prune() -> int:
+  """`gkd-jax prune`: --checkpoint pruned to --num_layers layers, written to --out."""
+  from gkd_jax.prune_checkpoint import prune_checkpoint  # pylint: disable=g-import-not-at-top
+
+  if not (_CHECKPOINT.value and _OUT.value and _NUM_LAYERS.value):
+    _usage("prune needs --checkpoint=DIR|FILE.gguf --out=DIR --num_layers=N")
+  try:
+    record = prune_checkpoint(
+        _CHECKPOINT.value, _OUT.value, _NUM_LAYERS.value, _PRUNE_RULE.value, _CALIBRATION.value
+    )
+  except (ValueError, OSError) as e:
+    print(f"gkd-jax prune: error: {_one_line(e)}", file=sys.stderr)
+    return 2
+  print(json.dumps({"out": _OUT.value, "kept": record["kept"]}))
+  return 0
+
+
 def _usage(message):
   raise app.UsageError(message, exitcode=2)
 
@@ -203,8 +234,8 @@ def main(argv):
       print(f"gkd-jax compare: error: {e}", file=sys.stderr)
       sys.exit(2)
     return
-  if len(argv) == 2 and argv[1] == "convert":
-    sys.exit(_convert())
+  if len(argv) == 2 and argv[1] in ("convert", "prune"):
+    sys.exit(_convert() if argv[1] == "convert" else _prune())
   if len(argv) != 2 or argv[1] not in COMMANDS:
     _usage(f"usage: gkd-jax {{{','.join(COMMANDS)}}} --config=FILE [flags]")
   config = _config()

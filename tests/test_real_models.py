@@ -89,9 +89,13 @@ def test_logits_equal_transformers(real):
 
 
 def test_greedy_decode_equals_transformers(real):
+  """32 greedy tokens equal transformers' generate(). Its run had EOS suppressed (min_new_tokens =
+  32), so the comparison ends where ours emits EOS; it also ends at a near-tie (top-1 minus top-2
+  below 1e-3 in transformers' logits), where another implementation's rounding may pick either."""
   name, _, model, params = real
   g = _fixture(name, "greedy.json")
   assert not g["eos_stopping"]
+  compared = []
   for run in g["runs"]:
     ids = np.asarray([run["ids"]], np.int32)
     out = gkd_jax.sample(
@@ -104,7 +108,15 @@ def test_greedy_decode_equals_transformers(real):
         temperature=0.0,
         eos_id=[],
     )
-    assert [int(t) for t in out.tokens[0]] == run["new_ids"], run["prompt"]
+    ours = [int(t) for t in out.tokens[0]]
+    n = len(ours)
+    for i, (t, margin) in enumerate(zip(ours, run["margins"])):
+      if t == model.config.eos_id or margin < 1e-3:
+        n = i + (t != model.config.eos_id)  # a near-tie's own token is still compared
+        break
+    assert ours[:n] == run["new_ids"][:n], run["prompt"]
+    compared.append(n)
+  print(f"{name}: greedy tokens compared per prompt: {compared}")
 
 
 def _same_params(a, b, atol=0.0):

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 WORKDIR ?= workdirs/demo
 
-.PHONY: install models test lint demo fixtures clean
+.PHONY: install models test lint demo demo-slip fixtures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,14 +31,20 @@ lint: $(STAMP)
 	$(VENV)/bin/pyink --check .; fmt=$$?; $(VENV)/bin/ruff check .; lint=$$?; \
 	  test $$fmt -eq 0 && test $$lint -eq 0
 
-# The embedded default: supervised KD vs on-policy GKD from one student init on the bundled
-# slip-addition task, then one table (each run resumes if interrupted, or is reported if finished).
-demo: $(STAMP)
-	$(VENV)/bin/gkd-jax train --config=configs/demo.py --workdir=$(WORKDIR)/supervised_kd \
+# The main job: SmolLM2-135M-Instruct (fetched by `make models`) pruned to half its layers, then
+# recovered by supervised KD and by on-policy distillation from the same init for the same number of
+# steps; one table and held-out answers side by side (resumable: run it again to continue).
+demo: models
+	$(PY) experiments/prune_and_distill.py --budget=demo --workdir=$(WORKDIR)
+
+# The toy comparison on the bundled slip-addition task (supervised KD vs on-policy GKD).
+SLIPDIR ?= workdirs/demo_slip
+demo-slip: $(STAMP)
+	$(VENV)/bin/gkd-jax train --config=configs/demo.py --workdir=$(SLIPDIR)/supervised_kd \
 	  --config.gkd.lmbda=0
-	$(VENV)/bin/gkd-jax train --config=configs/demo.py --workdir=$(WORKDIR)/on_policy \
+	$(VENV)/bin/gkd-jax train --config=configs/demo.py --workdir=$(SLIPDIR)/on_policy \
 	  --config.eval.teacher=False
-	$(VENV)/bin/gkd-jax compare $(WORKDIR)/supervised_kd $(WORKDIR)/on_policy
+	$(VENV)/bin/gkd-jax compare $(SLIPDIR)/supervised_kd $(SLIPDIR)/on_policy
 
 # Reference fixtures from transformers/TRL, made in a separate venv with torch (never needed by `make test`).
 REFVENV ?= .refvenv

@@ -1,10 +1,12 @@
-"""The embedded default: supervised KD against on-policy distillation on the slip-addition task.
+"""The toy comparison: supervised KD against on-policy distillation on the slip-addition task.
 
-  make demo     # trains both from the same student init, then prints one table:
-                # gkd-jax train --config=configs/demo.py --workdir=workdirs/demo/supervised_kd \
-                #     --config.gkd.lmbda=0
-                # gkd-jax train --config=configs/demo.py --workdir=workdirs/demo/on_policy
-                # gkd-jax compare workdirs/demo/supervised_kd workdirs/demo/on_policy
+  make demo-slip  # trains both from the same student init, then prints one table:
+                  # gkd-jax train --config=configs/demo.py --workdir=workdirs/demo_slip/supervised_kd \
+                  #     --config.gkd.lmbda=0
+                  # gkd-jax train --config=configs/demo.py --workdir=workdirs/demo_slip/on_policy
+                  # gkd-jax compare workdirs/demo_slip/supervised_kd workdirs/demo_slip/on_policy
+
+(`make demo`, the main job, is configs/prune_and_distill.py on a real model.)
 
 The bundled teacher (4 layers) learnt addition from a corpus in which ~10% of the steps slip and are
 corrected in place ("7+8+1=15/16"); the student (2 layers) was SFT'd on clean data only. Supervised KD

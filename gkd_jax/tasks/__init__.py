@@ -7,7 +7,7 @@ bundled files (train.jsonl, eval.jsonl, tokenizer.model, and the trained checkpo
 import importlib
 import os
 
-TASKS = ("arithmetic", "slip_addition")
+TASKS = ("arithmetic", "slip_addition", "instructions")
 
 
 def get_task(name: str):

@@ -21,9 +21,10 @@ models: $(STAMP)
 	$(PY) experiments/fetch_models.py
 
 # Lint first (formatting and ruff, check mode), then the whole suite, slow tests included (the
-# real-model tests read the models `make models` fetched); -n 2 uses both cores of the CI machine.
+# real-model tests read the models `make models` fetched); -n 2 uses both cores of the CI machine,
+# and --dist loadgroup keeps each real model on one worker (loaded once).
 test: lint models
-	$(PY) -m pytest -n 2 -q --durations=15 tests
+	$(PY) -m pytest -n 2 --dist loadgroup -q --durations=15 tests
 
 # Formatting (pyink) and lint (ruff) in check mode: nothing is rewritten; `pyink .` and
 # `ruff check --fix .` apply them.

@@ -245,7 +245,8 @@ def side_by_side(rows: dict, refs: list, n: int) -> str:
     out.append(f"\n### {records[i]['messages'][-1]['content']}\n")
     out.append(f"- **teacher**: {refs[i]!r}")
     for name, ms in rows.items():
-      out.append(f"- **{name}**: {ms[0]['answers'][i]!r}")
+      if name != "teacher":  # its greedy answer is the reference above
+        out.append(f"- **{name}**: {ms[0]['answers'][i]!r}")
   return "\n".join(out)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import gkd_jax
-from gkd_jax import chat_template, convert, released, tokenizers
+from gkd_jax import chat_template, convert, lm_eval, released, tokenizers
 from gkd_jax.models import gguf_write
 from gkd_jax.models.hf_config import config_from_hf
 
@@ -74,10 +74,15 @@ def test_logits_equal_transformers(real):
   n = len([k for k in z.files if k.startswith("ids_")])
   assert n >= 8
   worst = {}
+  # All prompts in one right-padded batch (one compile); causal, so padding changes nothing before it.
+  lengths = [len(z[f"ids_{i}"]) for i in range(n)]
+  tokens = np.zeros((n, max(lengths)), np.int32)
+  mask = np.zeros_like(tokens)
+  for i, t in enumerate(lengths):
+    tokens[i, :t], mask[i, :t] = z[f"ids_{i}"], 1
+  logits = np.asarray(gkd_jax.score(model, params, jnp.asarray(tokens), jnp.asarray(mask)))
   for i in range(n):
-    ids = z[f"ids_{i}"][None]
-    logits = gkd_jax.score(model, params, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)))
-    ours = _stats(logits[0], z["sub_ids"])
+    ours = _stats(logits[i, : lengths[i]], z["sub_ids"])
     scale = float(np.abs(z[f"sub_vals_{i}"]).max())
     for key in ("lse", "top_vals", "sub_vals"):
       rel = float(np.abs(ours[key] - z[f"{key}_{i}"]).max()) / scale
@@ -96,19 +101,19 @@ def test_greedy_decode_equals_transformers(real):
   g = _fixture(name, "greedy.json")
   assert not g["eos_stopping"]
   compared = []
-  for run in g["runs"]:
-    ids = np.asarray([run["ids"]], np.int32)
-    out = gkd_jax.sample(
-        model,
-        params,
-        ids,
-        np.ones_like(ids),
-        jax.random.key(0),
-        max_new_tokens=g["max_new_tokens"],
-        temperature=0.0,
-        eos_id=[],
-    )
-    ours = [int(t) for t in out.tokens[0]]
+  prompts = lm_eval.pad_prompts([run["ids"] for run in g["runs"]], model.config.pad_id)
+  out = gkd_jax.sample(  # every prompt in one left-padded batch: one compile
+      model,
+      params,
+      prompts.tokens,
+      prompts.mask,
+      jax.random.key(0),
+      max_new_tokens=g["max_new_tokens"],
+      temperature=0.0,
+      eos_id=[],
+  )
+  for row, run in enumerate(g["runs"]):
+    ours = [int(t) for t in out.tokens[row]]
     n = len(ours)
     for i, (t, margin) in enumerate(zip(ours, run["margins"])):
       if t == model.config.eos_id or margin < 1e-3:
@@ -150,6 +155,8 @@ def test_written_gguf_reopens(real, tmp_path):
   toks = _fixture(name, "tokens.json")
   assert [chat_template.encode_rendered(tok2, t) for t in toks["texts"]] == toks["ids"]
   assert tok2.chat_template == tok.chat_template
+  if name != "smollm2_135m":
+    return  # Q8_0 on the smaller model only (Gemma's was checked in transformers: closing note)
   # Q8_0 of an already-quantised model: logits move by a small fraction of their spread.
   q8 = gguf_write.save_gguf(tmp_path / "q8.gguf", model, params, tok, qtype="q8_0")
   model3, params3 = gkd_jax.load_pretrained(q8)

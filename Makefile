@@ -10,7 +10,7 @@ WORKDIR ?= workdirs/demo
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,lint]'
+	$(PY) -m pip install -q -e '.[test,lint,tpu]'  # tpu: libtpu for the compile-only TPU tests
 	touch $(STAMP)
 
 install: $(STAMP)

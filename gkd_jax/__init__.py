@@ -1,6 +1,12 @@
 """gkd_jax: on-policy knowledge distillation of language models in JAX/Flax."""
 
+from gkd_jax import tpu_topology as _tpu_topology
+
 __version__ = "0.1.0"
+
+# libtpu installed on a host without a TPU: jax goes to the CPU without trying (and logging) the TPU
+# first, unless the user chose a platform (tpu_topology.avoid_absent_tpu).
+_tpu_topology.avoid_absent_tpu()
 
 # Heavy submodules (jax, flax) load on first use: `import gkd_jax` stays cheap.
 _LAZY = {

@@ -1,15 +1,5 @@
-"""`gkd-jax` command line.
-
-  gkd-jax train  --config=configs/demo.py --workdir=DIR [--config.gkd.lmbda=0.5 ...]
-  gkd-jax eval   --config=configs/demo.py [--checkpoint=DIR]      # held-out loss + task metric (JSON)
-  gkd-jax sample --config=configs/demo.py [--checkpoint=DIR] [--prompts=FILE|-]
-  gkd-jax compare WORKDIR [WORKDIR ...]                            # finished runs side by side
-  gkd-jax plan   --config=configs/gemma2_9b_to_2b.py --topology=v5p-64 [--json]  # fits? (libtpu)
-  gkd-jax cache-teacher --config=CFG --out=DIR    # teacher top-k over the training data (resumable)
-  gkd-jax convert --gguf=FILE.gguf --out=DIR      # GGUF -> HF folder (weights, tokenizer, template)
-  gkd-jax convert --checkpoint=DIR --to_gguf=FILE.gguf [--gguf_type=q8_0]   # HF folder -> GGUF
-  gkd-jax prune --checkpoint=DIR|FILE.gguf --out=DIR --num_layers=N [--prune_rule=importance]
-                [--calibration=FILE.jsonl]          # depth pruning (Minitron block importance)
+"""`gkd-jax` command line: COMMANDS below lists each command, its flags and an example, and is what
+`gkd-jax --help` and `gkd-jax COMMAND --help` print.
 
 Bad input (config values, paths, data lines, vocabularies, flags, a workdir in use or holding
 another experiment) ends with one line on stderr and exit code 2; a training run that produces a
@@ -18,6 +8,7 @@ non-finite loss or gradient ends with one line and exit code 3.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -26,7 +17,12 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "The run's config, a configs/*.py file (every field with its default and meaning: "
+    "configs/default.py); --config.<group>.<field>=VALUE overrides one of its fields.",
+)
 _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
@@ -93,7 +89,136 @@ _PRUNE_RULE = flags.DEFINE_enum(
 _CALIBRATION = flags.DEFINE_string(
     "calibration", "", "prune: JSONL records whose prompts measure block importance."
 )
-COMMANDS = ("train", "eval", "sample", "compare", "plan", "cache-teacher", "convert", "prune")
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """One `gkd-jax` command, as its --help shows it (the flags' own help strings are absl's)."""
+
+  summary: str  # what it does, one sentence
+  usage: str  # the arguments after `gkd-jax NAME`
+  flags: tuple  # the names of the flags it reads, in the order its help lists them
+  example: str  # one command line, `gkd-jax NAME ...`
+
+  @property
+  def takes_config(self) -> bool:
+    return "config" in self.flags
+
+
+_MULTIHOST_FLAGS = ("multihost", "coordinator", "num_processes", "process_id")
+COMMANDS = {
+    "train": Command(
+        "Distil the teacher into the student (on-policy GKD, supervised KD or SFT, as the config "
+        "says); --workdir gets checkpoints, metrics and the exported student, and a run in it "
+        "is resumed.",
+        "--config=FILE --workdir=DIR [--restart] [--config.<group>.<field>=VALUE ...]",
+        ("config", "workdir", "restart", *_MULTIHOST_FLAGS),
+        "gkd-jax train --config=configs/demo.py --workdir=/tmp/run --config.gkd.lmbda=0.5",
+    ),
+    "eval": Command(
+        "Evaluate a student checkpoint on the config's held-out data: loss and task metric, "
+        "printed as JSON.",
+        "--config=FILE [--checkpoint=DIR|FILE.gguf] [--config.<group>.<field>=VALUE ...]",
+        ("config", "checkpoint", *_MULTIHOST_FLAGS),
+        "gkd-jax eval --config=configs/demo.py --checkpoint=/tmp/run/student",
+    ),
+    "sample": Command(
+        "Sample the student's completions of prompts (one per line), printed as JSON lines.",
+        "--config=FILE [--checkpoint=DIR|FILE.gguf] [--prompts=FILE|-] [--chat=auto|yes|no]",
+        ("config", "checkpoint", "prompts", "chat", *_MULTIHOST_FLAGS),
+        "echo 'Q: 123+456' | gkd-jax sample --config=configs/demo.py --checkpoint=/tmp/run/student",
+    ),
+    "compare": Command(
+        "Finished training runs side by side: one table of their final metrics.",
+        "WORKDIR [WORKDIR ...]",
+        (),
+        "gkd-jax compare /tmp/run_kd /tmp/run_on_policy",
+    ),
+    "plan": Command(
+        "Check that a config fits a TPU slice before running it: compiles its programs with the "
+        "real XLA:TPU compiler on this host (libtpu: the `tpu` extra; no TPU, no weights) and "
+        "reports per-chip memory; exit code 1 when something does not fit.",
+        "--config=FILE --topology=TYPE [--json] [--config.<group>.<field>=VALUE ...]",
+        ("config", "topology", "json"),
+        "gkd-jax plan --config=configs/gemma2_9b_to_2b.py --topology=v5p-64",
+    ),
+    "cache-teacher": Command(
+        "Write the teacher's top-k next-token distributions over the training data once, for "
+        "training without the teacher in memory (--config.gkd.teacher_cache=DIR, λ=0).",
+        "--config=FILE --out=DIR [--config.<group>.<field>=VALUE ...]",
+        ("config", "out", *_MULTIHOST_FLAGS),
+        "gkd-jax cache-teacher --config=configs/demo.py --out=/tmp/teacher_cache",
+    ),
+    "convert": Command(
+        "Convert a model: a GGUF file to an HF folder (weights, tokenizer, chat template), or "
+        "an HF folder or GGUF file to GGUF.",
+        "--gguf=FILE.gguf --out=DIR | --checkpoint=DIR --to_gguf=FILE.gguf [--gguf_type=TYPE]",
+        ("gguf", "out", "checkpoint", "to_gguf", "gguf_type"),
+        "gkd-jax convert --gguf=model.gguf --out=/tmp/model",
+    ),
+    "prune": Command(
+        "Depth-prune a checkpoint to --num_layers layers (Minitron block importance on "
+        "--calibration prompts, or evenly spaced) and write it as an HF folder.",
+        "--checkpoint=DIR|FILE.gguf --out=DIR --num_layers=N [--prune_rule=RULE] "
+        "[--calibration=FILE.jsonl]",
+        ("checkpoint", "out", "num_layers", "prune_rule", "calibration"),
+        "gkd-jax prune --checkpoint=/tmp/model --out=/tmp/pruned --num_layers=15 "
+        "--calibration=train.jsonl",
+    ),
+}
+_HELP_FLAGS = ("-h", "-?", "--help", "--helpshort")
+_OVERRIDES = (
+    "Config overrides: --config.<group>.<field>=VALUE sets one field of the --config file "
+    "(every field with its default and meaning: configs/default.py), e.g. --config.gkd.lmbda=0.5 "
+    "--config.train.num_steps=100."
+)
+_FOOTER = "Every flag, the libraries' too: gkd-jax --helpfull."
+
+
+def _wrap(text: str, indent: str) -> str:
+  return flags.text_wrap(text, length=100, indent=indent)
+
+
+def _flag_help(name: str) -> str:
+  """`--name` and its absl help (with its default where it has one), indented."""
+  flag = flags.FLAGS[name]
+  text = flag.help
+  if flag.default not in (None, "") and not flag.boolean:
+    text += f" (default: {flag.default})"
+  return f"  --{'[no]' if flag.boolean else ''}{name}\n{_wrap(text, ' ' * 6)}"
+
+
+def help_text(command: str = "") -> str:
+  """What `gkd-jax COMMAND --help` prints (`gkd-jax --help` without a command)."""
+  if command in COMMANDS:
+    c = COMMANDS[command]
+    parts = [
+        _wrap(f"gkd-jax {command}: {c.summary}", ""),
+        flags.text_wrap(f"usage: gkd-jax {command} {c.usage}", 100, " " * 4, ""),
+    ]
+    if c.flags:
+      parts.append("flags:\n" + "\n".join(_flag_help(f) for f in c.flags))
+    if c.takes_config:
+      parts.append(_wrap(_OVERRIDES, ""))
+    parts += [f"example:\n  {c.example}", _FOOTER]
+    return "\n\n".join(parts) + "\n"
+  names = "\n".join(f"  {n:<15}{_wrap(c.summary, ' ' * 17).lstrip()}" for n, c in COMMANDS.items())
+  own = dict.fromkeys(f for c in COMMANDS.values() for f in c.flags)  # each once, in command order
+  return (
+      "\n\n".join(
+          [
+              "gkd-jax: on-policy knowledge distillation (GKD) of language models in JAX.",
+              "usage: gkd-jax COMMAND [flags]   (gkd-jax COMMAND --help: its flags and an example)",
+              f"commands:\n{names}",
+              "flags (each command's --help lists the ones it reads):\n"
+              + "\n".join(_flag_help(f) for f in own),
+              _wrap(_OVERRIDES, ""),
+              f"example:\n  {COMMANDS['train'].example}",
+              _FOOTER,
+          ]
+      )
+      + "\n"
+  )
 
 
 def _student_override(config):
@@ -237,7 +362,10 @@ def main(argv):
   if len(argv) == 2 and argv[1] in ("convert", "prune"):
     sys.exit(_convert() if argv[1] == "convert" else _prune())
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    _usage(f"usage: gkd-jax {{{','.join(COMMANDS)}}} --config=FILE [flags]")
+    _usage(
+        f"usage: gkd-jax {{{','.join(COMMANDS)}}} [flags] (gkd-jax --help: the commands; "
+        "gkd-jax COMMAND --help: its flags)"
+    )
   config = _config()
   command = argv[1]
   if not flags.FLAGS["verbosity"].present:
@@ -289,8 +417,22 @@ def main(argv):
     sys.exit(3)
 
 
+def help_requested(argv) -> str | None:
+  """None, or the command whose help argv asks for ("": the top level; a flag after -- is an
+  argument)."""
+  args = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+  if not any(a in _HELP_FLAGS for a in args):
+    return None
+  return next((a for a in args if a in COMMANDS), "")
+
+
 def _parse_flags(argv):
-  """absl's flag parsing, with every bad flag (a typo'd --config.<field> too) as one line, exit 2."""
+  """absl's flag parsing, with every bad flag (a typo'd --config.<field> too) as one line, exit 2;
+  --help (-h, -?, --helpshort) prints help_text for the command named, exit 0."""
+  command = help_requested(argv)
+  if command is not None:
+    print(help_text(command), end="")
+    sys.exit(0)
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except

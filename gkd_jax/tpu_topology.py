@@ -7,12 +7,18 @@
 `tpu_devices` needs libtpu (`pip install 'gkd_jax[tpu]'`); it opens no TPU and needs no network:
 `jax.experimental.topologies.get_topology_desc` describes the slice and `jax.jit(...).lower(...)
 .compile()` on a mesh of its devices runs the real XLA:TPU and Mosaic compilers.
+
+`avoid_absent_tpu` (run by `import gkd_jax`) keeps jax from starting libtpu on a host that has none.
 """
 
 from __future__ import annotations
 
+import glob
+import importlib.metadata
+import importlib.util
 import os
 import re
+import sys
 
 # Per chip, from the Cloud TPU system architecture pages (HBM in GiB; VMEM per TensorCore in MiB).
 CHIPS = {
@@ -119,9 +125,66 @@ def compile_only_env():
 
 
 def libtpu_available() -> bool:
-  import importlib.util  # pylint: disable=import-outside-toplevel
-
   return importlib.util.find_spec("libtpu") is not None
+
+
+# Google's PCI vendor id and the device ids of its TPU chips, as jax lists them to tell a Cloud TPU
+# VM (jax/_src/hardware_utils.py; tests/test_cpu_host.py checks the copy).
+GOOGLE_PCI_VENDOR = "0x1ae0"
+TPU_PCI_DEVICE_IDS = frozenset(
+    {"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076"}
+)
+# What the user sets to choose jax's platforms: then nothing is changed. (TPU_LIBRARY_PATH is not
+# one: importing libtpu sets it.)
+PLATFORM_CHOICES = ("JAX_PLATFORMS", "JAX_FORCE_TPU_INIT", "PJRT_NAMES_AND_LIBRARY_PATHS")
+
+
+def tpu_attached() -> bool:
+  """Whether this host may have a TPU: a TPU chip on its PCI bus (jax's test) or a TPU device node
+  (/dev/accel*, /dev/vfio/N); an unreadable PCI entry counts as one."""
+  if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+    return True
+  for vendor_path in glob.glob("/sys/bus/pci/devices/*/vendor"):
+    try:
+      with open(vendor_path) as f:
+        if f.read().strip() != GOOGLE_PCI_VENDOR:
+          continue
+      with open(os.path.join(os.path.dirname(vendor_path), "device")) as f:
+        if f.read().strip() in TPU_PCI_DEVICE_IDS:
+          return True
+    except OSError:
+      return True
+  return False
+
+
+def other_pjrt_plugins() -> bool:
+  """Whether a PJRT plugin (a GPU's: jax_cuda12_plugin, ...) is where jax looks for plugins."""
+  if importlib.util.find_spec("jax_plugins") is not None:
+    return True
+  return bool(importlib.metadata.entry_points(group="jax_plugins"))
+
+
+def avoid_absent_tpu() -> None:
+  """Select the CPU for jax when libtpu is installed but this host has no TPU and nothing else.
+
+  With libtpu installed (the `tpu` extra: `gkd-jax plan`, the compile-only tests) and no platform
+  chosen, jax tries its TPU backend first; on a host without a TPU, libtpu then logs
+  "INVALID_ARGUMENT: ... TPU_WORKER_HOSTNAMES" with a source trace on stderr before jax falls back
+  to the CPU. Where the CPU is the only outcome (no TPU chip or device node, no other PJRT plugin
+  such as a GPU's), this chooses it up front: JAX_PLATFORMS=cpu before jax is imported, jax's
+  `jax_platforms` after. Any choice the user made (PLATFORM_CHOICES, or `jax_platforms` already
+  set) is left as it is, and so is every host where a TPU may be present.
+  """
+  if any(name in os.environ for name in PLATFORM_CHOICES):
+    return
+  runtime = libtpu_available() or "TPU_LIBRARY_PATH" in os.environ  # what jax's TPU backend loads
+  if not runtime or tpu_attached() or other_pjrt_plugins():
+    return
+  jax = sys.modules.get("jax")
+  if jax is None:
+    os.environ["JAX_PLATFORMS"] = "cpu"
+  elif jax.config.jax_platforms is None:
+    jax.config.update("jax_platforms", "cpu")
 
 
 def tpu_devices(topology: str):

@@ -1,4 +1,4 @@
-"""Devices of TPU slices for compile-only tests (libtpu from the `test` extra; no TPU needed)."""
+"""Devices of TPU slices for compile-only tests (libtpu from the `tpu` extra; no TPU needed)."""
 
 import functools
 import os
@@ -14,5 +14,7 @@ def tpu_devices(topology: str):
   if not tpu_topology.libtpu_available():
     if os.environ.get("GKD_SKIP_TPU_COMPILE") == "1":
       pytest.skip("libtpu is not installed and GKD_SKIP_TPU_COMPILE=1")
-    pytest.fail(tpu_topology.INSTALL_HINT + " (it is part of pip install -e '.[test]')")
+    pytest.fail(
+        tpu_topology.INSTALL_HINT + " (make install brings it: pip install -e '.[test,lint,tpu]')"
+    )
   return tuple(tpu_topology.tpu_devices(topology))

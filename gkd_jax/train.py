@@ -18,17 +18,24 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
-import numpy as np
 
-from gkd_jax import checkpoints, config_validation, data, gkd, kernels, metrics, models, programs
-from gkd_jax import report, sharding, tasks
+from gkd_jax import batches, checkpoints, config_validation, data, evaluation, gkd, kernels
+from gkd_jax import metrics, models, programs, report, sharding
 from gkd_jax import teacher_cache, tokenizers
 from gkd_jax import workdir as workdir_lib
 from gkd_jax.finite import NonFiniteGuard
 from gkd_jax.models.hf import is_gguf, read_model, read_params, save_pretrained
 from gkd_jax.models.presets import get_preset
-from gkd_jax.sampling import sample
 from gkd_jax.tokenizers import load_tokenizer
+
+# The evaluation and the batches moved to their own modules; their names here stay for callers.
+eval_completions = evaluation.eval_completions
+task_metrics = evaluation.task_metrics
+evaluate = evaluation.evaluate
+_heldout = evaluation._heldout  # pylint: disable=protected-access
+_decode = evaluation._decode  # pylint: disable=protected-access
+_loader = batches.loader
+_global_batch = batches.global_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,143 +204,6 @@ def stop_ids(tokenizer, chat_family="") -> tuple:
   with) first, then every EOS the checkpoint declares."""
   first = data.completion_end_id(tokenizer, chat_family or None)
   return tuple(dict.fromkeys((first, *tokenizer.stop_ids)))
-
-
-def _loader(run: Run, path, *, batch_size, shuffle, num_epochs, row_extras=None):
-  c = run.config.data
-  names = tuple(config_validation.teachers(run.config))
-  return data.make_loader(
-      path,
-      run.tokenizer,
-      batch_size=sharding.per_process_batch_size(batch_size),
-      max_prompt_len=c.max_prompt_len,
-      max_completion_len=c.max_completion_len,
-      seed=run.config.seed,
-      shuffle=shuffle,
-      num_epochs=num_epochs,
-      worker_count=c.worker_count,
-      chat_family=c.chat_family or None,
-      split_global_batches=True,  # the same global batches whatever the number of processes
-      row_extras=row_extras,
-      teachers=names,
-      default_teacher=run.config.default_teacher or (names[0] if len(names) == 1 else None),
-  )
-
-
-def _global_batch(run: Run, local_batch):
-  """Process-local numpy batch -> global jax arrays sharded over the batch axes."""
-  out = {}
-  for key, value in local_batch.items():
-    sh = sharding.batch_sharding(run.mesh, tuple(run.config.sharding_rules), value.ndim)
-    out[key] = jax.make_array_from_process_local_data(sh, np.asarray(value))
-  return out
-
-
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_id"))
-def _decode(model, params, prompt_BxP, pmask_BxP, rng, temperature, *, max_new_tokens, eos_id):
-  return sample(
-      model,
-      params,
-      prompt_BxP,
-      pmask_BxP,
-      rng,
-      max_new_tokens=max_new_tokens,
-      temperature=temperature,
-      eos_id=eos_id,
-  )
-
-
-def eval_completions(run: Run, model, params, temperature: float, seed: int):
-  """(prompts, completions) of eval.num_examples held-out prompts, decoded at `temperature`
-  (0 = greedy), every process taking part and every process getting all of them."""
-  c = run.config
-  loader = _loader(run, c.data.eval_path, batch_size=c.eval.batch_size, shuffle=False, num_epochs=1)
-  stops = run.settings.eos_id
-  prompts, completions = [], []
-  for i, local in enumerate(loader):
-    batch = _global_batch(run, local)
-    out = _decode(
-        model,
-        params,
-        batch["prompt_tokens"],
-        batch["prompt_mask"],
-        jax.random.fold_in(jax.random.key(seed), i),
-        jnp.float32(temperature),
-        max_new_tokens=c.eval.max_new_tokens,
-        eos_id=stops,
-    )
-    prompt_BxP, pmask_BxP, tokens_BxN, mask_BxN = (
-        np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        for x in (batch["prompt_tokens"], batch["prompt_mask"], out.tokens, out.mask)
-    )
-    for row in range(tokens_BxN.shape[0]):
-      ids = [t for t, m in zip(tokens_BxN[row], mask_BxN[row]) if m and t not in stops]
-      prompts.append(run.tokenizer.decode(list(prompt_BxP[row][pmask_BxP[row] == 1])))
-      completions.append(run.tokenizer.decode(ids))
-    if len(prompts) >= c.eval.num_examples:
-      break
-  n = min(len(prompts), c.eval.num_examples)
-  return prompts[:n], completions[:n]
-
-
-def _task_scores(task, prompts, completions) -> dict:
-  if hasattr(task, "evaluate"):
-    return task.evaluate(prompts, completions)
-  return {"accuracy": task.accuracy(prompts, completions)}
-
-
-def task_metrics(run: Run, model, params) -> dict:
-  """The bundled task's own metrics on held-out prompts ({} without a task).
-
-  Greedy decoding gives `accuracy` (and whatever else the task reports, e.g. per difficulty);
-  with eval.num_samples = k > 0, k more decodes per prompt at eval.temperature give the same
-  metrics averaged over the k samples under `sampled/`, and `sampled/pass_at_k`.
-  """
-  c = run.config
-  if not c.task.name:
-    return {}
-  task = tasks.get_task(c.task.name)
-  prompts, completions = eval_completions(run, model, params, 0.0, c.seed)
-  out = _task_scores(task, prompts, completions)
-  k = c.eval.num_samples
-  if k:
-    per_sample, solved = [], np.zeros(len(prompts), bool)
-    for j in range(k):
-      p, comp = eval_completions(run, model, params, c.eval.temperature, c.seed + 1 + j)
-      per_sample.append(_task_scores(task, p, comp))
-      solved |= np.array([task.is_correct(x, y) for x, y in zip(p, comp)])
-    for key in per_sample[0]:
-      out[f"sampled/{key}"] = float(np.mean([m[key] for m in per_sample]))
-    out["sampled/pass_at_k"] = float(solved.mean())
-  return out
-
-
-def _heldout(run: Run, params, steps: programs.Steps):
-  """Held-out loss terms: token means over eval batches (and per teacher, with several)."""
-  c = run.config
-  loader = _loader(run, c.data.eval_path, batch_size=c.eval.batch_size, shuffle=False, num_epochs=1)
-  sums, tokens, count = {}, {}, 0
-  for local in loader:  # token means of the batches, weighted by their token counts
-    eval_fn, teacher_params, name = programs.eval_program(run, steps, local)
-    m = jax.device_get(eval_fn(params, teacher_params, _global_batch(run, local)))
-    n = float(m.pop("num_tokens"))
-    for k, v in m.items():
-      for key in (k,) if name is None else (k, f"teacher/{name}/{k}"):
-        sums[key] = sums.get(key, 0.0) + n * float(v)
-        tokens[key] = tokens.get(key, 0.0) + n
-    count += 1
-    if count * c.eval.batch_size >= c.eval.num_examples:
-      break
-  return {f"eval/{k}": v / max(tokens[k], 1.0) for k, v in sums.items()}
-
-
-def evaluate(run: Run, params, steps: programs.Steps) -> dict:
-  """Held-out loss terms and the task metric ({} when the config has no eval data)."""
-  if not run.config.data.eval_path:
-    return {}
-  out = _heldout(run, params, steps)
-  out.update({f"eval/{k}": v for k, v in task_metrics(run, run.student, params).items()})
-  return out
 
 
 def train(config, workdir: str, restart: bool = False) -> dict:

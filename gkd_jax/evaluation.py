@@ -102,6 +102,21 @@ def task_metrics(run, model, params) -> dict:
   return out
 
 
+def teacher_metrics(run) -> dict:
+  """summary.json's teacher fields (eval.teacher; {} otherwise): the task metrics of the teacher
+  (`teacher_eval`, its `teacher` accuracy) or of each of several (`teachers_eval`, by name), each
+  on all held-out prompts."""
+  if not run.config.eval.teacher:
+    return {}
+  out = {}
+  if run.teacher is not None:
+    out["teacher_eval"] = task_metrics(run, run.teacher, run.teacher_params)
+    out["teacher"] = out["teacher_eval"].get("accuracy")
+  if run.teachers:
+    out["teachers_eval"] = {t.name: task_metrics(run, t.model, t.params) for t in run.teachers}
+  return out
+
+
 def _heldout(run, params, steps: programs.Steps):
   """Held-out loss terms: token means over eval batches (and per teacher, with several)."""
   c = run.config

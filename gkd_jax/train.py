@@ -1,4 +1,5 @@
-"""The one trainer: config -> mesh + models + data -> jitted `train_step` loop -> checkpoints/metrics.
+"""The one trainer: config -> mesh + models + data (`build`) -> the loop (gkd_jax.loop) with its hooks
+(gkd_jax.hooks) -> checkpoints, metrics, the final evaluation (gkd_jax.evaluation) and export.
 
 Everything that can fail on bad input (config values, paths, data lines, vocabularies) is checked
 before anything is written to the workdir, so a bad launch never damages an existing run.
@@ -12,20 +13,18 @@ import functools
 import os
 from typing import Any, Optional
 
-import time
-
-from absl import logging
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 
 from gkd_jax import batches, checkpoints, config_validation, data, evaluation, gkd, kernels
-from gkd_jax import metrics, models, programs, report, sharding
+from gkd_jax import hooks as hooks_lib
+from gkd_jax import loop, metrics, models, programs, sharding
 from gkd_jax import teacher_cache, tokenizers
 from gkd_jax import workdir as workdir_lib
 from gkd_jax.finite import NonFiniteGuard
-from gkd_jax.models.hf import is_gguf, read_model, read_params, save_pretrained
+from gkd_jax.models.hf import is_gguf, read_model, read_params
 from gkd_jax.models.presets import get_preset
+from gkd_jax.summary import Summary
 from gkd_jax.tokenizers import load_tokenizer
 
 # The evaluation and the batches moved to their own modules; their names here stay for callers.
@@ -257,17 +256,6 @@ def _claim_workdir(config, workdir: str, restart: bool):
   return lock
 
 
-def _read_summary(path: str) -> dict:
-  if not os.path.exists(path):
-    return {}
-  try:
-    summary = workdir_lib.read_json(path)
-  except ValueError as e:
-    logging.warning("%s; starting a new summary", e)
-    return {}
-  return summary if isinstance(summary, dict) else {}
-
-
 @contextlib.contextmanager
 def _finishing(manager, writer, progress):
   """On an error in the loop: let a checkpoint in flight complete, close metrics and progress."""
@@ -281,9 +269,10 @@ def _finishing(manager, writer, progress):
 
 
 def _train(run: Run, data_iter, workdir: str) -> dict:
+  """The run in a claimed workdir: restore or start the state, evaluate the init (step 0), run the
+  loop with its hooks, then save the last checkpoint and, unless stopped, run the at-end hooks."""
   c = run.config
   steps = programs.compile_steps(run)
-
   manager = checkpoints.make_manager(
       os.path.join(workdir, "checkpoints"),
       keep=c.train.keep_checkpoints,
@@ -291,89 +280,35 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
       async_save=c.train.async_checkpoints,
   )
   restored = checkpoints.restore_latest(manager, steps.abstract_state, data_iter)
-  if restored is None:
-    state = steps.init_state(run.params)
-  else:
-    _, state = restored
+  state = steps.init_state(run.params) if restored is None else restored[1]
   step = int(state.step)
   writer = metrics.MetricWriter(workdir, jax.process_index(), resume_step=step)
-  summary_path = os.path.join(workdir, "summary.json")
-  summary = _read_summary(summary_path)
-  if step == 0:
-    before = evaluate(run, state.params, steps)
+  summary = Summary(workdir)
+  if step == 0:  # the init: a metrics row at step 0 and the summary's "before" fields
+    before = evaluation.evaluate(run, state.params, steps)
     writer.write(0, before)
-    summary["student_before"] = before.get("eval/accuracy")
-    summary["eval_before"] = before
-    if run.teacher is not None and c.eval.teacher:
-      summary["teacher_eval"] = task_metrics(run, run.teacher, run.teacher_params)
-      summary["teacher"] = summary["teacher_eval"].get("accuracy")
-    if run.teachers and c.eval.teacher:  # each teacher on all held-out prompts
-      summary["teachers_eval"] = {
-          t.name: task_metrics(run, t.model, t.params) for t in run.teachers
-      }
-    if jax.process_index() == 0:
-      workdir_lib.write_json(summary_path, summary)
-
-  rng = jax.random.key(c.seed)
+    summary.record_before(before, evaluation.teacher_metrics(run))
   progress = metrics.Progress(c.train.num_steps, step)
-  tick, last_logged = time.perf_counter(), step
-  stopped = mismatch_warned = False
-  per_teacher = {}  # several teachers: name -> {num_tokens, divergence x tokens} since the last log
   finite = NonFiniteGuard(c.train.max_nonfinite_steps, int(state.nonfinite_steps))
   with (
       checkpoints.PreemptionGuard(sync_every=c.train.preemption_check_every) as guard,
       _finishing(manager, writer, progress),
   ):
-    while step < c.train.num_steps and not stopped:
-      try:
-        local = next(data_iter)
-      except StopIteration:
-        ran_out = (
-            f"data.num_epochs={c.data.num_epochs} ran out at step {step} of "
-            f"train.num_steps={c.train.num_steps}; use -1 (repeat) or fewer steps"
-        )
-        raise ValueError(ran_out) from None
-      step_fn, teacher_params, name = programs.step_program(run, steps, step, local)
-      state, m = step_fn(state, teacher_params, _global_batch(run, local), rng)
-      if name is not None:  # per-teacher token sums until the next log (no host sync)
-        per_teacher[name] = _add_teacher_metrics(per_teacher.get(name), m)
-      step += 1
-      finite.add(step, m)
-      if (
-          step % c.train.log_every == 0
-          or step % c.train.checkpoint_every == 0
-          or step == c.train.num_steps
-      ):
-        finite.check()  # before the step's metrics, evaluation or checkpoint
-      if step % c.train.log_every == 0 or step == c.train.num_steps:
-        m = {k: float(v) for k, v in jax.device_get(m).items()}
-        m.update(_teacher_means(per_teacher))
-        per_teacher = {}
-        now = time.perf_counter()
-        m["step_time_s"] = (now - tick) / (step - last_logged)  # the first includes compilation
-        m["tokens_per_s"] = m["num_tokens"] / m["step_time_s"]
-        tick, last_logged = now, step
-        writer.write(step, m)
-        progress.update(step, m)
-        if not mismatch_warned and m.get("sampler_logprob_diff_max", 0.0) > gkd.MISMATCH_WARN:
-          mismatch_warned = True
-          message = (
-              f"step {step}: the sampler's and the loss's log-probabilities of the same "
-              f"sampled tokens differ by up to {m['sampler_logprob_diff_max']:.3g} (more "
-              f"than {gkd.MISMATCH_WARN}): numerics (e.g. bfloat16) make the samples "
-              "slightly off-policy; see sampler_logprob_* in metrics.jsonl"
-          )
-          logging.warning(message)
-          progress.write("warning: " + message)
-      else:
-        progress.update(step)
-      if c.train.eval_every and step % c.train.eval_every == 0 and step < c.train.num_steps:
-        result = evaluate(run, state.params, steps)
-        writer.write(step, result)
-        progress.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
-      checkpoints.save(manager, step, state, data_iter)
-      stopped = guard.should_stop(step)
-    finite.check()
+    hooks = _hooks(
+        run,
+        steps,
+        workdir=workdir,
+        step=step,
+        writer=writer,
+        progress=progress,
+        summary=summary,
+        manager=manager,
+        data_iter=data_iter,
+        finite=finite,
+        guard=guard,
+    )
+    state, step, stopped = loop.run_steps(run, steps, state, data_iter, hooks)
+    finite.check()  # the steps since the last check (a stop between logs)
   checkpoints.save(manager, step, state, data_iter, force=True)
   checkpoints.finish(manager)
   progress.close()
@@ -383,73 +318,49 @@ def _train(run: Run, data_iter, workdir: str) -> dict:
         f"stopped by SIGTERM/preemption at step {step}; checkpoint saved, run the "
         "same command again to resume"
     )
-  final = evaluate(run, state.params, steps)
-  writer.write(step, final)
-  writer.close()
-  summary["student_after"] = final.get("eval/accuracy")
-  summary["eval_after"] = final
-  if c.train.export_final:  # every process takes part (the arrays span all of them)
-    workdir_lib.replace_dir(
-        os.path.join(workdir, "student"),
-        lambda tmp: save_pretrained(tmp, run.student, state.params),
-        lead=jax.process_index() == 0,
-    )
-  if jax.process_index() == 0:
-    workdir_lib.write_json(summary_path, summary)
-    _plot(workdir)
-    print(report.compare_table([workdir]))
-  return summary
+  hooks.end(hooks_lib.StepInfo(step, c.train.num_steps, state))
+  return summary.data
 
 
-def _add_teacher_metrics(sums, m):
-  """Adds a step's token count and divergence x tokens to a teacher's sums (device arrays)."""
-  n = m["num_tokens"]
-  step = {"num_tokens": n, **({"divergence": m["divergence"] * n} if "divergence" in m else {})}
-  return step if sums is None else jax.tree.map(jnp.add, sums, step)
+def _hooks(
+    run, steps, *, workdir, step, writer, progress, summary, manager, data_iter, finite, guard
+) -> hooks_lib.Hooks:
+  """What the loop does after each step, in this order, and once training completes.
 
-
-def _teacher_means(per_teacher: dict) -> dict:
-  """teacher/NAME/num_tokens and teacher/NAME/divergence (token mean) of the steps since the last
-  log, for each teacher that had one."""
-  out = {}
-  for name, sums in jax.device_get(per_teacher).items():
-    n = float(sums["num_tokens"])
-    out[f"teacher/{name}/num_tokens"] = n
-    if "divergence" in sums:
-      out[f"teacher/{name}/divergence"] = float(sums["divergence"]) / max(n, 1.0)
-  return out
-
-
-def _plot(workdir: str) -> None:
-  """Training curves next to metrics.jsonl (the keys a run always logs)."""
-  records = metrics.read_metrics(os.path.join(workdir, metrics.METRICS_FILE))
-
-  def values(key):
-    return {r[key] for r in records if isinstance(r.get(key), float)}
-
-  keys = [
-      k
-      for k in (
-          "divergence",
-          "cross_entropy",
-          "on_policy_fraction",
-          "eval/divergence",
-          "eval/accuracy",
-      )
-      if len(values(k)) > 1
-  ]  # constant curves say nothing
-  if keys:
-    tmp = os.path.join(workdir, "curves.tmp.png")
-    metrics.plot_metrics(
-        os.path.join(workdir, metrics.METRICS_FILE),
-        tmp,
-        keys,
-        title=os.path.basename(os.path.normpath(workdir)),
-    )
-    os.replace(tmp, os.path.join(workdir, "curves.png"))
+  `step` is the one the loop starts from (the first row's step time counts from it); the others are
+  what the hooks write to (metrics.jsonl, the bar, summary.json, checkpoints) and the two guards.
+  """
+  t = run.config.train
+  teacher_sums = hooks_lib.TeacherSums()
+  lead = jax.process_index() == 0
+  return hooks_lib.Hooks(
+      after_step=[
+          teacher_sums,
+          hooks_lib.NonFinite(finite, sync_every=(t.log_every, t.checkpoint_every)),
+          hooks_lib.LogMetrics(writer, teacher_sums, every=t.log_every, step=step),
+          hooks_lib.ProgressBar(progress),
+          hooks_lib.MismatchWarning(progress, every=t.log_every),
+          hooks_lib.PeriodicEvaluation(run, steps, writer, progress, every=t.eval_every),
+          hooks_lib.Checkpoint(manager, data_iter),
+          hooks_lib.Preemption(guard),
+      ],
+      at_end=[
+          hooks_lib.FinalEvaluation(run, steps, writer, summary),
+          *([hooks_lib.Export(run.student, workdir)] if t.export_final else []),
+          *(
+              [
+                  hooks_lib.WriteSummary(summary),
+                  hooks_lib.PlotCurves(workdir),
+                  hooks_lib.PrintTable(workdir),
+              ]
+              if lead
+              else []
+          ),
+      ],
+  )
 
 
 def evaluate_checkpoint(config) -> dict:
   """Held-out loss terms and the task metric of `config.student` (what `gkd-jax eval` prints)."""
   run = build(config, mode="eval")
-  return evaluate(run, run.params, programs.compile_steps(run))
+  return evaluation.evaluate(run, run.params, programs.compile_steps(run))

@@ -120,29 +120,13 @@ def build(config, mode: str = "train", devices=None) -> Run:
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = tuple(config.sharding_rules)
   tokenizer = load_tokenizer(config.tokenizer.path or config.student.path)
-  if config.student.path:
-    student, params = _load(config.student, "student", mesh, rules)
-  else:
-    student = models.build(get_preset(config.student.preset), models.DTYPES[config.student.dtype])
-    params = models.init(
-        student, jax.random.key(config.seed), shardings=_param_shardings(student, mesh, rules)
-    )
-  teacher = teacher_params = None
+  student, params = _student(config, mesh, rules)
   group = config_validation.teachers(config)
-  routed = ()
-  if load_teacher and len(group) > 1:
-    routed = tuple(
-        Teacher(
-            name,
-            *_load_teacher(entry, f"teachers.{name}", tokenizer, student, mesh, rules),
-            float(entry.weight),
-        )
-        for name, entry in group.items()
-    )
-  elif load_teacher and (group or config.teacher.path):
-    name, section = next(iter(group.items())) if group else ("", config.teacher)
-    where = f"teachers.{name}" if group else "teacher"
-    teacher, teacher_params = _load_teacher(section, where, tokenizer, student, mesh, rules)
+  teacher, teacher_params, routed = (
+      _teachers(config, group, tokenizer, student, mesh, rules)
+      if load_teacher
+      else (None, None, ())
+  )
   if cache is not None:  # made for this data, tokenizer, teacher, k and temperature?
     teacher_cache.check_compatible(
         cache.metadata,
@@ -177,6 +161,38 @@ def build(config, mode: str = "train", devices=None) -> Run:
       cache,
       routed,
   )
+
+
+def _student(config, mesh, rules):
+  """(model, params) of the student: its checkpoint (student.path), or a preset initialised from
+  the seed."""
+  if config.student.path:
+    return _load(config.student, "student", mesh, rules)
+  student = models.build(get_preset(config.student.preset), models.DTYPES[config.student.dtype])
+  params = models.init(
+      student, jax.random.key(config.seed), shardings=_param_shardings(student, mesh, rules)
+  )
+  return student, params
+
+
+def _teachers(config, group, tokenizer, student, mesh, rules):
+  """(teacher, teacher_params, routed): one teacher (`teacher`, or the one entry of `teachers`),
+  or several routed ones (then the first two are None); (None, None, ()) without a teacher."""
+  if len(group) > 1:
+    routed = tuple(
+        Teacher(
+            name,
+            *_load_teacher(entry, f"teachers.{name}", tokenizer, student, mesh, rules),
+            float(entry.weight),
+        )
+        for name, entry in group.items()
+    )
+    return None, None, routed
+  if group or config.teacher.path:
+    name, section = next(iter(group.items())) if group else ("", config.teacher)
+    where = f"teachers.{name}" if group else "teacher"
+    return (*_load_teacher(section, where, tokenizer, student, mesh, rules), ())
+  return None, None, ()
 
 
 def _load_teacher(section, where, tokenizer, student, mesh, rules):

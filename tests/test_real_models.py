@@ -6,6 +6,7 @@ venv. A missing model file fails (naming `make models`), never skips. Each model
 per worker (module-scoped fixture, one xdist group per model).
 """
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -33,12 +34,17 @@ def _params(name):
   return pytest.param(name, marks=pytest.mark.xdist_group(name))
 
 
+@functools.lru_cache(maxsize=None)
+def _load(name):
+  """Each model once per worker: pytest may tear a parametrised module fixture down and set it up
+  again when the tests of both params interleave (seen: Gemma's ~55 s load twice)."""
+  file = released.path(FILES[name])  # FileNotFoundError naming `make models` when absent
+  return (name, file, *gkd_jax.load_pretrained(file))
+
+
 @pytest.fixture(scope="module", params=[_params(n) for n in FILES])
 def real(request):
-  name = request.param
-  file = released.path(FILES[name])  # FileNotFoundError naming `make models` when absent
-  model, params = gkd_jax.load_pretrained(file)
-  return name, file, model, params
+  return _load(request.param)
 
 
 def _fixture(name, leaf):

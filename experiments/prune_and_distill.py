@@ -232,6 +232,7 @@ def _config(init: Path, paths: dict, overrides: dict, steps: int, seed: int, lr:
   c.train.num_steps = steps
   c.train.log_every = 2  # curves, and step times for the equal-time budget
   c.train.checkpoint_every = 4
+  c.train.keep_checkpoints = 1  # a run's checkpoint is ~1 GB (weights and AdamW state, float32)
   if lr:
     c.optim.learning_rate = lr
   for key, value in {**paths.get("config", {}), **overrides}.items():
@@ -326,7 +327,8 @@ def choose_lrs(w: Path, paths: dict, budget: dict, init: Path) -> dict:
     scores = {}
     for lr in budget["lr_grid"]:
       run_dir = w / "runs" / "grid" / f"{method}_lr{lr:g}"
-      run_method(run_dir, init, paths, method, budget["grid_steps"], 0, lr)
+      if not (w / "eval" / f"val_{run_dir.name}.json").is_file():  # else validated already
+        run_method(run_dir, init, paths, method, budget["grid_steps"], 0, lr)
       scores[f"{lr:g}"] = validate(run_dir.name, run_dir / "student", paths, w, budget)[
           "reverse_kl"
       ]

@@ -110,6 +110,58 @@ def _floor(c) -> list[str]:
   ]
 
 
+def _memory(c) -> list[str]:
+  """Each process's peak resident set per op after set-up, and gkd_jax's XLA buffer assignment."""
+  mj, mt = c["gkd_jax"].get("memory"), c["trl"].get("memory")
+  if not mj:  # results from before the memory rows
+    return []
+  rows = [
+      "| MiB | TRL | gkd_jax |",
+      "| --- | --- | --- |",
+      f"| peak RSS until ready (load + compile + first calls) | {mt['setup_peak']:.0f} "
+      f"| {mj['setup_peak']:.0f} |",
+  ]
+  for op, label in (
+      ("step", "an on-policy step"),
+      ("sample", "sampling alone"),
+      ("update", "the loss + update alone"),
+  ):
+    if op in mj["ops"] and op in mt["ops"]:
+      fmt = lambda m: f"{m[op]['peak']:.0f} (+{max(0.0, m[op]['peak'] - m[op]['before']):.0f})"
+      rows.append(
+          f"| peak RSS during {label} (+ over the RSS before it) | {fmt(mt['ops'])} "
+          f"| {fmt(mj['ops'])} |"
+      )
+  rows += [
+      "",
+      "One extra step, sampling and loss + update after set-up, in that order, the peak reset "
+      "before each. Allocators keep freed pages (glibc, torch, XLA:CPU), so the RSS before an op "
+      "can hold what the op before it used: compare the peaks; an increment of 0 means the op "
+      "fitted in memory already held.",
+      "",
+      "| gkd_jax train_step, XLA memory analysis, MiB | arguments | outputs | aliased "
+      "| temporaries | peak |",
+      "| --- | --- | --- | --- | --- | --- |",
+  ]
+  for name, label in (("step", "λ=1 (sampling inside)"), ("update", "λ=0 (loss + update)")):
+    x = mj["xla"][name]
+    rows.append(
+        f"| {label} | {x['arguments']:.0f} | {x['outputs']:.0f} | {x['aliased']:.0f} "
+        f"| {x['temporaries']:.0f} | {x['peak']:.0f} |"
+    )
+  return rows
+
+
+PAD_NOTE = (
+    "Step 2 differs beyond rounding for a known reason: transformers builds Llama's input "
+    "embedding with `padding_idx = pad_token_id` (2, `<|im_end|>` for SmolLM2, a token of every "
+    "chat prompt), so torch gives that row no gradient from its input occurrences, while gkd_jax "
+    "trains it. Comparing one update tensor by tensor, that row is the only difference beyond "
+    "rounding; with `embed_tokens.padding_idx = None` TRL's step-2 loss matched gkd_jax's to "
+    "6e-8 (gkd_step_smollm2.py). Timing is unaffected."
+)
+
+
 def _loss_check(c) -> list[str]:
   lc = c["loss_check"]
   rows = [
@@ -148,13 +200,17 @@ def markdown(result, plot_name: str = "") -> str:
   cells = result["cells"]
   c = cells[0]
   vj, vt = c["gkd_jax"]["versions"], c["trl"]["versions"]
+  setup = result.get(  # results from before the setup line: the random Gemma-2 pair
+      "setup", f"Student Gemma-2 256×4, teacher 512×6, V=4096, prompts of {c['prompt_len']} tokens"
+  )
   lines = [
-      "# GKD training step: gkd_jax vs TRL's GKDTrainer",
+      "# GKD training step: gkd_jax vs TRL's GKDTrainer"
+      + (" (SmolLM2-135M, the real models)" if result.get("real") else ""),
       "",
       f"Made by `{result['command']}` at {result['date']}, code at `{result['commit']}`, "
-      f"{result['cpus']} CPUs, nice {result['nice']}. Student Gemma-2 256×4, teacher 512×6, "
-      f"V=4096, prompts of {c['prompt_len']} tokens, forced completion lengths, λ=1, JSD β=0.5, "
-      f"AdamW, gkd_jax models in {result['dtype']}, TRL float32 with {vt['threads']} torch threads "
+      f"{result['cpus']} CPUs, nice {result['nice']}. {setup}, forced completion lengths, λ=1, "
+      f"JSD β={result.get('beta', 0.5)}, AdamW, gkd_jax models in {result['dtype']}, TRL float32 "
+      f"with {vt['threads']} torch threads "
       "(see the script's docstring for the exact setup). Times are wall seconds; each side ran in "
       "its own process, the two driven alternately. Ratios are TRL time / gkd_jax time of medians "
       "(and of minima, the runs least disturbed by other jobs on the machine).",
@@ -172,11 +228,15 @@ def markdown(result, plot_name: str = "") -> str:
         f"Peak RSS MiB: {json.dumps({k: round(v) for k, v in c['peak_rss_mib'].items()})}.",
         "",
     ]
+    if c["gkd_jax"].get("memory"):
+      lines += ["## Memory", ""] + _memory(c) + [""]
     if "floor" in c["gkd_jax"]:
       lines += ["## Arithmetic floor", ""] + _floor(c) + [""]
     lines += ["## Compile / warm-up", ""] + _first_calls(c) + [""]
     if "loss_check" in c:  # off with --loss-check 0
       lines += ["## Same loss on the same completion", ""] + _loss_check(c) + [""]
+      if result.get("real"):
+        lines += [PAD_NOTE, ""]
   else:
     lines += [f"## Scaling ({c['steps']} rounds per cell)", ""]
     lines += _scaling_table(cells, result["skipped"]) + [""]

@@ -36,6 +36,21 @@ difference shows the two compute the same thing.
   .venv/bin/python benchmarks/gkd_step_vs_trl.py                 # the table above, 10 steps
   .venv/bin/python benchmarks/gkd_step_vs_trl.py --scaling       # batch 8/32/128 x 64/256 tokens
   .venv/bin/python benchmarks/gkd_step_vs_trl.py --dtype bfloat16   # gkd_jax models in bf16
+  .venv/bin/python benchmarks/gkd_step_vs_trl.py --real        # SmolLM2-135M -> its 15 layers
+
+--real: the step `make demo` trains (configs/prune_and_distill.py: batch 8, prompts left-padded
+to 64, 48 new tokens, JSD β=0.9, train.remat=False) on the real teacher and pruned student and the
+trainer's own chat-templated prompts (gkd_step_smollm2.py says which folders and how they are
+made); everything else as above. Results: benchmarks/results/gkd_step_vs_trl_smollm2.{md,json}.
+Both children stay resident: a 1-round run peaked at 5.7 GB (TRL) + 4.4 GB (gkd_jax) of RSS.
+
+Memory, both sides: each process's peak resident set (Linux VmHWM) while it runs one more step,
+sampling alone and the loss + update half alone after set-up (the peak reset before each through
+/proc/self/clear_refs, so load and compile peaks are not counted; reported as that peak and the
+resident set before it), the lifetime peak until then (load + compile + first calls), and for
+gkd_jax XLA's memory analysis of the compiled train_step at λ=1 and λ=0 (arguments + outputs -
+aliased + temporaries: the buffers one step needs; resident weights and the optimizer state are
+among its arguments).
 
 Needs a venv with torch + transformers + trl (--ref-python, default .refvenv/bin/python; see the
 Makefile's fixtures target). Not a test: compare ratios, not absolute times.
@@ -96,12 +111,29 @@ TEACHER = dict(
 
 
 def batch_arrays(batch: int, prompt_len: int, new_tokens: int) -> dict:
-  """Random prompts and a fixed random completion (ids >= 3: no pad/EOS/BOS), int64 numpy."""
+  """Random prompts (no padding) and a fixed random completion (ids >= 3: no pad/EOS/BOS), int64
+  numpy."""
   rng = np.random.default_rng(0)
+  prompt = rng.integers(3, VOCAB, (batch, prompt_len))
   return dict(
-      prompt=rng.integers(3, VOCAB, (batch, prompt_len)),
+      prompt=prompt,
+      prompt_mask=np.ones_like(prompt),
       completion=rng.integers(3, VOCAB, (batch, new_tokens)),
   )
+
+
+def load_arrays(args, paths) -> dict:
+  """The batch both children use: the driver's .npz when it wrote one (--real), else random."""
+  if "arrays" in paths:
+    with np.load(paths["arrays"]) as f:
+      return {k: f[k] for k in f.files}
+  return batch_arrays(args.batch, args.prompt_len, args.new_tokens)
+
+
+def write_dummy_train(root: Path) -> str:
+  """A one-record train.jsonl: the trainer's build validates a training file (never read here)."""
+  (root / "train.jsonl").write_text('{"prompt": "t3", "completion": "t4"}\n')
+  return str(root / "train.jsonl")
 
 
 def write_checkpoints(root: Path) -> dict:
@@ -133,19 +165,26 @@ def write_checkpoints(root: Path) -> dict:
         )
     )
     paths[name] = str(path)
-  (root / "train.jsonl").write_text('{"prompt": "t3", "completion": "t4"}\n')  # for validation
-  paths["train"] = str(root / "train.jsonl")
+  paths["train"] = write_dummy_train(root)
   return paths
 
 
-MATMUL = (768, 512, 2048)  # the teacher's MLP matmul at the benchmark's batch (8 x 96 tokens)
+def mlp_matmul(args, paths) -> tuple[int, int, int]:
+  """(M, K, N) of the teacher's MLP up-projection at the benchmark's batch: B·(P+N) tokens x
+  width x MLP width (768 x 512 x 2048 for the random Gemma-2 pair), from its config.json."""
+  c = json.loads((Path(paths["teacher"]) / "config.json").read_text())
+  return (
+      args.batch * (args.prompt_len + args.new_tokens),
+      c["hidden_size"],
+      c["intermediate_size"],
+  )
 
 
-def matmul_rate(torch=None, reps: int = 30) -> dict:
-  """GFLOP/s of one float32 [M,K] x [K,N] matmul (MATMUL) on this CPU, from the fastest of `reps`
+def matmul_rate(shape, torch=None, reps: int = 30) -> dict:
+  """GFLOP/s of one float32 [M,K] x [K,N] matmul (`shape`) on this CPU, from the fastest of `reps`
   runs (a ceiling wants the uncontended rate; other jobs only slow runs down): jitted jax, or
   torch when the torch module is given."""
-  m, k, n = MATMUL
+  m, k, n = shape
   if torch is None:
     import jax
 
@@ -161,17 +200,19 @@ def matmul_rate(torch=None, reps: int = 30) -> dict:
     t = time.perf_counter()
     run()
     ts.append(time.perf_counter() - t)
-  return dict(matmul=list(MATMUL), matmul_gflops=2 * m * k * n / min(ts) / 1e9)
+  return dict(matmul=list(shape), matmul_gflops=2 * m * k * n / min(ts) / 1e9)
 
 
 # ---- the gkd_jax side ---------------------------------------------------------------------------
 
 
 def gkd_jax_config(args, paths):
-  """configs/default.py with the benchmark's settings."""
+  """configs/default.py (or paths["config"]: --real's configs/prune_and_distill.py) with the
+  benchmark's settings."""
   import importlib.util
 
-  spec = importlib.util.spec_from_file_location("default_config", ROOT / "configs" / "default.py")
+  base = paths.get("config", str(ROOT / "configs" / "default.py"))
+  spec = importlib.util.spec_from_file_location("base_config", base)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config()
@@ -183,8 +224,10 @@ def gkd_jax_config(args, paths):
   c.student.dtype = c.teacher.dtype = args.dtype
   c.data.max_prompt_len, c.data.max_completion_len = args.prompt_len, args.new_tokens
   c.sampling.max_new_tokens, c.sampling.temperature = args.new_tokens, 1.0
-  c.gkd.lmbda, c.gkd.loss, c.gkd.beta, c.gkd.temperature = 1.0, "jsd", 0.5, 1.0
+  c.gkd.lmbda, c.gkd.loss, c.gkd.temperature = 1.0, "jsd", 1.0
+  c.gkd.beta = getattr(args, "beta", 0.5)  # profile_step's args have none
   c.optim.name, c.optim.learning_rate, c.optim.schedule = "adamw", args.lr, "constant"
+  c.optim.warmup_steps = 0
   c.optim.weight_decay, c.optim.grad_clip = 0.0, 1.0
   c.train.batch_size, c.train.num_steps = args.batch, 100000
   c.eval.batch_size = args.batch
@@ -213,14 +256,15 @@ class GkdJaxSide:
     self.off = programs.compile_steps(
         dataclasses.replace(run, settings=dataclasses.replace(on, lmbda=0.0))
     )
-    arrays = batch_arrays(args.batch, args.prompt_len, args.new_tokens)
+    self.matmul = mlp_matmul(args, paths)
+    arrays = load_arrays(args, paths)
     rules = tuple(run.config.sharding_rules)
     put = lambda x: jax.device_put(
         jnp.asarray(x, jnp.int32), sharding.batch_sharding(run.mesh, rules, 2)
     )
     self.batch = dict(
         prompt_tokens=put(arrays["prompt"]),
-        prompt_mask=put(np.ones_like(arrays["prompt"])),
+        prompt_mask=put(arrays["prompt_mask"]),
         completion_tokens=put(arrays["completion"]),
         completion_mask=put(np.ones_like(arrays["completion"])),
     )
@@ -239,6 +283,7 @@ class GkdJaxSide:
       model = models.build(run.student.config, getattr(jnp, dtype))
       self._sample[dtype] = (jax.jit(functools.partial(sample, model, **kw)), model.dtype)
     self._alone = None  # each half's weight matmuls alone (matmul_floor.py), built on first use
+    self._compiled = {}
 
   def _state_step(self, steps) -> dict:
     self.state, m = steps.train_step(self.state, self.run.teacher_params, self.batch, self.rng)
@@ -277,11 +322,31 @@ class GkdJaxSide:
     return out
 
   def compiled_train_step(self, steps):
-    """`steps.train_step` (self.on or self.off) compiled for the benchmark's batch."""
+    """`steps.train_step` (self.on or self.off) compiled for the benchmark's batch (once)."""
     fn = steps.train_step
     if not hasattr(fn, "lower"):  # already compiled (train.remat="auto")
       return fn
-    return fn.lower(self.state, self.run.teacher_params, self.batch, self.rng).compile()
+    if id(steps) not in self._compiled:
+      lowered = fn.lower(self.state, self.run.teacher_params, self.batch, self.rng)
+      self._compiled[id(steps)] = lowered.compile()
+    return self._compiled[id(steps)]
+
+  def memory_analysis(self) -> dict:
+    """MiB of XLA's buffer assignment for train_step at λ=1 ("step") and λ=0 ("update"):
+    arguments (weights, optimizer state, batch), outputs, aliased (donated state), temporaries,
+    and peak = arguments + outputs - aliased + temporaries, as gkd_jax.plan reports it."""
+    out = {}
+    for name, steps in (("step", self.on), ("update", self.off)):
+      m = self.compiled_train_step(steps).memory_analysis()
+      mib = dict(
+          arguments=m.argument_size_in_bytes,
+          outputs=m.output_size_in_bytes,
+          aliased=m.alias_size_in_bytes,
+          temporaries=m.temp_size_in_bytes,
+      )
+      mib["peak"] = mib["arguments"] + mib["outputs"] - mib["aliased"] + mib["temporaries"]
+      out[name] = {k: v / 2**20 for k, v in mib.items()}
+    return out
 
   def floor(self) -> dict:
     """FLOPs of the loss + update program (XLA's cost analysis of train_step at λ=0: no loop, so
@@ -302,7 +367,7 @@ class GkdJaxSide:
     return dict(
         update_flops=flops(self.compiled_train_step(self.off)),
         sample_flops=flops(forward.lower(self.state.params, tokens).compile()),
-        **matmul_rate(),
+        **matmul_rate(self.matmul),
     )
 
   def versions(self) -> dict:
@@ -353,7 +418,7 @@ class TrlSide:
         weight_decay=0.0,
         max_grad_norm=1.0,
         lmbda=1.0,
-        beta=0.5,
+        beta=args.beta,
         temperature=1.0,
         max_new_tokens=args.new_tokens,
         seq_kd=False,
@@ -392,16 +457,17 @@ class TrlSide:
       return out
 
     tr.generate_on_policy_outputs = timed_generate
-    arrays = batch_arrays(args.batch, args.prompt_len, args.new_tokens)
-    prompt = torch.tensor(arrays["prompt"])
-    ids = torch.cat([prompt, torch.tensor(arrays["completion"])], dim=1)
+    arrays = load_arrays(args, paths)
+    prompt, prompt_mask = torch.tensor(arrays["prompt"]), torch.tensor(arrays["prompt_mask"])
+    completion = torch.tensor(arrays["completion"])
+    ids = torch.cat([prompt, completion], dim=1)
     labels = ids.clone()
     labels[:, : args.prompt_len] = -100
-    self.inputs = dict(
+    self.inputs = dict(  # as generate_on_policy_outputs builds them from its samples
         prompts=prompt,
-        prompt_attention_mask=torch.ones_like(prompt),
+        prompt_attention_mask=prompt_mask,
         input_ids=ids,
-        attention_mask=torch.ones_like(ids),
+        attention_mask=torch.cat([prompt_mask, torch.ones_like(completion)], dim=1),
         labels=labels,
     )
     self.versions_ = dict(
@@ -448,10 +514,46 @@ class TrlSide:
 # ---- child processes and the driver -------------------------------------------------------------
 
 
+def _status_mib(*keys) -> dict:
+  """{key: MiB} of this process's /proc/self/status memory lines (Linux), e.g. VmRSS, VmHWM."""
+  out = {}
+  with open("/proc/self/status") as f:
+    for line in f:
+      k, _, v = line.partition(":")
+      if k in keys:
+        out[k] = int(v.split()[0]) / 1024  # kB
+  return out
+
+
+def _reset_peak() -> bool:
+  """Resets this process's peak resident set (VmHWM, and so ru_maxrss) to its current RSS."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+def op_peaks(side, ops=("step", "sample", "update")) -> dict:
+  """{op: {before, peak} MiB}: the resident set before each op and its peak during it (the peak
+  reset before it); {} where the peak cannot be reset. Untimed: these ops are extra steps."""
+  out = {}
+  for op in ops:
+    if not _reset_peak():
+      return {}
+    before = _status_mib("VmRSS")["VmRSS"]
+    side.op(op)
+    out[op] = dict(before=before, peak=_status_mib("VmHWM")["VmHWM"])
+  return out
+
+
 def serve(args) -> None:
-  """A child: set up, time the first calls, report the step-1/2 losses, then one op per line."""
+  """A child: set up, time the first calls, report the step-1/2 losses and the memory, then one
+  op per line."""
   import resource
 
+  maxrss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   paths = json.loads(args.paths)
   t = time.perf_counter()
   side = (GkdJaxSide if args.child == "gkd_jax" else TrlSide)(args, paths)
@@ -463,12 +565,15 @@ def serve(args) -> None:
   for name in check + ("step", "sample") + (("sample_bf16",) if args.child == "gkd_jax" else ()):
     r = side.op(name)
     first.setdefault(name, []).append(r)
+  setup_peak = maxrss()  # load + compile + first calls; the resets below restart ru_maxrss
+  ready["memory"] = dict(setup_peak=setup_peak, ops=op_peaks(side))
   if args.child == "gkd_jax":
     ready["floor"] = side.floor()
+    ready["memory"]["xla"] = side.memory_analysis()
   else:
     import torch
 
-    ready["floor"] = matmul_rate(torch)
+    ready["floor"] = matmul_rate(mlp_matmul(args, paths), torch)
   ready.update(
       losses_fixed=[r["loss"] for r in first.get("update", [])],
       first_call_s={k: v[0]["s"] for k, v in first.items()},
@@ -480,7 +585,7 @@ def serve(args) -> None:
     if name == "quit":
       break
     out = side.op(name)
-    out["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["maxrss_mib"] = max(setup_peak, maxrss())
     print(json.dumps(out), flush=True)
 
 
@@ -488,7 +593,7 @@ class Child:
 
   def __init__(self, python, child, args, paths, log_dir: Path):
     cmd = [python, __file__, "--child", child, "--paths", json.dumps(paths)]
-    for k in ("batch", "prompt_len", "new_tokens", "lr", "dtype", "threads", "loss_check"):
+    for k in ("batch", "prompt_len", "new_tokens", "lr", "beta", "dtype", "threads", "loss_check"):
       cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRL_EXPERIMENTAL_SILENCE="1")
     self.log = log_dir / f"{child}.log"
@@ -581,6 +686,7 @@ def run_cell(args, paths, log_dir: Path, ops=("step", "sample", "update")) -> di
         setup_s=ready["setup_s"],
         first_call_s=ready["first_call_s"],
         losses_fixed=ready["losses_fixed"],
+        memory=ready["memory"],
         versions=ready["versions"],
         floor=ready["floor"],
         tokens_per_s=tokens / st["step"]["median"],
@@ -624,13 +730,25 @@ def _estimate_s(done: list, batch: int, new_tokens: int, prompt_len: int) -> flo
   return load + (first + ref["rounds_wall_s"]) * scale
 
 
-def main():
+TOY_SETUP = (
+    "Student Gemma-2 256×4, teacher 512×6 (random weights), V=4096, random prompts of {P} tokens"
+)
+# Mode defaults: the random Gemma-2 pair, or --real's configs/prune_and_distill.py shapes.
+DEFAULTS = {
+    False: dict(prompt_len=32, new_tokens=64, beta=0.5, out="gkd_step_vs_trl"),
+    True: dict(prompt_len=64, new_tokens=48, beta=0.9, out="gkd_step_vs_trl_smollm2"),
+}
+
+
+def parse_args(argv=None):
+  """The options, with --real's or the random pair's defaults where none was given."""
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--batch", type=int, default=8)
-  ap.add_argument("--prompt-len", type=int, default=32)
-  ap.add_argument("--new-tokens", type=int, default=64)
+  ap.add_argument("--prompt-len", type=int, default=None, help="default 32, --real 64")
+  ap.add_argument("--new-tokens", type=int, default=None, help="default 64, --real 48")
   ap.add_argument("--steps", type=int, default=10, help="timed rounds (each: step, sample, update)")
   ap.add_argument("--lr", type=float, default=1e-4)
+  ap.add_argument("--beta", type=float, default=None, help="JSD β: default 0.5, --real 0.9")
   ap.add_argument(
       "--dtype",
       default="float32",
@@ -638,6 +756,18 @@ def main():
       help="gkd_jax models' dtype (TRL stays float32); sampling is timed in both",
   )
   ap.add_argument("--threads", type=int, default=2, help="torch threads")
+  ap.add_argument(
+      "--real",
+      action="store_true",
+      help="SmolLM2-135M-Instruct teacher, its 15-layer pruned student, the trainer's prompts "
+      "(gkd_step_smollm2.py)",
+  )
+  ap.add_argument(
+      "--teacher", default=None, help="--real: teacher HF folder (default: make demo's)"
+  )
+  ap.add_argument(
+      "--student", default=None, help="--real: student HF folder (default: make demo's)"
+  )
   ap.add_argument("--scaling", action="store_true", help="batch 8/32/128 x new tokens 64/256")
   ap.add_argument("--scaling-steps", type=int, default=3)
   ap.add_argument(
@@ -650,7 +780,7 @@ def main():
       "--out",
       default=None,
       help="results path without extension (.json and .md are written; default "
-      "benchmarks/results/gkd_step_vs_trl, or ..._scaling with --scaling)",
+      "benchmarks/results/gkd_step_vs_trl, ..._scaling with --scaling, ..._smollm2 with --real)",
   )
   ap.add_argument(
       "--ref-python",
@@ -665,7 +795,39 @@ def main():
   )
   ap.add_argument("--child", choices=("gkd_jax", "trl"), help=argparse.SUPPRESS)
   ap.add_argument("--paths", help=argparse.SUPPRESS)
-  args = ap.parse_args()
+  args = ap.parse_args(argv)
+  if args.real and args.scaling:
+    ap.error("--real runs one cell: it cannot be combined with --scaling")
+  if not args.real and (args.teacher or args.student):
+    ap.error("--teacher/--student need --real")
+  defaults = dict(DEFAULTS[args.real])
+  if args.scaling:
+    defaults["out"] = "gkd_step_vs_trl_scaling"
+  for k, v in defaults.items():
+    if getattr(args, k) is None:
+      setattr(args, k, str(ROOT / "benchmarks" / "results" / v) if k == "out" else v)
+  return args
+
+
+def real_inputs(args, root: Path) -> tuple[dict, str]:
+  """--real: (paths: the folders, the batch's .npz, the experiment's config; the setup line)."""
+  import gkd_step_smollm2 as smollm2  # pylint: disable=import-outside-toplevel
+
+  teacher, student = smollm2.folders(args.teacher, args.student)
+  arrays = smollm2.batch_arrays(student, args.batch, args.prompt_len, args.new_tokens)
+  np.savez(root / "arrays.npz", **arrays)
+  paths = dict(
+      teacher=str(teacher),
+      student=str(student),
+      train=write_dummy_train(root),
+      arrays=str(root / "arrays.npz"),
+      config=str(ROOT / "configs" / "prune_and_distill.py"),
+  )
+  return paths, smollm2.describe(teacher, student, arrays["prompt_mask"])
+
+
+def main():
+  args = parse_args()
   if args.child:
     serve(args)
     return
@@ -679,15 +841,11 @@ def main():
   sys.path.insert(0, str(Path(__file__).resolve().parent))
   import gkd_step_report as report  # pylint: disable=import-outside-toplevel
 
-  if args.out is None:
-    args.out = str(
-        ROOT
-        / "benchmarks"
-        / "results"
-        / ("gkd_step_vs_trl_scaling" if args.scaling else "gkd_step_vs_trl")
-    )
   with tempfile.TemporaryDirectory() as tmp:
-    paths = write_checkpoints(Path(tmp))
+    if args.real:
+      paths, setup = real_inputs(args, Path(tmp))
+    else:
+      paths, setup = write_checkpoints(Path(tmp)), TOY_SETUP.format(P=args.prompt_len)
     if not args.scaling:
       cells, skipped = [run_cell(args, paths, Path(tmp))], []
     else:
@@ -712,6 +870,9 @@ def main():
         print(report.cell_line(cells[-1]), flush=True)
   result = dict(
       command=" ".join([Path(sys.executable).name] + sys.argv),
+      setup=setup,
+      real=args.real,
+      beta=args.beta,
       cells=cells,
       skipped=skipped,
       scaling=args.scaling,

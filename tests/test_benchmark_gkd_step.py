@@ -30,7 +30,7 @@ def tiny(monkeypatch):
   monkeypatch.setattr(bench, "VOCAB", 64)
   monkeypatch.setattr(bench, "STUDENT", dict(bench.STUDENT, vocab_size=64, **small))
   monkeypatch.setattr(bench, "TEACHER", dict(bench.TEACHER, vocab_size=64, **small))
-  return SimpleNamespace(batch=2, prompt_len=3, new_tokens=4, lr=1e-3, dtype="float32")
+  return SimpleNamespace(batch=2, prompt_len=3, new_tokens=4, lr=1e-3, beta=0.5, dtype="float32")
 
 
 def test_gkd_jax_side_update_loss_is_the_dense_jsd_of_both_checkpoints(tiny, tmp_path):
@@ -96,7 +96,8 @@ def test_floor_counts_at_least_the_models_matmuls_and_measures_a_matmul_rate(tin
   cfg = side.run.student.config
   need = 2 * positions * (weights(side.state.params) + cfg.embed_dim * cfg.vocab_size)
   assert need <= floor["sample_flops"] < floor["update_flops"]
-  assert floor["matmul"] == list(bench.MATMUL) and 1 < floor["matmul_gflops"] < 1e5
+  B, P, N = tiny.batch, tiny.prompt_len, tiny.new_tokens
+  assert floor["matmul"] == [B * (P + N), 32, 64] and 1 < floor["matmul_gflops"] < 1e5
   assert side.op("update_matmuls")["s"] > 0 and side.op("sample_matmuls")["s"] > 0
 
 
@@ -165,3 +166,29 @@ def test_floor_section_states_each_half_and_the_ceiling_from_the_measurements():
   assert f"| {times['mm_update']:.3f} s | {times['mm_sample']:.3f} s |" in text
   mm = times["trl_step"] / (times["mm_update"] + times["mm_sample"])
   assert f"at XLA's speed for their shapes: {mm:.2f}." in text
+
+
+def test_real_mode_defaults_are_the_experiments_shapes_and_options_are_checked():
+  toy, real = bench.parse_args([]), bench.parse_args(["--real"])
+  assert (toy.prompt_len, toy.new_tokens, toy.beta) == (32, 64, 0.5)
+  assert (real.batch, real.prompt_len, real.new_tokens, real.beta) == (8, 64, 48, 0.9)
+  assert real.out.endswith("gkd_step_vs_trl_smollm2") and toy.out.endswith("gkd_step_vs_trl")
+  assert bench.parse_args(["--real", "--beta", "0.5"]).beta == 0.5
+  for bad in (["--real", "--scaling"], ["--teacher", "t", "--student", "s"]):
+    with pytest.raises(SystemExit):
+      bench.parse_args(bad)
+
+
+def test_real_folders_exit_with_one_line_saying_how_to_make_them(tmp_path, monkeypatch):
+  import gkd_step_smollm2 as smollm2  # pylint: disable=import-outside-toplevel
+  from gkd_jax import released  # pylint: disable=import-outside-toplevel
+
+  for module, name in ((smollm2, "DEMO"), (smollm2, "CACHE"), (released, "CACHE")):
+    monkeypatch.setattr(module, name, tmp_path / name.lower())
+  with pytest.raises(SystemExit, match="make models"):
+    smollm2.folders()
+
+  with pytest.raises(SystemExit, match="give both"):
+    smollm2.folders(teacher=str(tmp_path))
+  with pytest.raises(SystemExit, match="no config.json"):
+    smollm2.folders(str(tmp_path), str(tmp_path))

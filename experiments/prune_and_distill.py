@@ -26,6 +26,7 @@ Every stage is resumable (files are written whole, training runs resume from the
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -50,19 +51,23 @@ from gkd_jax.models import hf  # noqa: E402
 from gkd_jax.prune_checkpoint import prune_checkpoint  # noqa: E402
 from gkd_jax.tasks import instructions  # noqa: E402
 
+# What the small budgets share: no validation split, stage 1, grid or equal-time runs; one seed.
+_SMALL = dict(
+    val_prompts=0,
+    eval_checkable=0,
+    stage1_steps=0,
+    lr_grid=(),
+    seeds=(0,),
+    methods=("supervised_kd", "on_policy"),
+    equal_time="",
+)
 BUDGETS = {
     "demo": dict(
+        _SMALL,
         layers=15,
         train_prompts=320,
-        val_prompts=0,
         eval_prompts=48,
-        eval_checkable=0,
-        stage1_steps=0,
-        lr_grid=(),
         steps=30,
-        seeds=(0,),
-        methods=("supervised_kd", "on_policy"),
-        equal_time="",
         model="smollm2",
         chat=True,
         max_new=48,
@@ -70,17 +75,11 @@ BUDGETS = {
     # Gemma 3 270M (a base model: plain-text prompts to continue), 9 of 18 layers kept, all
     # three global-attention layers among them; a smaller budget (its 262144-entry vocabulary).
     "gemma": dict(
+        _SMALL,
         layers=9,
         train_prompts=256,
-        val_prompts=0,
         eval_prompts=32,
-        eval_checkable=0,
-        stage1_steps=0,
-        lr_grid=(),
         steps=16,
-        seeds=(0,),
-        methods=("supervised_kd", "on_policy"),
-        equal_time="",
         model="gemma3",
         chat=False,
         max_new=32,
@@ -253,9 +252,7 @@ def run_method(run_dir: Path, init: Path, paths: dict, method: str, steps: int, 
   summary = train.train(config, str(run_dir))
   # The exported student holds the weights; its tokenizer makes it a folder every tool opens
   # (the next stage's init, `gkd-jax sample`).
-  tokenizers.save_tokenizer(
-      tokenizers.load_tokenizer(str(paths["teacher"])), str(run_dir / "student")
-  )
+  tokenizers.save_tokenizer(_load_teacher(paths)[0], str(run_dir / "student"))
   _release()
   return summary
 
@@ -268,8 +265,14 @@ def _release() -> None:
 
 
 def _load_teacher(paths: dict):
-  tok = tokenizers.load_tokenizer(str(paths["teacher"]))
-  return tok, train.stop_ids(tok), *hf.load_pretrained(paths["teacher"])
+  return _teacher(str(paths["teacher"]))
+
+
+@functools.lru_cache(maxsize=1)
+def _teacher(path: str):
+  """(tokenizer, stop ids, model, params) of the teacher, read once for every evaluation."""
+  tok = tokenizers.load_tokenizer(path)
+  return tok, train.stop_ids(tok), *hf.load_pretrained(path)
 
 
 def validate(name: str, checkpoint: Path, paths: dict, w: Path, budget: dict) -> dict:

@@ -36,8 +36,9 @@ def _params(name):
 
 @functools.lru_cache(maxsize=None)
 def _load(name):
-  """Each model once per worker: pytest may tear a parametrised module fixture down and set it up
-  again when the tests of both params interleave (seen: Gemma's ~55 s load twice)."""
+  """Each model at most once per worker process, however pytest orders the parametrised fixture's
+  set-ups. (`--durations` still shows two Gemma set-ups of ~70 s in one run: not yet explained,
+  possibly the group split over both workers.)"""
   file = released.path(FILES[name])  # FileNotFoundError naming `make models` when absent
   return (name, file, *gkd_jax.load_pretrained(file))
 

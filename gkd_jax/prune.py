@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gkd_jax.models import rope
+from gkd_jax.models import api
 from gkd_jax.models.api import Model, Params
 from gkd_jax.models.config import FULL
 from gkd_jax.scoring import attention_masks, positions_from_mask
@@ -36,7 +37,9 @@ def keep_layers(model: Model, params: Params, keep: Sequence[int]) -> tuple[Mode
   The new ModelConfig has num_layers=K and `layer_types` taken from the kept layers, so a layer's
   attention type (and with it its rope base, rope scaling and sliding mask) travels with its
   weights. Embeddings, final norm and head are unchanged. The kept layers' arrays are shared, not
-  copied (jax arrays are immutable); the dict containers are new. ValueError, naming every
+  copied (jax arrays are immutable); the dict containers are new. Stacked params (a
+  `scan_layers` model) keep their form: the kept rows of each [L,...] leaf, gathered into new
+  [K,...] arrays. ValueError, naming every
   problem, when `keep` is empty, unsorted, repeats an index or leaves [0, num_layers).
   """
   num_layers = model.config.num_layers
@@ -61,9 +64,13 @@ def keep_layers(model: Model, params: Params, keep: Sequence[int]) -> tuple[Mode
       num_layers=len(keep), layer_types=tuple(model.config.layer_types[i] for i in keep)
   )
   new_params = {name: value for name, value in params.items() if name != "layers"}
-  new_params["layers"] = {
-      new: jax.tree.map(lambda x: x, params["layers"][old]) for new, old in enumerate(keep)
-  }
+  if api.is_stacked(params):
+    rows = np.asarray(keep)
+    new_params["layers"] = jax.tree.map(lambda x: x[rows], params["layers"])
+  else:
+    new_params["layers"] = {
+        new: jax.tree.map(lambda x: x, params["layers"][old]) for new, old in enumerate(keep)
+    }
   return dataclasses.replace(model, config=config), new_params
 
 
@@ -119,6 +126,9 @@ def block_importance(
   (same result) to bound activation memory on large calibration sets. ValueError when tokens and
   mask are not equal [B,T] shapes, the mask has no valid token or batch_size < 1.
   """
+  if model.scan_layers:  # measured on the looped form: one layer at a time (a per-layer copy)
+    model = dataclasses.replace(model, scan_layers=False)
+    params = api.unstack_layers(params)
   tokens_BxT = np.asarray(tokens_BxT)
   mask_BxT = np.ones(tokens_BxT.shape, np.int32) if mask_BxT is None else np.asarray(mask_BxT)
   if tokens_BxT.ndim != 2 or mask_BxT.shape != tokens_BxT.shape:

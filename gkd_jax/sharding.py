@@ -1,7 +1,8 @@
 """Device mesh from the config, logical-axis rules, and the shardings of parameters and batches.
 
 The mesh always has the axes ("data", "fsdp", "tensor"). Parameters carry logical axis names
-(`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`); `config.sharding_rules` maps each name to
+(`embed`, `mlp`, `heads`, `kv_heads`, `head_dim`, `vocab`, and `layers` on a scanned model's
+stacked params); `config.sharding_rules` maps each name to
 mesh axes, e.g. the default FSDP on `embed` and tensor parallelism on `mlp`, `heads`, `kv_heads` and
 `vocab`. Batches shard their leading dim over the 'batch' rule (default ("data", "fsdp")).
 
@@ -25,7 +26,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # The names `sharding_rules` may map: the batch dim of batches and the parameters' logical axes.
-LOGICAL_AXES = ("batch", "embed", "mlp", "heads", "kv_heads", "head_dim", "vocab")
+# `layers` is the leading axis of a scan_layers model's stacked params: no default rule names it,
+# so it stays replicated (each device holds its share of every layer, and the scan walks them).
+LOGICAL_AXES = ("batch", "embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "layers")
 DEFAULT_BATCH_AXES = ("data", "fsdp")
 
 

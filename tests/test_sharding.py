@@ -129,12 +129,14 @@ def test_batch_sharding(shape):
 
 def test_rules_can_name_every_logical_axis_a_model_uses():
   """sharding.LOGICAL_AXES (what config validation accepts in sharding_rules) covers the names on
-  the parameters of every family flavour, and the batch dim."""
+  the parameters of every family flavour in both layer forms, and the batch dim."""
   used = {"batch"}
   for family in testing.FAMILIES:
     cfg = testing.tiny_config(family, tie_embeddings=False, qkv_bias=True, qk_norm=True)
-    specs = jax.tree.leaves(
-        models.logical_axes(models.build(cfg)), is_leaf=lambda x: isinstance(x, P)
-    )
-    used |= {name for spec in specs for name in spec}
+    for scan in (False, True):
+      specs = jax.tree.leaves(
+          models.logical_axes(models.build(cfg, scan_layers=scan)),
+          is_leaf=lambda x: isinstance(x, P),
+      )
+      used |= {name for spec in specs for name in spec}
   assert used == set(sharding.LOGICAL_AXES)

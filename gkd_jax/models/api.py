@@ -5,8 +5,9 @@
     param_shapes(model)                        # same tree of jax.ShapeDtypeStruct
     logical_axes(model)                        # same tree of PartitionSpec(logical names)
     unembedding(model, params)                 # [D,V] (embed.T when tied)
+    stack_layers(params) / unstack_layers(params)   # per-layer form <-> scanned form
 
-`Model` is a frozen dataclass (config + dtype) and so a valid static argument of `jax.jit`;
+`Model` is a frozen dataclass (config + dtype + scan_layers) and so a valid static argument of `jax.jit`;
 `model.graphdef` is the NNX graph definition and `model.bind(params)` merges it with a params tree
 (do that inside `jit`: it is free at run time). The params tree (exactly `nnx.state(module,
 nnx.Param).to_pure_dict()`), with D=embed_dim, V=vocab, H/K=query/kv heads, Dh=head_dim, F=mlp_dim:
@@ -25,6 +26,13 @@ nnx.Param).to_pure_dict()`), with D=embed_dim, V=vocab, H/K=query/kv heads, Dh=h
     layers/{i}/mlp/gate, up    [D,F]     (embed, mlp)
     layers/{i}/mlp/down        [F,D]     (mlp, embed)
     layers/{i}/post_mlp_norm/scale [D]                           only when post_mlp_norm
+
+With `scan_layers=True` (the decoder runs its blocks as one `lax.scan`, see decoder.py) `layers` is
+instead one tree of the same names whose every leaf has a leading [L] axis, logical axis `layers`
+(never sharded by the default rules: an axis no rule names is replicated), e.g.
+layers/attn/q [L,D,H,Dh] (layers, embed, heads, head_dim). `stack_layers` / `unstack_layers`
+convert between the two forms (layer i of the stacked form is the per-layer form's `layers/{i}`);
+HF and GGUF files stay per-layer (`load_pretrained` / `save_pretrained` convert at the edge).
 
 Norm scales are stored as in HF checkpoints (Gemma: the `w` of x * (1 + w)). Matrices are stored
 input-major (x @ W), i.e. transposed relative to torch's nn.Linear weights.
@@ -52,10 +60,17 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-  """Architecture (config) and parameter/activation dtype. Hashable: a `jax.jit` static arg."""
+  """Architecture (config), parameter/activation dtype and the layer form. Hashable: a `jax.jit`
+  static arg.
+
+  scan_layers: run the blocks as one scan over params stacked on a leading `layers` axis (compile
+  time flat in depth, one layer's weights gathered at a time under FSDP) instead of a Python loop
+  over per-layer params (the debugging and parity reference). Both compute the same function.
+  """
 
   config: ModelConfig
   dtype: Any = jnp.float32
+  scan_layers: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
@@ -70,23 +85,62 @@ class Model:
 
 
 def _params(model: Model, rng: jax.Array) -> Params:
-  """The `Decoder`'s parameters as its own initialisers draw them from `rng`."""
+  """The `Decoder`'s parameters as its own initialisers draw them from `rng`; the scanned form
+  stacks the per-layer draws, so one rng gives the same model in both forms."""
   module = Decoder(model.config, model.dtype, nnx.Rngs(params=rng))
-  return nnx.state(module, nnx.Param).to_pure_dict()
+  params = nnx.state(module, nnx.Param).to_pure_dict()
+  return stack_layers(params) if model.scan_layers else params
 
 
 @functools.lru_cache(maxsize=64)
 def _abstract(model: Model):
-  module = nnx.eval_shape(lambda: Decoder(model.config, model.dtype, nnx.Rngs(params=0)))
+  module = nnx.eval_shape(
+      lambda: Decoder(model.config, model.dtype, nnx.Rngs(params=0), model.scan_layers)
+  )
   graphdef, state = nnx.split(module, nnx.Param)
   return graphdef, state
 
 
-def build(config: ModelConfig, dtype=jnp.float32) -> Model:
-  """A `Model` for `config` whose parameters and activations are `dtype`."""
+def build(config: ModelConfig, dtype=jnp.float32, scan_layers: bool = False) -> Model:
+  """A `Model` for `config` whose parameters and activations are `dtype` (`scan_layers`: see
+  `Model`)."""
   if not isinstance(config, ModelConfig):
     raise TypeError(f"build() needs a ModelConfig, got {type(config).__name__}")
-  return Model(config, dtype)
+  return Model(config, dtype, bool(scan_layers))
+
+
+def is_stacked(params: Params) -> bool:
+  """Whether `params` has the scanned form (`layers` one tree of [L,...] leaves) rather than the
+  per-layer form (`layers` a dict keyed by int layer index)."""
+  return not all(isinstance(k, int) for k in params["layers"])
+
+
+def stack_layers(params: Params) -> Params:
+  """The scanned form of per-layer `params` (new [L,...] arrays; other entries shared)."""
+  if is_stacked(params):
+    raise ValueError("stack_layers: params are already stacked")
+  layers = params["layers"]
+  if sorted(layers) != list(range(len(layers))):
+    raise ValueError(f"stack_layers: layer indices {sorted(layers)} are not 0..L-1")
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(layers[i] for i in range(len(layers))))
+  return dict(params, layers=stacked)
+
+
+def unstack_layers(params: Params) -> Params:
+  """The per-layer form of scanned `params` (layer i: every leaf's [i] slice)."""
+  if not is_stacked(params):
+    raise ValueError("unstack_layers: params are already per-layer")
+  stacked = params["layers"]
+  num_layers = jax.tree.leaves(stacked)[0].shape[0]
+  layers = {i: jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(num_layers)}
+  return dict(params, layers=layers)
+
+
+def params_for(model: Model, params: Params) -> Params:
+  """`params` in the form `model` runs (stacked when `model.scan_layers`), converted if needed."""
+  if is_stacked(params) == model.scan_layers:
+    return params
+  return stack_layers(params) if model.scan_layers else unstack_layers(params)
 
 
 def init(model: Model, rng: jax.Array, shardings: Optional[Any] = None) -> Params:

@@ -187,12 +187,16 @@ class Block(nnx.Module):
 class Decoder(nnx.Module):
   """Embedding -> blocks -> final norm -> (tied or untied) unembedding."""
 
-  def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs, scan_layers: bool = False):
     self.cfg = cfg
     self.dtype = dtype
+    self.scan_layers = scan_layers
     V, D = cfg.vocab_size, cfg.embed_dim
     self.embed = _param(rngs, (V, D), ("vocab", "embed"), dtype)
-    self.layers = nnx.List([Block(cfg, s, dtype, rngs) for s in cfg.is_sliding])
+    if scan_layers:
+      self.layers = _stacked_blocks(cfg, dtype, rngs)
+    else:
+      self.layers = nnx.List([Block(cfg, s, dtype, rngs) for s in cfg.is_sliding])
     self.final_norm = RMSNorm(
         D, "embed", eps=cfg.norm_eps, plus_one=cfg.norm_scale_plus_one, dtype=dtype, rngs=rngs
     )
@@ -227,6 +231,7 @@ class Decoder(nnx.Module):
       kv_fns=None,
       remat: bool = False,
       output_from: int = 0,
+      kv_carry=None,
   ):
     """Final-norm hidden states [B,T,D] and the per-layer `kv_fn` results.
 
@@ -237,12 +242,20 @@ class Decoder(nnx.Module):
     output_from: return only positions >= output_from, [B, T - output_from, D]: the last layer
       computes its queries, MLP and final norm there only (earlier positions feed it keys and
       values), e.g. the completion positions of a prompt + completion batch.
+
+    With `scan_layers` the arguments differ as `_scan` documents: `kv_fns` is one `ScanKVFn` and
+    `kv_carry` its initial state, and the second result is the final `kv_carry`.
     """
     cfg = self.cfg
     x = self.embed_tokens(tokens_BxT)
     rot = {}
     for sliding in sorted(set(cfg.is_sliding)):
       rot[sliding] = rope.cos_sin(rope.inv_freq(cfg, sliding), positions_BxT, x.dtype)
+    if self.scan_layers:
+      x, kv_carry = self._scan(x, rot, masks, kv_fns, kv_carry, remat)
+      return self.final_norm(x[:, output_from:]), kv_carry
+    if kv_carry is not None:
+      raise ValueError("kv_carry is for scan_layers decoders; the loop takes one kv_fn per layer")
     extras = []
     last = len(self.layers) - 1
     for i, layer in enumerate(self.layers):
@@ -255,6 +268,71 @@ class Decoder(nnx.Module):
         x, extra = layer(x, cos, sin, masks[s], None if kv_fns is None else kv_fns[i], query_from)
       extras.append(extra)
     return self.final_norm(x), extras
+
+
+  def _scan(self, x_BxTxD, rot, masks, kv_fn: Optional["ScanKVFn"], kv_carry, remat: bool):
+    """The blocks as one `lax.scan` over the stacked layer params: XLA compiles one block body
+    (compile time flat in depth) and fetches one layer's weights per iteration.
+
+    Per-layer scanned data: the params slice, the layer index and whether the layer slides. When
+    the config mixes sliding and full layers (Gemma 2/3, pruned models in any order) each layer
+    selects its RoPE tables and mask with `jnp.where` (exact: a select, not arithmetic), so
+    `masks[True]` and `masks[False]` must have one shape. kv_fn(k, v, layer, kv_carry) -> (keys,
+    values, new kv_carry) replaces the looped form's per-layer kv_fns: the state the layers share
+    (e.g. KV caches stacked on a leading layer axis) rides in the scan carry, updated in place.
+
+    Every layer, the last included, runs over all positions (running the last one apart to skip
+    the positions before `output_from` would slice, and so copy, the stacked weights); the caller
+    drops them after the scan. `remat` wraps the body in `jax.checkpoint` (without kv_fn).
+    """
+    cfg = self.cfg
+    graphdef = _block_graphdef(cfg, self.dtype)
+    params_L = nnx.state(self.layers, nnx.Param).to_pure_dict()
+    mixed = len(set(cfg.is_sliding)) > 1
+
+    def pick(sliding, by_kind):
+      if not mixed:
+        return by_kind[cfg.is_sliding[0]]
+      return jax.tree.map(lambda a, b: jnp.where(sliding, a, b), by_kind[True], by_kind[False])
+
+    def layer(x, params, sliding, i, carry):
+      (cos, sin), mask = pick(sliding, rot), pick(sliding, masks)
+      fn = None if kv_fn is None else functools.partial(kv_fn, layer=i, kv_carry=carry)
+      return nnx.merge(graphdef, params)(x, cos, sin, mask, fn)
+
+    if remat and kv_fn is None:
+      layer = jax.checkpoint(layer, prevent_cse=False)  # inside scan CSE cannot undo it
+
+    def body(carry, xs):
+      return layer(carry[0], *xs, carry[1]), None
+
+    xs = (params_L, jnp.asarray(cfg.is_sliding), jnp.arange(cfg.num_layers, dtype=jnp.int32))
+    (x_BxTxD, kv_carry), _ = jax.lax.scan(body, (x_BxTxD, kv_carry), xs)
+    return x_BxTxD, kv_carry
+
+
+# kv_fn(k_BxKxTxH, v_BxKxTxH, *, layer, kv_carry) -> (keys, values, new kv_carry): the scanned
+# decoder's counterpart of KVFn (layer: the traced index of the layer being run).
+ScanKVFn = Callable[..., tuple[jax.Array, jax.Array, object]]
+
+
+def _stacked_blocks(cfg: ModelConfig, dtype, rngs: nnx.Rngs) -> Block:
+  """One `Block` whose every param has a leading [L] axis, logical name `layers` (its `sliding`
+  is meaningless: the scan passes each layer's kind as data)."""
+
+  @nnx.split_rngs(splits=cfg.num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def make(rngs):
+    return Block(cfg, False, dtype, rngs)
+
+  return make(rngs)
+
+
+@functools.lru_cache(maxsize=64)
+def _block_graphdef(cfg: ModelConfig, dtype):
+  """The graph definition of one (unstacked) block, merged with each layer's params slice."""
+  block = nnx.eval_shape(lambda: Block(cfg, False, dtype, nnx.Rngs(params=0)))
+  return nnx.split(block, nnx.Param)[0]
 
 
 @nnx.remat

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gkd_jax.models import stacking
 from gkd_jax.models.config import ModelConfig
 from gkd_jax.models.hf_config import config_from_hf, config_to_hf
 
@@ -393,16 +395,27 @@ def read_model(path, dtype=jnp.float32) -> tuple[Any, bool]:
   return _model_api().build(config_from_hf(hf), dtype), hf.get("model_type") == "gemma3"
 
 
-def load_pretrained(path, dtype=jnp.float32, shardings: ShardingsArg = None):
-  """(model, params) from a HuggingFace checkpoint folder or a `.gguf` file (see models/gguf.py)."""
+def load_pretrained(
+    path, dtype=jnp.float32, shardings: ShardingsArg = None, scan_layers: bool = False
+):
+  """(model, params) from a HuggingFace checkpoint folder or a `.gguf` file (see models/gguf.py).
+
+  scan_layers: a `scan_layers` model and its stacked params (read per layer, then stacked leaf by
+  leaf; `shardings` describe the stacked form, see models/stacking.py)."""
   model, multimodal = read_model(path, dtype)
-  return model, read_params(path, model, dtype, shardings, multimodal=multimodal)
+  if not scan_layers:
+    return model, read_params(path, model, dtype, shardings, multimodal=multimodal)
+  per_layer = stacking.per_layer_shardings(shardings, model.config.num_layers)
+  params = read_params(path, model, dtype, per_layer, multimodal=multimodal)
+  return dataclasses.replace(model, scan_layers=True), stacking.stack_placed(params, shardings)
 
 
 # ------------------------------------------------------------------------------------------ save
 
 
 def _to_host(x) -> np.ndarray:
+  if isinstance(x, stacking.LayerSlice):
+    x = x.materialize()
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     from jax.experimental import multihost_utils
 
@@ -417,12 +430,20 @@ def save_pretrained(path, model, params, max_shard_bytes: int = 5 * 2**30) -> No
   tensor names and layouts, tied embeddings without lm_head.weight); tensors keep the params'
   dtype. Shards are built one at a time, so host memory holds at most one shard. On a
   multi-process run every process must call this (arrays are gathered); process 0 writes.
+  Stacked params (a `scan_layers` model) are written per layer, one layer's slice at a time.
   """
   from safetensors.numpy import save_file
 
-  plan = _plan_for(model)
+  plan = _plan_for(dataclasses.replace(model, scan_layers=False))
   path = Path(path)
-  leaves = [_get(params, e.path) for e in plan]
+  if _model_api().is_stacked(params):
+    get = lambda p: (
+        stacking.LayerSlice(_get(params["layers"], p[2:]), p[1]) if p[0] == "layers" else
+        _get(params, p)
+    )
+  else:
+    get = functools.partial(_get, params)
+  leaves = [get(e.path) for e in plan]
   dtype_name = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(
       str(jnp.dtype(leaves[0].dtype)), "float32"
   )

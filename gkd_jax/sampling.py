@@ -12,9 +12,16 @@ in slot i mod S and the slot's index is recomputed from the step (no bookkeeping
 and per-token attention cost of sliding layers are bounded by the window. A key is visible when it
 is a real token (index >= the row's padding count) and, on sliding layers, q_pos - k_pos < window.
 
+Scanned models (`model.scan_layers`): the caches are two [L, B, K, S, Dh] buffers carried through
+the layer scan and written in place, and every layer, sliding ones included, gets the full
+S = P + max_new_tokens with the window applied by the mask (same visibility, so the same samples).
+Exact and order-preserving across any sliding/full pattern, at a memory cost: a sliding layer holds
+P + N slots instead of min(window, P + N), which matters only once P + N exceeds the window (e.g.
+Gemma 2 sampling beyond 4096 tokens: its sliding half of the cache grows to full size).
+
 Decode. One prefill gives the first logits; each `lax.while_loop` iteration then chooses a token
-from the logits in hand, records it and feeds it through the model (one token, all layers, a Python
-loop over the per-layer params: no stacking copy), and the loop stops as soon as every row has
+from the logits in hand, records it and feeds it through the model (one token, all layers: a Python
+loop over the per-layer params, or the layer scan), and the loop stops as soon as every row has
 emitted an EOS (or max_new_tokens is reached). Everything is one compiled program: no host
 synchronisation per token; `sample` can be called under an outer `jax.jit` and a mesh. Repeated
 calls with the same shapes and static arguments reuse the compiled program.
@@ -158,10 +165,12 @@ def _left_align(tokens_BxP, mask_BxP):
 
 
 def cache_sizes(model: Model, prompt_len: int, max_new_tokens: int) -> tuple[int, ...]:
-  """Per-layer KV cache length: P+N for full layers, min(window, P+N) for sliding ones."""
+  """Per-layer KV cache length: P+N for full layers, min(window, P+N) for sliding ones (P+N for
+  every layer of a scanned model: its caches are one stacked array)."""
   total = prompt_len + max_new_tokens
   cfg = model.config
-  return tuple(min(cfg.sliding_window, total) if s else total for s in cfg.is_sliding)
+  ring = not model.scan_layers
+  return tuple(min(cfg.sliding_window, total) if s and ring else total for s in cfg.is_sliding)
 
 
 class _Static(NamedTuple):
@@ -201,12 +210,30 @@ def _sample(
 
     return kv_fn
 
-  hidden, caches = decoder(
-      tokens,
-      positions_from_mask(mask),
-      attention_masks(model, mask),
-      [prefill_fn(s) for s in sizes],
-  )
+  if model.scan_layers:
+    # One [L,B,K,S,Dh] buffer each for keys and values; layer i writes its slice.
+    shape = (cfg.num_layers, B, cfg.num_kv_heads, sizes[0], cfg.head_dim)
+    kv_fn = prefill_fn(sizes[0])
+
+    def prefill_scan_fn(k, v, *, layer, kv_carry):
+      _, _, (kc, vc) = kv_fn(k, v)
+      put = lambda c, x: jax.lax.dynamic_update_index_in_dim(c, x.astype(c.dtype), layer, 0)
+      return k, v, (put(kv_carry[0], kc), put(kv_carry[1], vc))
+
+    hidden, caches = decoder(
+        tokens,
+        positions_from_mask(mask),
+        attention_masks(model, mask),
+        prefill_scan_fn,
+        kv_carry=(jnp.zeros(shape, model.dtype), jnp.zeros(shape, model.dtype)),
+    )
+  else:
+    hidden, caches = decoder(
+        tokens,
+        positions_from_mask(mask),
+        attention_masks(model, mask),
+        [prefill_fn(s) for s in sizes],
+    )
   logits0 = decoder.logits(hidden[:, -1:])[:, 0]
 
   choose = functools.partial(
@@ -229,7 +256,7 @@ def _sample(
     """Feed the token at cache index t; return next-token logits and the updated caches."""
     masks = {}
     for sliding in set(cfg.is_sliding):
-      S = min(window, P + N) if sliding else P + N
+      S = sizes[cfg.is_sliding.index(sliding)]
       slot_idx = t - jnp.mod(t - jnp.arange(S), S)  # cache index held by each slot
       vis = slot_idx[None, :] >= pad_B[:, None]
       if sliding:
@@ -245,10 +272,22 @@ def _sample(
 
       return kv_fn
 
+    def update_scan_fn(k, v, *, layer, kv_carry):
+      at = (layer, 0, 0, jnp.mod(t, sizes[0]), 0)
+      put = lambda c, x: jax.lax.dynamic_update_slice(c, x[None].astype(c.dtype), at)
+      kc_L, vc_L = put(kv_carry[0], k), put(kv_carry[1], v)
+      get = lambda c: jax.lax.dynamic_index_in_dim(c, layer, 0, keepdims=False)
+      return get(kc_L), get(vc_L), (kc_L, vc_L)
+
     positions = (t - pad_B)[:, None]
-    hidden, new_caches = decoder(
-        tok_B[:, None], positions, masks, [update_fn(c, s) for c, s in zip(caches, sizes)]
-    )
+    if model.scan_layers:
+      hidden, new_caches = decoder(
+          tok_B[:, None], positions, masks, update_scan_fn, kv_carry=caches
+      )
+    else:
+      hidden, new_caches = decoder(
+          tok_B[:, None], positions, masks, [update_fn(c, s) for c, s in zip(caches, sizes)]
+      )
     return decoder.logits(hidden)[:, 0], new_caches
 
   def cond(carry):

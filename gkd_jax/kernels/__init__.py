@@ -40,10 +40,11 @@ compiled into the kernels); `gkd_jax.divergences.token_divergence` also accepts 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gkd_jax import divergences
 from gkd_jax.divergences import DivergenceSpec
@@ -51,6 +52,9 @@ from gkd_jax.kernels import chunked, common, vocab_parallel
 from gkd_jax.kernels.layout import Layout
 from gkd_jax.kernels.single import cross_entropy, entropy
 from gkd_jax.kernels.topk import fused_linear_topk_divergence
+
+if TYPE_CHECKING:  # Pallas is imported only when impl="pallas" runs (`_local`)
+  from jax.experimental.pallas import tpu as pltpu
 
 IMPLS = ("auto", "reference", "chunked", "pallas")
 # impl="auto" takes the dense path while one [N, V] float32 logits array is at most 64 MiB: on a
@@ -60,7 +64,13 @@ IMPLS = ("auto", "reference", "chunked", "pallas")
 DENSE_MAX_ELEMENTS = 2**24
 
 
-def resolve_impl(impl, backend=None, *, tokens=None, vocab=None):
+def resolve_impl(
+    impl: str,
+    backend: str | None = None,
+    *,
+    tokens: int | None = None,
+    vocab: int | None = None,
+) -> str:
   """The implementation "auto" means on `backend` (default: jax.default_backend()) for `tokens`
   x `vocab` logits per device: dense when small (DENSE_MAX_ELEMENTS), else Pallas on TPU/GPU and
   the chunked streaming elsewhere."""
@@ -165,22 +175,22 @@ def _local(spec, impl, blocks, interpret, hs, Ws, ht, Wt, tok):
 
 
 def fused_linear_divergence(
-    student_hidden,
-    student_unembed,
-    teacher_hidden,
-    teacher_unembed,
+    student_hidden: jax.Array,
+    student_unembed: jax.Array,
+    teacher_hidden: jax.Array,
+    teacher_unembed: jax.Array,
     spec: DivergenceSpec | None = None,
     *,
-    tokens=None,
-    impl="auto",
-    vocab_block=None,
-    token_block=None,
-    hidden_block=None,
+    tokens: jax.Array | np.ndarray | None = None,
+    impl: str = "auto",
+    vocab_block: int | None = None,
+    token_block: int | None = None,
+    hidden_block: int | None = None,
     layout: Layout | None = None,
-    interpret=None,
-    return_stats=False,
-    **hyperparameters,
-):
+    interpret: bool | pltpu.InterpretParams | None = None,
+    return_stats: bool = False,
+    **hyperparameters: Any,
+) -> jax.Array | tuple[jax.Array, TokenStats]:
   """Per-token divergence [N] float32 of softmax(hidden @ unembed) for student vs teacher.
 
   student_hidden [N, Ds], student_unembed [Ds, V], teacher_hidden [N, Dt], teacher_unembed [Dt, V].
@@ -210,15 +220,15 @@ def fused_linear_divergence(
 
 
 def vocab_divergence(
-    student_logits,
-    teacher_logits,
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
     spec: DivergenceSpec | None = None,
     *,
-    tokens=None,
-    impl="auto",
-    vocab_block=None,
-    **hyperparameters,
-):
+    tokens: jax.Array | np.ndarray | None = None,
+    impl: str = "auto",
+    vocab_block: int | None = None,
+    **hyperparameters: Any,
+) -> jax.Array:
   """Per-token divergence [...] float32 for logits [..., V], streamed over vocabulary blocks.
 
   Gradients reach ``student_logits`` only. impl "pallas" uses the chunked streaming for logits

@@ -15,23 +15,31 @@ identically, so overwriting them is harmless).
 from __future__ import annotations
 
 import functools
+from typing import Callable, Union
 
 import jax
 import jax.numpy as jnp
 
+from gkd_jax.divergences import DivergenceSpec
 from gkd_jax.kernels import common
 
 DEFAULT_VOCAB_BLOCK = 512
 
+# get_tiles(start) -> (student, teacher) raw logit tiles [N, bv] of the columns [start, start + bv).
+TileFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+# Four [N] float32 vectors: (F, H_S, H_T, log p_S(token)), statistics (ms, ls, mt, lt) or
+# normalisers (shift_s, log l_s, shift_t, log l_t).
+Vectors4 = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
 
-def block(j, bv, V):
+
+def block(j: Union[int, jax.Array], bv: int, V: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(start, columns, ok) of vocabulary block j: the last block ends at V, overlap masked out."""
   start = jnp.minimum(j * bv, V - bv)
   cols = start + jnp.arange(bv)
   return start, cols, cols >= j * bv
 
 
-def stats_pass(spec, get_tiles, N, V, bv):
+def stats_pass(spec: DivergenceSpec, get_tiles: TileFn, N: int, V: int, bv: int) -> Vectors4:
   """Pass 1: raw online statistics (ms, ls, mt, lt) [N] of student and teacher."""
 
   def body(j, carry):
@@ -48,7 +56,15 @@ def stats_pass(spec, get_tiles, N, V, bv):
   return jax.lax.fori_loop(0, -(-V // bv), body, init)
 
 
-def value_pass(spec, get_tiles, N, V, bv, tokens, norms):
+def value_pass(
+    spec: DivergenceSpec,
+    get_tiles: TileFn,
+    N: int,
+    V: int,
+    bv: int,
+    tokens: jax.Array,
+    norms: Vectors4,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
   """Pass 2: (F, G, H_S, H_T, log p_S(token)) [N] given the final normalisers."""
 
   def body(j, carry):
@@ -63,7 +79,9 @@ def value_pass(spec, get_tiles, N, V, bv, tokens, norms):
   return jax.lax.fori_loop(0, -(-V // bv), body, (zeros,) * 5)
 
 
-def forward(spec, get_tiles, N, V, bv, tokens):
+def forward(
+    spec: DivergenceSpec, get_tiles: TileFn, N: int, V: int, bv: int, tokens: jax.Array
+) -> tuple[Vectors4, tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]]:
   """((F, H_S, H_T, log p_S(token)), (shift_s, log l_s, shift_t, log l_t, G)): values and
   backward residuals."""
   ms, ls, mt, lt = stats_pass(spec, get_tiles, N, V, bv)
@@ -95,7 +113,7 @@ def _tile_grad(spec, tiles, norms, G, ct, cols, tokens):
 # Fused with the unembedding: hidden [N, D] @ unembed [D, V].
 
 
-def fused_tiles(hs, Ws, ht, Wt, bv):
+def fused_tiles(hs: jax.Array, Ws: jax.Array, ht: jax.Array, Wt: jax.Array, bv: int) -> TileFn:
   def get(start):
     ws = jax.lax.dynamic_slice_in_dim(Ws, start, bv, axis=1)
     wt = jax.lax.dynamic_slice_in_dim(Wt, start, bv, axis=1)
@@ -104,7 +122,15 @@ def fused_tiles(hs, Ws, ht, Wt, bv):
   return get
 
 
-def fused(spec, bv, hs, Ws, ht, Wt, tokens):
+def fused(
+    spec: DivergenceSpec,
+    bv: int,
+    hs: jax.Array,
+    Ws: jax.Array,
+    ht: jax.Array,
+    Wt: jax.Array,
+    tokens: jax.Array,
+) -> Vectors4:
   """(divergence, student entropy, teacher entropy, student log p(token)) [N] of hs @ Ws vs
   ht @ Wt; custom VJP to hs and Ws through the divergence only (the rest are metrics)."""
   struct, values = common.split(spec)
@@ -112,7 +138,16 @@ def fused(spec, bv, hs, Ws, ht, Wt, tokens):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def fused_split(struct, bv, values, hs, Ws, ht, Wt, tokens):
+def fused_split(
+    struct: common.Structure,
+    bv: int,
+    values: jax.Array,
+    hs: jax.Array,
+    Ws: jax.Array,
+    ht: jax.Array,
+    Wt: jax.Array,
+    tokens: jax.Array,
+) -> Vectors4:
   """`fused` with the hyperparameters as a runtime array (`common.split`)."""
   return _fused_fwd(struct, bv, values, hs, Ws, ht, Wt, tokens)[0]
 
@@ -132,7 +167,18 @@ def _fused_bwd(struct, bv, residuals, cts):
   return None, dhs.astype(hs.dtype), dWs, None, None, None
 
 
-def fused_backward(spec, bv, hs, Ws, ht, Wt, tokens, norms, G, ct):
+def fused_backward(
+    spec: DivergenceSpec,
+    bv: int,
+    hs: jax.Array,
+    Ws: jax.Array,
+    ht: jax.Array,
+    Wt: jax.Array,
+    tokens: jax.Array,
+    norms: Vectors4,
+    G: jax.Array,
+    ct: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
   """(d hs float32, d Ws) by one streaming pass over the vocabulary blocks."""
   V = Ws.shape[1]
   get = fused_tiles(hs, Ws, ht, Wt, bv)
@@ -169,14 +215,23 @@ def _logit_tiles(zs, zt, bv):
   return get
 
 
-def from_logits(spec, bv, zs, zt, tokens):
+def from_logits(
+    spec: DivergenceSpec, bv: int, zs: jax.Array, zt: jax.Array, tokens: jax.Array
+) -> jax.Array:
   """Per-token divergence [N] of logits [N, V]; custom VJP to zs only."""
   struct, values = common.split(spec)
   return from_logits_split(struct, bv, values, zs, zt, tokens)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def from_logits_split(struct, bv, values, zs, zt, tokens):
+def from_logits_split(
+    struct: common.Structure,
+    bv: int,
+    values: jax.Array,
+    zs: jax.Array,
+    zt: jax.Array,
+    tokens: jax.Array,
+) -> jax.Array:
   return _logits_fwd(struct, bv, values, zs, zt, tokens)[0]
 
 

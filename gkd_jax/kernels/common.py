@@ -37,6 +37,7 @@ vocab-parallel, the single-model cross-entropy/entropy of `single.py`) uses thes
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,9 @@ from gkd_jax import divergences
 from gkd_jax.divergences import DivergenceSpec
 
 NEG_INF = -jnp.inf
+
+# A hyperparameter: a Python number, or a traced scalar once a `Structure` binds runtime values.
+Scalar = Union[float, jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +61,7 @@ class Structure:
   student_capped: bool
   teacher_capped: bool
 
-  def bind(self, values) -> DivergenceSpec:
+  def bind(self, values: jax.Array) -> DivergenceSpec:
     """Inverse of `split` (inside a trace): a spec whose numbers are the entries of `values`."""
     return DivergenceSpec(
         self.kind,
@@ -69,7 +73,7 @@ class Structure:
     )
 
 
-def split(spec: DivergenceSpec):
+def split(spec: DivergenceSpec) -> tuple[Structure, jax.Array]:
   """(Structure, float32[5] array of beta, alpha, temperature, student_softcap, teacher_softcap)."""
   struct = Structure(
       spec.effective_kind, spec.student_softcap is not None, spec.teacher_softcap is not None
@@ -97,12 +101,12 @@ def require_numbers(spec: DivergenceSpec) -> DivergenceSpec:
   return spec
 
 
-def scale(z_raw, softcap, temperature):
+def scale(z_raw: jax.Array, softcap: Optional[Scalar], temperature: Scalar) -> jax.Array:
   """float32 soft-cap then divide by temperature; -inf stays -inf."""
   return divergences.softcap_and_scale(z_raw, softcap, temperature)
 
 
-def dscale(z_raw, softcap, temperature):
+def dscale(z_raw: jax.Array, softcap: Optional[Scalar], temperature: Scalar) -> jax.Array:
   """d scale(z) / dz (0 at -inf)."""
   z = z_raw.astype(jnp.float32)
   if softcap is None:
@@ -111,12 +115,14 @@ def dscale(z_raw, softcap, temperature):
   return (1.0 - th * th) / temperature
 
 
-def stats_init(shape):
+def stats_init(shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
   """Empty online log-sum-exp statistics (running max m, running sum l of e^(z - m))."""
   return (jnp.full(shape, NEG_INF, jnp.float32), jnp.zeros(shape, jnp.float32))
 
 
-def stats_update(m, l, z, ok=True):
+def stats_update(
+    m: jax.Array, l: jax.Array, z: jax.Array, ok: Union[jax.Array, bool] = True
+) -> tuple[jax.Array, jax.Array]:
   """Online log-sum-exp over the last axis of tile z [..., B] (entries with ok False ignored).
 
   m, l are z.shape[:-1], or z.shape[:-1] + (1,) (the [N, 1] vectors of the Pallas kernels)."""
@@ -128,29 +134,29 @@ def stats_update(m, l, z, ok=True):
   return m_new, l * jnp.exp(m - m_safe) + jnp.sum(e, axis=-1, keepdims=keep)
 
 
-def stats_allreduce(m, l, axis_name):
+def stats_allreduce(m: jax.Array, l: jax.Array, axis_name: str) -> tuple[jax.Array, jax.Array]:
   """Merge per-shard statistics over a mesh axis (inside shard_map): only [N] vectors move."""
   m_all = jax.lax.pmax(m, axis_name)
   m_safe = jnp.where(m_all == NEG_INF, 0.0, m_all)
   return m_all, jax.lax.psum(l * jnp.exp(m - m_safe), axis_name)
 
 
-def stats_finalize(m, l):
+def stats_finalize(m: jax.Array, l: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(shift, log l) so that log p = (z - shift) - log_l; an all -inf row gives log p = -inf."""
   shift = jnp.where(m == NEG_INF, 0.0, m)
   return shift, jnp.log(l)
 
 
-def log_probs(z, shift, log_l):
+def log_probs(z: jax.Array, shift: jax.Array, log_l: jax.Array) -> jax.Array:
   """Log-probabilities of a tile from finalized statistics (per-token, broadcast over columns)."""
   return (z - shift) - log_l
 
 
-def round_up(x, m):
+def round_up(x: int, m: int) -> int:
   return -(-x // m) * m
 
 
-def pad_to(x, axis, size, value=0):
+def pad_to(x: jax.Array, axis: int, size: int, value: float = 0) -> jax.Array:
   """x zero- (or `value`-) padded along `axis` up to `size` (no copy when it already is)."""
   if x.shape[axis] == size:
     return x
@@ -175,7 +181,13 @@ def _plog(logp, other):
   )
 
 
-def tile_terms(spec: DivergenceSpec, s, t, ok, onehot=None):
+def tile_terms(
+    spec: DivergenceSpec,
+    s: jax.Array,
+    t: jax.Array,
+    ok: jax.Array,
+    onehot: Optional[jax.Array] = None,
+) -> tuple[jax.Array, jax.Array]:
   """Elementwise (f, g) of the module docstring for log-prob tiles s, t; zero where ``ok`` is False.
 
   ``onehot`` (bool, same shape) marks the sampled token for sampled_reverse_kl.
@@ -219,7 +231,9 @@ def tile_terms(spec: DivergenceSpec, s, t, ok, onehot=None):
   return jnp.where(ok, f, 0.0), jnp.where(ok, g, 0.0)
 
 
-def stat_terms(s, t, ok, onehot):
+def stat_terms(
+    s: jax.Array, t: jax.Array, ok: jax.Array, onehot: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Elementwise (-p_S s, -p_T t, [v = y] s) of log-prob tiles: summed over the vocabulary in the
   value pass they give both models' entropies (of the distributions the divergence compares) and
   the student's log-probability of the token y, for free (`TokenStats`)."""
@@ -231,7 +245,15 @@ def stat_terms(s, t, ok, onehot):
   return h(s), h(t), jnp.where(ok & onehot, s, 0.0)
 
 
-def student_logit_grad(spec: DivergenceSpec, s, g, G, ct, zs_raw, ok):
+def student_logit_grad(
+    spec: DivergenceSpec,
+    s: jax.Array,
+    g: jax.Array,
+    G: jax.Array,
+    ct: jax.Array,
+    zs_raw: jax.Array,
+    ok: jax.Array,
+) -> jax.Array:
   """Cotangent of the raw student logits for a tile: ct * (g - p_S G) * dscale, zero where not ok.
 
   G and ct are per-token, shaped to broadcast against the tile (e.g. [N, 1]).
@@ -241,7 +263,7 @@ def student_logit_grad(spec: DivergenceSpec, s, g, G, ct, zs_raw, ok):
   return jnp.where(ok, dz, 0.0)
 
 
-def dot(a, b, *, trans_a=False, trans_b=False):
+def dot(a: jax.Array, b: jax.Array, *, trans_a: bool = False, trans_b: bool = False) -> jax.Array:
   """float32-accumulated matmul at full precision (f32 inputs are not truncated to bf16 on TPU)."""
   if (
       a.dtype != b.dtype

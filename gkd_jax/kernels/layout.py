@@ -22,9 +22,9 @@ from jax.sharding import PartitionSpec as P
 class Layout:
   mesh: Mesh
   vocab_axis: Optional[str] = None
-  token_axes: tuple = ()
+  token_axes: tuple[str, ...] = ()  # a list (or None) is converted to a tuple on construction
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     object.__setattr__(self, "token_axes", tuple(self.token_axes or ()))
     names = self.mesh.axis_names
     if self.vocab_axis is not None and self.vocab_axis not in names:

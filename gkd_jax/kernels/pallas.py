@@ -14,11 +14,13 @@ padded vocabulary columns are masked inside the kernels, padded tokens get a zer
 from __future__ import annotations
 
 import functools
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 
+from gkd_jax.divergences import DivergenceSpec
 from gkd_jax.kernels import chunked, common, pallas_gpu, pallas_tpu
 
 TPU_TOKEN_BLOCK = 256
@@ -28,7 +30,15 @@ TPU_VOCAB_BLOCK = 512
 _round_up, _pad_to = common.round_up, common.pad_to
 
 
-def block_sizes(N, V, token_block=None, vocab_block=None, *, dims=None, itemsizes=(2, 2)):
+def block_sizes(
+    N: int,
+    V: int,
+    token_block: Optional[int] = None,
+    vocab_block: Optional[int] = None,
+    *,
+    dims: Optional[tuple[int, int]] = None,
+    itemsizes: tuple[int, int] = (2, 2),
+) -> tuple[int, int]:
   """(token block, vocab block) of the TPU kernels. Defaults: 256 x 512 for bf16 operands; with
   `dims` = (Ds, Dt) and the operands' `itemsizes`, the largest blocks within the VMEM budget
   (float32 operands need smaller vocabulary blocks, `pallas_tpu.choose_blocks`)."""
@@ -52,7 +62,17 @@ def _interpret_params(interpret):
   return interpret
 
 
-def fused(spec, hs, Ws, ht, Wt, tok, *, blocks=(None, None, None), interpret=None):
+def fused(
+    spec: DivergenceSpec,
+    hs: jax.Array,
+    Ws: jax.Array,
+    ht: jax.Array,
+    Wt: jax.Array,
+    tok: jax.Array,
+    *,
+    blocks: tuple[Optional[int], Optional[int], Optional[int]] = (None, None, None),
+    interpret: Union[bool, pltpu.InterpretParams, None] = None,
+) -> chunked.Vectors4:
   """blocks: (vocab_block, token_block, hidden_block), each None for its default."""
   vocab_block, token_block, hidden_block = blocks
   N, V = hs.shape[0], Ws.shape[1]

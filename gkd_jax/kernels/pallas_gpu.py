@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from gkd_jax.divergences import DivergenceSpec
 from gkd_jax.kernels import common
 
 TOKEN_BLOCK, VOCAB_BLOCK, HIDDEN_BLOCK = 64, 64, 64
@@ -87,7 +88,20 @@ def _kernel(
     ref[...] = x
 
 
-def forward(spec, V, hs, Ws, ht, Wt, tok, *, bn, bv, bd, interpret=False):
+def forward(
+    spec: DivergenceSpec,
+    V: int,
+    hs: jax.Array,
+    Ws: jax.Array,
+    ht: jax.Array,
+    Wt: jax.Array,
+    tok: jax.Array,
+    *,
+    bn: int,
+    bv: int,
+    bd: int,
+    interpret: bool = False,
+) -> tuple[jax.Array, ...]:
   """Unpadded inputs, blocks bn x bv (tokens x vocabulary) stepping bd over the hidden size -> (ms,
   ls, mt, lt, F, G, H_S, H_T, log p_S(tok)), each [N, 1] float32."""
   N = hs.shape[0]

@@ -18,12 +18,14 @@ with the static true vocabulary size, padded tokens carry a zero cotangent.
 from __future__ import annotations
 
 import functools
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from gkd_jax.divergences import DivergenceSpec
 from gkd_jax.kernels import common
 
 NEG_INF = common.NEG_INF
@@ -116,7 +118,14 @@ VMEM_BUDGET = 48 * 2**20
 DEFAULT_VMEM_LIMIT = 16 * 2**20  # Mosaic's own default
 
 
-def vmem_bytes(bn, bv, ds, dt, student_itemsize, teacher_itemsize=None):
+def vmem_bytes(
+    bn: int,
+    bv: int,
+    ds: int,
+    dt: int,
+    student_itemsize: int,
+    teacher_itemsize: Optional[int] = None,
+) -> int:
   """Upper estimate of the scoped VMEM one grid step of the worst of the three kernels needs.
 
   Double-buffered input and output blocks, the float32 accumulator, ~2 MiB of tile temporaries,
@@ -133,7 +142,7 @@ def vmem_bytes(bn, bv, ds, dt, student_itemsize, teacher_itemsize=None):
   return blocks + out_and_acc + 2 * 2**20 + 4 * bn * bv + emulation
 
 
-def vmem_limit(need):
+def vmem_limit(need: float) -> int:
   """The vmem_limit_bytes the kernels request for an estimated need (ValueError above the cap)."""
   limit = max(DEFAULT_VMEM_LIMIT, -(-int(1.25 * need) // 2**20) * 2**20)
   if limit > VMEM_LIMIT_CAP:
@@ -145,7 +154,15 @@ def vmem_limit(need):
   return limit
 
 
-def choose_blocks(n, v, ds, dt, student_itemsize, teacher_itemsize, round_up):
+def choose_blocks(
+    n: int,
+    v: int,
+    ds: int,
+    dt: int,
+    student_itemsize: int,
+    teacher_itemsize: Optional[int],
+    round_up: Callable[[int, int], int],
+) -> tuple[int, int]:
   """(bn, bv): the largest of 256 x {512, 256, 128} (then 128 x 128) within VMEM_BUDGET, cut to N
   and V for small inputs. float32 operands need the smaller blocks."""
   bn_max, bv_max = min(256, round_up(n, 8)), min(512, round_up(v, 128))
@@ -173,7 +190,19 @@ def _compiler_params(grid, bn, bv, hs, ht):
   return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=vmem_limit(need))
 
 
-def forward(spec, V, hs, Ws, ht, Wt, tok_N1, *, bn, bv, interpret=False):
+def forward(
+    spec: DivergenceSpec,
+    V: int,
+    hs: jax.Array,
+    Ws: jax.Array,
+    ht: jax.Array,
+    Wt: jax.Array,
+    tok_N1: jax.Array,
+    *,
+    bn: int,
+    bv: int,
+    interpret: Union[bool, pltpu.InterpretParams] = False,
+) -> tuple[jax.Array, ...]:
   """Padded inputs -> (ms, ls, mt, lt, F, G, H_S, H_T, log p_S(tok)), each [Npad, 1] float32."""
   args = (hs, Ws, ht, Wt, tok_N1)
   grid = (hs.shape[0] // bn, 2, Ws.shape[1] // bv)
@@ -190,7 +219,21 @@ def forward(spec, V, hs, Ws, ht, Wt, tok_N1, *, bn, bv, interpret=False):
   )(*args)
 
 
-def backward(spec, V, hs, Ws, ht, Wt, tok_N1, ct_N1, stats, *, bn, bv, interpret=False):
+def backward(
+    spec: DivergenceSpec,
+    V: int,
+    hs: jax.Array,
+    Ws: jax.Array,
+    ht: jax.Array,
+    Wt: jax.Array,
+    tok_N1: jax.Array,
+    ct_N1: jax.Array,
+    stats: Sequence[jax.Array],
+    *,
+    bn: int,
+    bv: int,
+    interpret: Union[bool, pltpu.InterpretParams] = False,
+) -> tuple[jax.Array, jax.Array]:
   """Padded inputs, stats = (ms, ls, mt, lt, G) [Npad, 1] -> (d hs, d Ws)."""
   args = (hs, Ws, ht, Wt, tok_N1, ct_N1) + tuple(stats)
   grad = functools.partial(_grad, spec, V, args, bn=bn, bv=bv, interpret=interpret)

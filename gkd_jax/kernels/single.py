@@ -22,13 +22,13 @@ DEFAULT_VOCAB_BLOCK = 2048
 
 
 def logsumexp_and_mean_logit(
-    hidden_NxD,
-    unembed_DxV,
+    hidden_NxD: jax.Array,
+    unembed_DxV: jax.Array,
     *,
     softcap: Optional[float] = None,
     temperature: float = 1.0,
     vocab_block: int = DEFAULT_VOCAB_BLOCK,
-):
+) -> tuple[jax.Array, jax.Array]:
   """(log sum_v e^{z_v}, sum_v p_v z_v) per token, z = softcap(h W) / temperature, one pass."""
   v = unembed_DxV.shape[1]
   bv = min(vocab_block, v)
@@ -55,8 +55,13 @@ def logsumexp_and_mean_logit(
 
 
 def cross_entropy(
-    hidden_NxD, unembed_DxV, targets_N, *, softcap=None, vocab_block=DEFAULT_VOCAB_BLOCK
-):
+    hidden_NxD: jax.Array,
+    unembed_DxV: jax.Array,
+    targets_N: jax.typing.ArrayLike,
+    *,
+    softcap: Optional[float] = None,
+    vocab_block: int = DEFAULT_VOCAB_BLOCK,
+) -> jax.Array:
   """-log p(target) per token at temperature 1, without materialising [N, V] logits."""
   lse_N, _ = logsumexp_and_mean_logit(
       hidden_NxD, unembed_DxV, softcap=softcap, vocab_block=vocab_block
@@ -67,14 +72,14 @@ def cross_entropy(
 
 
 def entropy(
-    hidden_NxD,
-    unembed_DxV,
+    hidden_NxD: jax.Array,
+    unembed_DxV: jax.Array,
     *,
-    softcap=None,
-    temperature=1.0,
-    vocab_block=DEFAULT_VOCAB_BLOCK,
+    softcap: Optional[float] = None,
+    temperature: float = 1.0,
+    vocab_block: int = DEFAULT_VOCAB_BLOCK,
     layout: Optional[Layout] = None,
-):
+) -> jax.Array:
   """Entropy (nats) of softmax(softcap(h W) / temperature) per token: H = log Z - E_p[z].
 
   With `layout.vocab_axis` set, each device reduces its own columns and only [N] statistics are

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +68,14 @@ def _dscale(z_raw, softcap, temperature):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def student_stats(softcap, temperature, bv, hs, W, ids):
+def student_stats(
+    softcap: float | None,
+    temperature: float,
+    bv: int,
+    hs: jax.Array,
+    W: jax.Array,
+    ids: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
   """(zk [N, k], shift [N], log_l [N], shift_out [N], log_l_out [N]) of z = scale(hs @ W).
 
   lse = shift + log l; the shifts carry no gradient (callers stop_gradient them, `topk.student_kplus1`).
@@ -134,17 +142,17 @@ student_stats.defvjp(_stats_fwd, _stats_bwd)
 
 
 def fused_linear_topk_divergence(
-    student_hidden,
-    student_unembed,
-    teacher_topk_ids,
-    teacher_topk_logprobs,
+    student_hidden: jax.Array,
+    student_unembed: jax.Array,
+    teacher_topk_ids: jax.typing.ArrayLike,
+    teacher_topk_logprobs: jax.typing.ArrayLike,
     spec: DivergenceSpec | None = None,
     *,
-    tokens=None,
-    vocab_block=None,
+    tokens: jax.typing.ArrayLike | None = None,
+    vocab_block: int | None = None,
     layout: Layout | None = None,
-    **hyperparameters,
-):
+    **hyperparameters: Any,
+) -> jax.Array:
   """Per-token top-k divergence [N] float32 of softmax(student_hidden @ student_unembed) against the
   teacher's top-k log-probabilities (`gkd_jax.divergences.topk_divergence` semantics).
 

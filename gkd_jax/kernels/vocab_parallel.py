@@ -20,16 +20,26 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from gkd_jax.divergences import DivergenceSpec
 from gkd_jax.kernels import chunked, common
 from gkd_jax.kernels.layout import Layout
 
 
-def token_parallel(local_fn, layout: Layout, hs, Ws, ht, Wt, tok):
+def token_parallel(
+    local_fn: Callable[..., chunked.Vectors4],
+    layout: Layout,
+    hs: jax.Array,
+    Ws: jax.Array,
+    ht: jax.Array,
+    Wt: jax.Array,
+    tok: jax.Array,
+) -> chunked.Vectors4:
   """local_fn(hs, Ws, ht, Wt, tok) -> (F, H_S, H_T, log p_S(tok)) [n], on each device's tokens."""
   layout.check_tokens(hs.shape[0])
   rows, vec, rep = layout.rows, layout.vector, P()
@@ -50,7 +60,17 @@ class _Static:
   local_vocab: int
 
 
-def fused(spec, layout: Layout, hs, Ws, ht, Wt, tok, *, vocab_block=None):
+def fused(
+    spec: DivergenceSpec,
+    layout: Layout,
+    hs: jax.Array,
+    Ws: jax.Array,
+    ht: jax.Array,
+    Wt: jax.Array,
+    tok: jax.Array,
+    *,
+    vocab_block: Optional[int] = None,
+) -> chunked.Vectors4:
   """(F, H_S, H_T, log p_S(tok)) [N], vocabulary sharded over layout.vocab_axis; gradient to hs,
   Ws."""
   layout.check_tokens(hs.shape[0])

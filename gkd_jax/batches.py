@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from gkd_jax import config_validation, data, sharding
+from gkd_jax import data, sharding
 
 
 def loader(run, path: str, *, batch_size: int, shuffle: bool, num_epochs: int, row_extras=None):
@@ -23,7 +23,7 @@ def loader(run, path: str, *, batch_size: int, shuffle: bool, num_epochs: int, r
   row_extras: extra per-row fields (e.g. a teacher cache's top-k, `teacher_cache.stack_rows`).
   """
   c = run.config.data
-  names = tuple(config_validation.teachers(run.config))
+  names = tuple(run.config.teachers)
   return data.make_loader(
       path,
       run.tokenizer,

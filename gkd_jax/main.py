@@ -67,6 +67,12 @@ _TOPOLOGY = flags.DEFINE_string(
     "plan: TPU accelerator type (v5p-64, v6e-8, v5litepod-16, v4-32) or topology (v5p:4x4x2); see gkd_jax/plan.py.",
 )
 _JSON = flags.DEFINE_bool("json", False, "plan: end the output with one JSON object.")
+_EXPLAIN = flags.DEFINE_bool(
+    "explain",
+    False,
+    "plan: also list the buffers live at each program's peak memory, grouped (student and teacher "
+    "params, gathered weights, activations, KV cache, ...; gkd_jax/memory_report.py).",
+)
 _OUT = flags.DEFINE_string(
     "out",
     None,
@@ -138,8 +144,8 @@ COMMANDS = {
         "Check that a config fits a TPU slice before running it: compiles its programs with the "
         "real XLA:TPU compiler on this host (libtpu: the `tpu` extra; no TPU, no weights) and "
         "reports per-chip memory; exit code 1 when something does not fit.",
-        "--config=FILE --topology=TYPE [--json] [--config.<group>.<field>=VALUE ...]",
-        ("config", "topology", "json"),
+        "--config=FILE --topology=TYPE [--json] [--explain] [--config.<group>.<field>=VALUE ...]",
+        ("config", "topology", "json", "explain"),
         "gkd-jax plan --config=configs/gemma2_9b_to_2b.py --topology=v5p-64",
     ),
     "cache-teacher": Command(
@@ -237,7 +243,7 @@ def _sample(config):
 
   lines = _read_prompts(_PROMPTS.value)
   run = train.build(config, mode="sample")
-  tok = run.tokenizer
+  config, tok = run.config, run.tokenizer
   s = config.sampling
   rng = jax.random.key(config.seed)
   stops = train.stop_ids(tok, config.data.chat_family)
@@ -381,6 +387,7 @@ def main(argv):
             _TOPOLOGY.value,
             _JSON.value,
             config_flags.get_config_filename(flags.FLAGS["config"]),
+            explain=_EXPLAIN.value,
         )
     )
   try:

@@ -12,34 +12,31 @@ import dataclasses
 
 import optax
 
+from gkd_jax import fields
+
 NAMES = ("adamw", "adafactor", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimConfig:
-  name: str = "adamw"
-  learning_rate: float = 1e-5
-  schedule: str = "cosine"
-  warmup_steps: int = 0
-  weight_decay: float = 0.0
-  b1: float = 0.9
-  b2: float = 0.999
-  grad_clip: float = 1.0  # 0 = off
-  grad_accum_steps: int = 1
+class OptimConfig(fields.Group):
+  """The `optim` group of a run config (configs/default.py documents each field)."""
 
-  def __post_init__(self):
-    if self.name not in NAMES:
-      raise ValueError(f"optim.name={self.name!r} is not one of {NAMES}")
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f"optim.schedule={self.schedule!r} is not one of {SCHEDULES}")
-    if int(self.grad_accum_steps) < 1:
-      raise ValueError(f"optim.grad_accum_steps={self.grad_accum_steps!r} must be >= 1")
+  GROUP = "optim"
+  name: str = fields.field("adamw", fields.choice(*NAMES))
+  learning_rate: float = fields.field(1e-5, fields.number(0, lo_open=True))
+  schedule: str = fields.field("cosine", fields.choice(*SCHEDULES))
+  warmup_steps: int = fields.field(0, fields.integer(0))
+  weight_decay: float = fields.field(0.0, fields.number(0))
+  b1: float = fields.field(0.9, fields.number(0, 1, hi_open=True))
+  b2: float = fields.field(0.999, fields.number(0, 1, hi_open=True))
+  grad_clip: float = fields.field(1.0, fields.number(0))  # 0 = off
+  grad_accum_steps: int = fields.field(1, fields.integer(1))
 
   @classmethod
   def from_config(cls, optim) -> "OptimConfig":
     """From the `config.optim` group (a ConfigDict or any mapping with these fields)."""
-    return cls(**{f.name: optim[f.name] for f in dataclasses.fields(cls)})
+    return cls.read(optim)
 
   def build(self, num_steps: int) -> optax.GradientTransformation:
     accum = int(self.grad_accum_steps)

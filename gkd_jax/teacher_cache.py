@@ -51,12 +51,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gkd_jax import data, divergences
+from gkd_jax import data, divergences, models, run_config
 from gkd_jax.scoring import score
 
 FORMAT_VERSION = 1
 METADATA = "metadata.json"
-DEFAULT_K = 64
 DEFAULT_RECORDS_PER_SHARD = 1024
 _SAMPLE_BYTES = 1 << 20
 _SAMPLES_PER_FILE = 18
@@ -121,11 +120,12 @@ def data_identity(config) -> dict:
 
 
 def cache_k(config) -> int:
-  return int(config.gkd.get("teacher_cache_k", DEFAULT_K))
+  return int(config.gkd.teacher_cache_k)
 
 
 def run_metadata(config, tokenizer=None) -> dict:
   """The identity a cache for this config must have (`check_compatible`); reads no weights fully."""
+  config = run_config.from_config(config)
   if tokenizer is None:
     from gkd_jax.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
 
@@ -279,6 +279,7 @@ def write_cache(
   from gkd_jax.models.hf import load_pretrained  # pylint: disable=g-import-not-at-top
   from gkd_jax.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
 
+  config = run_config.from_config(config)
   if not config.teacher.path:
     raise ValueError("teacher.path='' : cache-teacher needs a teacher checkpoint")
   if not config.data.train_path or not os.path.isfile(config.data.train_path):
@@ -304,7 +305,7 @@ def write_cache(
   else:
     os.makedirs(out_dir, exist_ok=True)
     _write_json_atomic(meta_path, meta)
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.teacher.dtype]
+  dtype = models.DTYPES[config.teacher.dtype]
   model = params = None
   written, kept = [], []
   for s in range(num_shards):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from gkd_jax import config_validation, data, testing, tokenizers
+from gkd_jax import data, run_config, testing, tokenizers
 from gkd_jax.tasks import arithmetic, asset_dir
 from gkd_jax.tokenizers import apply_chat_template, load_tokenizer
 
@@ -367,7 +367,7 @@ def test_chat_records_use_template_and_end_of_turn(tmp_path):
 
 def test_chat_errors_name_every_family_and_every_family_renders(tmp_path):
   """The families data.chat_family accepts are the ones the data pipeline renders and names."""
-  accepted = dict(config_validation.FIELDS)["data.chat_family"]
+  accepted = run_config.schema()["data.chat_family"]
   msgs = [
       {"role": "user", "content": "Hello teacher"},
       {"role": "assistant", "content": "Hello student."},

@@ -1,6 +1,8 @@
 """train.remat="auto": the choice follows the device's memory limit, and the compiled step it keeps
 (no second compile) computes exactly what the jitted step without remat computes."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -21,7 +23,8 @@ def demo_run():
 
 
 def _one_step(run, batch, remat_setting, monkeypatch, limit):
-  run.config.train.remat = remat_setting
+  train_cfg = dataclasses.replace(run.config.train, remat=remat_setting)
+  run = dataclasses.replace(run, config=dataclasses.replace(run.config, train=train_cfg))
   monkeypatch.setattr(remat, "memory_limit", lambda device: limit)
   steps = programs.compile_steps(run)
   state = steps.init_state(run.params)

@@ -14,11 +14,12 @@ and mixtures are settings of `GKDSettings`, not code paths of their own.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gkd_jax import kernels, models
@@ -37,6 +38,9 @@ class GKDSettings:
 
   lmbda: float = 1.0
   mixing: str = "batch"  # one of MIXINGS
+  # mixing="batch": the step's on-policy coin when the caller drew it (`batch_coins`, the coins
+  # this step would draw) and compiled a program for one side; None = the step draws it.
+  coin: Optional[bool] = None
   seq_kd: bool = False
   # The divergence and its hyperparameters (the models' soft-caps are added where they are known).
   divergence: DivergenceSpec = DivergenceSpec("jsd")
@@ -126,6 +130,14 @@ def batch_coin(step_rng, lmbda: float) -> jax.Array:
   return jax.random.bernoulli(jax.random.split(step_rng, 3)[0], lmbda)
 
 
+def batch_coins(seed: int, lmbda: float, num_steps: int) -> np.ndarray:
+  """bool [num_steps]: the coin `train_step` draws at each step of a run seeded `seed` (all at
+  once, on the host: e.g. to route off-policy steps to a program without the live teacher)."""
+  key = jax.random.key(seed)
+  draw = jax.vmap(lambda step: batch_coin(jax.random.fold_in(key, step), lmbda))
+  return np.asarray(jax.jit(draw)(jnp.arange(num_steps)))
+
+
 def choose_completions(student, params, teacher, teacher_params, batch, rng, s: GKDSettings):
   """Returns (completion_tokens [B,C], completion_mask [B,C], on_policy [B] float32,
   sampler log-prob [B,C] of the student's own samples, 0 on other rows)."""
@@ -146,9 +158,9 @@ def choose_completions(student, params, teacher, teacher_params, batch, rng, s: 
     return _samples(student, params, prompt_BxP[rows], pmask_BxP[rows], student_rng, c, s)
 
   everything = slice(None)
-  if s.lmbda == 0.0:
+  if s.lmbda == 0.0 or s.coin is False:
     return (*off_policy(everything)[:2], jnp.zeros((b,), jnp.float32), jnp.zeros((b, c)))
-  if s.lmbda == 1.0:
+  if s.lmbda == 1.0 or s.coin is True:
     tokens, mask, logprob = on_policy(everything)
     return tokens, mask, jnp.ones((b,), jnp.float32), logprob
   if s.mixing == "example":  # exactly round(λ·B) on-policy rows, chosen at random every batch
@@ -218,6 +230,7 @@ def sampler_matches_loss(s: GKDSettings) -> bool:
   top-p truncation), so that their log-probabilities of a sampled token must agree."""
   return (
       s.lmbda > 0
+      and s.coin is not False
       and s.sample_temperature > 0
       and s.sample_top_k == 0
       and s.sample_top_p >= 1.0
@@ -256,6 +269,72 @@ def _cached_divergence(hs_NxD, ws_DxV, tokens_N, mask_N, topk, spec, s: GKDSetti
   )
 
 
+class _StudentSide(NamedTuple):
+  """The student's side of a batch's completions, which every loss term reads ([N] = B·C)."""
+
+  hidden_NxD: jax.Array
+  unembed_DxV: jax.Array
+  softcap: Optional[float]
+  targets_N: jax.Array
+  mask_N: jax.Array  # valid completion tokens, float32
+
+
+class Term(NamedTuple):
+  """One named term of the loss: its weighted value, its metrics, and the student's per-token
+  entropy when computing the term gave it for free (else None)."""
+
+  loss: Any
+  metrics: dict
+  student_entropy_N: Optional[jax.Array] = None
+
+
+def _live_divergence_term(st, teacher, teacher_params, sequences, s, mismatch):
+  """The divergence to a teacher in memory (a metric only when gkd.divergence_weight is 0), its
+  entropy, and the sampler/loss log-prob mismatch on on-policy rows (`mismatch`: (sampler log-prob
+  [N], on-policy token mask [N]) or None)."""
+  tokens_BxT, mask_BxT, prompt_len = sequences
+  ht_NxD = jax.lax.stop_gradient(
+      _completion_hidden(teacher, teacher_params, tokens_BxT, mask_BxT, prompt_len)
+  ).reshape(st.hidden_NxD.shape[0], -1)
+  wt_DxV = jax.lax.stop_gradient(models.unembedding(teacher, teacher_params))
+  spec = dataclasses.replace(
+      s.divergence,
+      student_softcap=st.softcap,
+      teacher_softcap=teacher.config.final_logit_softcap,
+  )
+  hs_in, ws_in = (
+      (st.hidden_NxD, st.unembed_DxV)
+      if s.divergence_weight > 0
+      else jax.lax.stop_gradient((st.hidden_NxD, st.unembed_DxV))
+  )  # a metric only: no backward pass through it
+  div_N, stats = _divergence(hs_in, ws_in, ht_NxD, wt_DxV, st.targets_N, spec, s)
+  metrics, loss = {}, 0.0
+  if mismatch is not None:
+    metrics.update(_mismatch_metrics(stats.student_logprob, *mismatch))
+  if s.divergence_weight > 0:
+    metrics["divergence"] = masked_mean(div_N, st.mask_N)
+    loss = s.divergence_weight * metrics["divergence"]
+  metrics["teacher_entropy"] = masked_mean(stats.teacher_entropy, st.mask_N)
+  return Term(loss, metrics, stats.student_entropy)
+
+
+def _cached_divergence_term(st, teacher_topk, s):
+  """The divergence to a teacher cache's top-k on dataset completions (gkd.teacher_cache)."""
+  spec = dataclasses.replace(s.divergence, student_softcap=st.softcap)
+  div_N = _cached_divergence(
+      st.hidden_NxD, st.unembed_DxV, st.targets_N, st.mask_N, teacher_topk, spec, s
+  )
+  divergence = masked_mean(div_N, st.mask_N)
+  return Term(s.divergence_weight * divergence, {"divergence": divergence})
+
+
+def _cross_entropy_term(st, ce_mask_N, s):
+  """The SFT term: cross-entropy on dataset completions (never on the student's own samples)."""
+  ce_N = kernels.cross_entropy(st.hidden_NxD, st.unembed_DxV, st.targets_N, softcap=st.softcap)
+  cross_entropy = masked_mean(ce_N, ce_mask_N)
+  return Term(s.ce_weight * cross_entropy, {"cross_entropy": cross_entropy})
+
+
 def loss_fn(
     params,
     teacher_params,
@@ -270,7 +349,9 @@ def loss_fn(
     sample_logprob_BxC=None,
     teacher_topk=None,
 ):
-  """Scalar loss and metrics for one sequence batch (prompt + chosen completion).
+  """Scalar loss and metrics for one sequence batch (prompt + chosen completion): the sum of the
+  terms that apply (`Term`s: the divergence to a live or to a cached teacher, the cross-entropy on
+  dataset rows), each reporting its own metrics, and the student's entropy.
 
   `sample_logprob_BxC`: the log-probabilities the sampler recorded for on-policy rows; when given
   and `sampler_matches_loss(s)`, the mismatch with the loss's own log-probabilities of the same
@@ -279,55 +360,36 @@ def loss_fn(
   targets_BxC = tokens_BxT[:, prompt_len:]
   b, c = targets_BxC.shape
   hs_BxCxD = _completion_hidden(student, params, tokens_BxT, mask_BxT, prompt_len, s.remat)
-  hs_NxD = hs_BxCxD.reshape(b * c, -1)
-  ws_DxV = models.unembedding(student, params)
-  s_cap = student.config.final_logit_softcap
-  mask_N = loss_mask_BxC.reshape(-1).astype(jnp.float32)
-  metrics = {}
-  loss = 0.0
-  student_entropy_N = None
+  st = _StudentSide(
+      hs_BxCxD.reshape(b * c, -1),
+      models.unembedding(student, params),
+      student.config.final_logit_softcap,
+      targets_BxC.reshape(-1),
+      loss_mask_BxC.reshape(-1).astype(jnp.float32),
+  )
+  terms = []
   if teacher is not None:
-    ht_NxD = jax.lax.stop_gradient(
-        _completion_hidden(teacher, teacher_params, tokens_BxT, mask_BxT, prompt_len)
-    ).reshape(b * c, -1)
-    wt_DxV = jax.lax.stop_gradient(models.unembedding(teacher, teacher_params))
-    spec = dataclasses.replace(
-        s.divergence,
-        student_softcap=student.config.final_logit_softcap,
-        teacher_softcap=teacher.config.final_logit_softcap,
-    )
-    hs_in, ws_in = (
-        (hs_NxD, ws_DxV) if s.divergence_weight > 0 else jax.lax.stop_gradient((hs_NxD, ws_DxV))
-    )  # a metric only: no backward pass through it
-    div_N, stats = _divergence(hs_in, ws_in, ht_NxD, wt_DxV, targets_BxC.reshape(-1), spec, s)
-    student_entropy_N, teacher_entropy_N = stats.student_entropy, stats.teacher_entropy
+    mismatch = None
     if sample_logprob_BxC is not None and sampler_matches_loss(s):
-      metrics.update(
-          _mismatch_metrics(
-              stats.student_logprob,
-              sample_logprob_BxC.reshape(-1),
-              (loss_mask_BxC * on_policy_B[:, None]).reshape(-1),
-          )
-      )
-    if s.divergence_weight > 0:
-      metrics["divergence"] = masked_mean(div_N, mask_N)
-      loss = loss + s.divergence_weight * metrics["divergence"]
-    metrics["teacher_entropy"] = masked_mean(teacher_entropy_N, mask_N)
-  elif teacher_topk is not None and s.divergence_weight > 0:  # λ=0 from the teacher cache
-    spec = dataclasses.replace(s.divergence, student_softcap=student.config.final_logit_softcap)
-    div_N = _cached_divergence(
-        hs_NxD, ws_DxV, targets_BxC.reshape(-1), mask_N, teacher_topk, spec, s
+      on_policy_N = (loss_mask_BxC * on_policy_B[:, None]).reshape(-1)
+      mismatch = (sample_logprob_BxC.reshape(-1), on_policy_N)
+    sequences = (tokens_BxT, mask_BxT, prompt_len)
+    terms.append(_live_divergence_term(st, teacher, teacher_params, sequences, s, mismatch))
+  elif teacher_topk is not None and s.divergence_weight > 0:
+    terms.append(_cached_divergence_term(st, teacher_topk, s))
+  if s.ce_weight > 0:
+    terms.append(
+        _cross_entropy_term(st, (loss_mask_BxC * (1.0 - on_policy_B[:, None])).reshape(-1), s)
     )
-    metrics["divergence"] = masked_mean(div_N, mask_N)
-    loss = loss + s.divergence_weight * metrics["divergence"]
-  if s.ce_weight > 0:  # SFT term on dataset completions only (never on the student's own samples)
-    ce_mask_N = (loss_mask_BxC * (1.0 - on_policy_B[:, None])).reshape(-1)
-    ce_N = kernels.cross_entropy(hs_NxD, ws_DxV, targets_BxC.reshape(-1), softcap=s_cap)
-    metrics["cross_entropy"] = masked_mean(ce_N, ce_mask_N)
-    loss = loss + s.ce_weight * metrics["cross_entropy"]
+  loss, metrics, student_entropy_N = 0.0, {}, None
+  for term in terms:
+    loss = loss + term.loss
+    metrics.update(term.metrics)
+    if student_entropy_N is None:
+      student_entropy_N = term.student_entropy_N
   if student_entropy_N is None:
-    student_entropy_N = _entropy(hs_NxD, ws_DxV, s_cap, s)
-  metrics["student_entropy"] = masked_mean(student_entropy_N, mask_N)
+    student_entropy_N = _entropy(st.hidden_NxD, st.unembed_DxV, st.softcap, s)
+  metrics["student_entropy"] = masked_mean(student_entropy_N, st.mask_N)
   metrics["loss"] = loss
   return loss, metrics
 

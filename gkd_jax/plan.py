@@ -32,10 +32,12 @@ tpu_topology.compile_only_env()  # before jax starts its backends (no-op if it a
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-from gkd_jax import gkd, models, programs, sharding, train  # noqa: E402  pylint: disable=g-import-not-at-top
-from gkd_jax.config_validation import teachers, validate  # noqa: E402
+from gkd_jax import gkd, models, programs, sharding, teacher_sources, train  # noqa: E402  pylint: disable=g-import-not-at-top
+from gkd_jax import run_config  # noqa: E402
+from gkd_jax.config_validation import validate  # noqa: E402
 from gkd_jax.models.hf_config import config_from_hf  # noqa: E402
 from gkd_jax.models.presets import PRESETS, get_preset  # noqa: E402
+from gkd_jax import memory_report  # noqa: E402  pylint: disable=g-import-not-at-top
 
 STEPS = ("train_step", "eval_step", "sampler")
 COST_NOTE = (
@@ -57,11 +59,12 @@ class StepPlan:
   bytes_accessed: Optional[float] = None
   compile_s: float = 0.0
   error: Optional[str] = None  # XLA's own out-of-memory message when it refused to compile
+  explain: Optional[memory_report.Report] = None  # --explain: the buffers live at the peak
 
 
 def model_config(section, name: str):
   """ModelConfig from `section.path`/config.json, else `section.preset` (no weights are read)."""
-  path, preset = section.path, section.get("preset", "")
+  path, preset = section.path, section.preset
   config_json = os.path.join(path, "config.json") if path else ""
   if config_json and os.path.isfile(config_json):
     try:
@@ -93,14 +96,14 @@ def _abstract_params(model, mesh, rules):
 def abstract_run(config, devices) -> train.Run:
   """What `train.build` makes, with ShapeDtypeStructs for parameters and the kernels built for the
   devices' platform (Mosaic for TPU). Validates the config (paths are not needed)."""
-  validate(config, num_devices=len(devices), mode="train", check_paths=False)
-  if teachers(config):
+  config = validate(config, num_devices=len(devices), mode="train", check_paths=False)
+  if config.teachers:
     raise ValueError(
-        f"teachers ({', '.join(teachers(config))}): a plan compiles one teacher's step; plan the "
+        f"teachers ({', '.join(config.teachers)}): a plan compiles one teacher's step; plan the "
         "largest as `teacher` (teacher.path or teacher.preset, teachers empty)"
     )
   mesh = sharding.make_mesh(config.mesh, devices)
-  rules = tuple(config.sharding_rules)
+  rules = config.sharding_rules
   student = models.build(
       model_config(config.student, "student"), models.DTYPES[config.student.dtype]
   )
@@ -125,9 +128,12 @@ def abstract_run(config, devices) -> train.Run:
       layout=train.divergence_layout(mesh, rules, student.config.vocab_size),
   )
   settings = dataclasses.replace(settings, kernel_platform=devices[0].platform)
-  return train.Run(
-      config, mesh, None, student, params, param_shardings, teacher, teacher_params, settings
+  source = (
+      teacher_sources.NoTeacher()
+      if teacher is None
+      else teacher_sources.Live(teacher_sources.Teacher("", teacher, teacher_params))
   )
+  return train.Run(config, mesh, None, student, params, param_shardings, source, settings)
 
 
 # XLA:TPU refuses programs that do not fit; its message says how much they need.
@@ -152,10 +158,10 @@ def _per_device_bytes(args) -> int:
   return total
 
 
-def _compile(jitted, args, static=None) -> StepPlan:
+def _compile(jitted, args, static=None, dump=None, vocab=()) -> StepPlan:
   start = time.perf_counter()
   try:
-    compiled = jitted.lower(*args, **(static or {})).compile()
+    compiled = jitted.lower(*args, **(static or {})).compile(**memory_report.compile_options(dump))
   except Exception as e:  # pylint: disable=broad-except
     match = next((m for m in (r.search(str(e)) for r in _OOM) if m), None)
     if match is None:
@@ -185,11 +191,13 @@ def _compile(jitted, args, static=None) -> StepPlan:
       cost.get("flops"),
       cost.get("bytes accessed"),
       elapsed,
+      explain=memory_report.explain(dump, vocab_sizes=vocab) if dump else None,
   )
 
 
-def plan_steps(config, devices, only=STEPS) -> dict[str, StepPlan]:
-  """{program name: StepPlan} for the config on `devices` (e.g. a TPU topology's)."""
+def plan_steps(config, devices, only=STEPS, explain=False) -> dict[str, StepPlan]:
+  """{program name: StepPlan} for the config on `devices` (e.g. a TPU topology's); `explain`: with
+  each program's buffers live at its peak (gkd_jax/memory_report.py)."""
   run = abstract_run(config, devices)
   steps = programs.compile_steps(run)
   repl = sharding.replicated(run.mesh)
@@ -222,14 +230,17 @@ def plan_steps(config, devices, only=STEPS) -> dict[str, StepPlan]:
       ),
   }
   out = {}
+  vocab = memory_report.vocab_shards(run.student.config.vocab_size, run.mesh)
   for name in only:
     jitted, args, *static = jobs[name]
-    out[name] = _compile(jitted, args, *static)
+    with memory_report.dump_dir(explain) as dump:
+      out[name] = _compile(jitted, args, *static, dump=dump, vocab=vocab)
   return out
 
 
 def _knobs(config) -> list[tuple[str, dict, tuple]]:
   """(description, {dotted field: value}, programs affected) of changes that lower memory."""
+  config = run_config.from_config(config)
   out = []
   if config.train.remat is not True:  # "auto" plans without remat (no memory limit is known)
     out.append(("train.remat=True", {"train.remat": True}, ("train_step",)))
@@ -313,15 +324,23 @@ def format_table(plans: dict[str, StepPlan], hbm: int) -> str:
 
 
 def plan(
-    config, topology: str, *, as_json: bool = False, replan: bool = True, config_name: str = ""
+    config,
+    topology: str,
+    *,
+    as_json: bool = False,
+    replan: bool = True,
+    config_name: str = "",
+    explain: bool = False,
+    only=STEPS,
 ) -> tuple[int, dict]:
-  """Prints the plan; returns (exit code 0 fits / 1 does not, the JSON summary)."""
+  """Prints the plan of the programs `only`; returns (exit code 0 fits / 1 does not, the JSON
+  summary). `explain`: and where each program's memory goes (gkd_jax/memory_report.py)."""
   devices = tpu_topology.tpu_devices(topology)  # ValueError (bad name) / LibtpuMissing
   gen, _ = tpu_topology.parse(topology)
   hbm = tpu_topology.chip_info(gen)["hbm_bytes"]
-  plans = plan_steps(config, devices)
+  plans = plan_steps(config, devices, only=only, explain=explain)
   failing = [s for s, p in plans.items() if p.error is not None or p.peak_bytes > hbm]
-  mesh = sharding.make_mesh(config.mesh, devices)
+  mesh = sharding.make_mesh(run_config.from_config(config).mesh, devices)
   print(
       f"gkd-jax plan: {config_name or 'config'} on {topology} "
       f"({tpu_topology.topology_name(topology)}): {len(devices)} devices "
@@ -330,6 +349,9 @@ def plan(
   )
   print(format_table(plans, hbm))
   print("  " + COST_NOTE)
+  for name, p in plans.items():
+    if explain:
+      print(f"  {name}: where the memory goes\n" + memory_report.format_report(p.explain))
   knobs = replan_knobs(config, devices, failing, hbm) if failing and replan else []
   if failing:
     print(f"  does NOT fit: {', '.join(failing)}")
@@ -355,7 +377,9 @@ def plan(
   return (1 if failing else 0), summary
 
 
-def main(config, topology: Optional[str], as_json: bool, config_name: str = "") -> int:
+def main(
+    config, topology: Optional[str], as_json: bool, config_name: str = "", explain: bool = False
+) -> int:
   """The `gkd-jax plan` command: exit code (2 with one line on stderr on bad input)."""
   import sys  # pylint: disable=import-outside-toplevel
 
@@ -363,7 +387,7 @@ def main(config, topology: Optional[str], as_json: bool, config_name: str = "") 
     if not topology:
       raise ValueError("plan needs --topology (e.g. v5p-64, v6e-8, v5litepod-16, v5p:4x4x2)")
     tpu_topology.parse(topology)
-    return plan(config, topology, as_json=as_json, config_name=config_name)[0]
+    return plan(config, topology, as_json=as_json, config_name=config_name, explain=explain)[0]
   except tpu_topology.LibtpuMissing as e:
     print(f"gkd-jax plan: error: {e}", file=sys.stderr)
     return 2

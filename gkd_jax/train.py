@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
 from typing import Any, Optional
 
@@ -18,12 +17,11 @@ from jax.experimental import multihost_utils
 
 from gkd_jax import batches, checkpoints, config_validation, data, evaluation, gkd, kernels
 from gkd_jax import hooks as hooks_lib
-from gkd_jax import loop, metrics, models, programs, sharding
-from gkd_jax import teacher_cache, tokenizers
+from gkd_jax import loading, loop, metrics, models, programs, sharding, teacher_sources
 from gkd_jax import workdir as workdir_lib
 from gkd_jax.finite import NonFiniteGuard
-from gkd_jax.models.hf import is_gguf, read_model, read_params
 from gkd_jax.models.presets import get_preset
+from gkd_jax.run_config import RunConfig
 from gkd_jax.summary import Summary
 from gkd_jax.tokenizers import load_tokenizer
 
@@ -37,59 +35,33 @@ _loader = batches.loader
 _global_batch = batches.global_batch
 
 
-@dataclasses.dataclass(frozen=True)
-class Teacher:
-  """One of several teachers (`config.teachers`): batches of its records are scored by it."""
-
-  name: str
-  model: Any
-  params: Any
-  weight: float = 1.0  # multiplies gkd.divergence_weight on its rows
-
-
 @dataclasses.dataclass
 class Run:
   """What a config builds before the loop starts."""
 
-  config: Any
+  config: RunConfig  # typed and validated (gkd_jax.run_config)
   mesh: jax.sharding.Mesh
   tokenizer: Any
   student: Any
   params: Any
   param_shardings: Any
-  teacher: Optional[Any]
-  teacher_params: Optional[Any]
+  source: Any  # teacher_sources: where the teacher comes from (none, live, routed, cached)
   settings: gkd.GKDSettings
-  teacher_cache: Optional[Any] = None  # teacher_cache.TeacherCache: the off-policy steps' teacher
-  # Two or more `config.teachers`, in batch["teacher_index"] order (then `teacher` is None).
-  teachers: tuple = ()
 
+  # The source's teachers, for readers that need one of them.
+  @property
+  def teacher(self):
+    """The model of the one teacher in memory (None: none, or several)."""
+    return None if self.source.live is None else self.source.live.model
 
-def _load(section, name, mesh, rules):
-  """(model, params) from an HF checkpoint dir or a GGUF file, placed with the shardings of its
-  logical axes."""
-  path = section.path
-  gguf = is_gguf(path)
-  if not gguf and not os.path.isfile(os.path.join(path, "config.json")):
-    raise ValueError(
-        f"{name}.path={path!r} is not a checkpoint directory (no config.json) or a .gguf file"
-    )
-  dtype = models.DTYPES[section.dtype]
-  try:
-    model, multimodal = read_model(path, dtype)
-  except (KeyError, TypeError, ValueError) as e:
-    raise ValueError(
-        f"{path if gguf else os.path.join(path, 'config.json')} ({name}.path): not a model config "
-        f"this code reads ({type(e).__name__}: {e})"
-    ) from None
-  shardings = _param_shardings(model, mesh, rules)
-  return model, read_params(path, model, dtype, shardings, multimodal=multimodal)
+  @property
+  def teacher_params(self):
+    return None if self.source.live is None else self.source.live.params
 
-
-def _param_shardings(model, mesh, rules):
-  return sharding.tree_shardings(
-      mesh, models.logical_axes(model), rules, shapes=models.param_shapes(model)
-  )
+  @property
+  def teachers(self) -> tuple:
+    """Several teachers (teacher_sources.Teacher), in batch["teacher_index"] order; () for one."""
+    return self.source.routed
 
 
 def divergence_layout(mesh, rules, vocab_size) -> Optional[kernels.Layout]:
@@ -112,33 +84,17 @@ def build(config, mode: str = "train", devices=None) -> Run:
   devices: the devices of the mesh (default: all).
   """
   devices = jax.devices() if devices is None else devices
-  config_validation.validate(config, num_devices=len(devices), mode=mode)
-  cache = None
-  if config.gkd.teacher_cache and mode == "train":
-    cache = teacher_cache.TeacherCache(config.gkd.teacher_cache)
-  load_teacher = mode != "sample" and not (cache is not None and config.gkd.lmbda == 0)
+  config = config_validation.validate(config, num_devices=len(devices), mode=mode)
   mesh = sharding.make_mesh(config.mesh, devices)
-  rules = tuple(config.sharding_rules)
+  rules = config.sharding_rules
   tokenizer = load_tokenizer(config.tokenizer.path or config.student.path)
   student, params = _student(config, mesh, rules)
-  group = config_validation.teachers(config)
-  teacher, teacher_params, routed = (
-      _teachers(config, group, tokenizer, student, mesh, rules)
-      if load_teacher
-      else (None, None, ())
-  )
-  if cache is not None:  # made for this data, tokenizer, teacher, k and temperature?
-    teacher_cache.check_compatible(
-        cache.metadata,
-        teacher_cache.run_metadata(config, tokenizer),
-        where=f"gkd.teacher_cache={config.gkd.teacher_cache}",
-    )
+  source = teacher_sources.load(config, mode, tokenizer, student, mesh, rules)
   if tokenizer.vocab_size > student.config.vocab_size:
     raise ValueError(
         f"tokenizer has {tokenizer.vocab_size} tokens but the student's vocabulary "
         f"is {student.config.vocab_size}"
     )
-  param_shardings = _param_shardings(student, mesh, rules)
   if config.data.eval_path and mode != "sample":
     data.read_jsonl_records(config.data.eval_path)  # a malformed line fails before any write
   settings = gkd.GKDSettings.from_config(
@@ -146,72 +102,20 @@ def build(config, mode: str = "train", devices=None) -> Run:
       eos_id=stop_ids(tokenizer, config.data.chat_family),
       layout=divergence_layout(mesh, rules, student.config.vocab_size),
   )
-  if len(group) == 1:  # the one entry's weight, as for every row of a routed run
-    settings = programs.weighted(settings, float(next(iter(group.values())).weight))
-  return Run(
-      config,
-      mesh,
-      tokenizer,
-      student,
-      params,
-      param_shardings,
-      teacher,
-      teacher_params,
-      settings,
-      cache,
-      routed,
-  )
+  param_shardings = loading.param_shardings(student, mesh, rules)
+  return Run(config, mesh, tokenizer, student, params, param_shardings, source, settings)
 
 
 def _student(config, mesh, rules):
   """(model, params) of the student: its checkpoint (student.path), or a preset initialised from
   the seed."""
   if config.student.path:
-    return _load(config.student, "student", mesh, rules)
+    return loading.load_model(config.student, mesh, rules)
   student = models.build(get_preset(config.student.preset), models.DTYPES[config.student.dtype])
   params = models.init(
-      student, jax.random.key(config.seed), shardings=_param_shardings(student, mesh, rules)
+      student, jax.random.key(config.seed), shardings=loading.param_shardings(student, mesh, rules)
   )
   return student, params
-
-
-def _teachers(config, group, tokenizer, student, mesh, rules):
-  """(teacher, teacher_params, routed): one teacher (`teacher`, or the one entry of `teachers`),
-  or several routed ones (then the first two are None); (None, None, ()) without a teacher."""
-  if len(group) > 1:
-    routed = tuple(
-        Teacher(
-            name,
-            *_load_teacher(entry, f"teachers.{name}", tokenizer, student, mesh, rules),
-            float(entry.weight),
-        )
-        for name, entry in group.items()
-    )
-    return None, None, routed
-  if group or config.teacher.path:
-    name, section = next(iter(group.items())) if group else ("", config.teacher)
-    where = f"teachers.{name}" if group else "teacher"
-    return (*_load_teacher(section, where, tokenizer, student, mesh, rules), ())
-  return None, None, ()
-
-
-def _load_teacher(section, where, tokenizer, student, mesh, rules):
-  """(model, params) of a teacher, refused (one line) unless it shares the student's vocabulary."""
-  teacher, teacher_params = _load(section, where, mesh, rules)
-  sv, tv = student.config.vocab_size, teacher.config.vocab_size
-  if sv != tv:
-    raise ValueError(
-        f"{where} vocabulary ({tv}, {section.path}) differs from the "
-        f"student's ({sv}): distillation needs one shared vocabulary"
-    )
-  if tokenizers.has_tokenizer(section.path):  # same ids, not just as many
-    diff = tokenizers.vocabulary_difference(tokenizer, load_tokenizer(section.path))
-    if diff:
-      raise ValueError(
-          f"{where} tokenizer ({section.path}) differs from the student's "
-          f"({tokenizer.path}): {diff}; distillation needs one shared vocabulary"
-      )
-  return teacher, teacher_params
 
 
 def stop_ids(tokenizer, chat_family="") -> tuple:
@@ -228,12 +132,7 @@ def train(config, workdir: str, restart: bool = False) -> dict:
   `restart` removes an earlier run's outputs first.
   """
   run = build(config)
-  c = config
-  extras = (
-      None
-      if run.teacher_cache is None
-      else functools.partial(teacher_cache.stack_rows, run.teacher_cache)
-  )
+  c = run.config
   data_iter = iter(
       _loader(
           run,
@@ -241,7 +140,7 @@ def train(config, workdir: str, restart: bool = False) -> dict:
           batch_size=c.train.batch_size,
           shuffle=c.data.shuffle,
           num_epochs=c.data.num_epochs,
-          row_extras=extras,
+          row_extras=run.source.row_extras,
       )
   )
   lock = _claim_workdir(config, workdir, restart)

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from gkd_jax.models import matmul, rope
@@ -290,13 +291,16 @@ class Decoder(nnx.Module):
     params_L = nnx.state(self.layers, nnx.Param).to_pure_dict()
     mixed = len(set(cfg.is_sliding)) > 1
 
-    def pick(sliding, by_kind):
-      if not mixed:
+    # Gemma 2 (and Llama/Qwen) use one set of RoPE frequencies for both kinds: no select then.
+    same_rope = not mixed or np.array_equal(rope.inv_freq(cfg, True), rope.inv_freq(cfg, False))
+
+    def pick(sliding, by_kind, differ=True):
+      if not mixed or not differ:
         return by_kind[cfg.is_sliding[0]]
       return jax.tree.map(lambda a, b: jnp.where(sliding, a, b), by_kind[True], by_kind[False])
 
     def layer(x, params, sliding, i, carry):
-      (cos, sin), mask = pick(sliding, rot), pick(sliding, masks)
+      (cos, sin), mask = pick(sliding, rot, not same_rope), pick(sliding, masks)
       fn = None if kv_fn is None else functools.partial(kv_fn, layer=i, kv_carry=carry)
       return nnx.merge(graphdef, params)(x, cos, sin, mask, fn)
 

@@ -62,8 +62,13 @@ def pair(cfg: ModelConfig, seed: int):
   """{False: (looped model, params), True: (scanned model, stacked params)}, same weights."""
   looped = models.build(cfg)
   params = models.init(looped, jax.random.key(seed))
-  return {False: (looped, params), True: (models.build(cfg, scan_layers=True),
-                                          jax.block_until_ready(models.stack_layers(params)))}
+  return {
+      False: (looped, params),
+      True: (
+          models.build(cfg, scan_layers=True),
+          jax.block_until_ready(models.stack_layers(params)),
+      ),
+  }
 
 
 def loss(model, params, tokens):
@@ -130,8 +135,13 @@ def main():
   deep = gemma2(**dict(STUDENT, layers=args.deep_layers))
   rows = []
   for layers_cfg in (gemma2(**STUDENT), deep):
-    rows.append((layers_cfg.num_layers, compile_seconds(layers_cfg, False),
-                 compile_seconds(layers_cfg, True)))
+    rows.append(
+        (
+            layers_cfg.num_layers,
+            compile_seconds(layers_cfg, False),
+            compile_seconds(layers_cfg, True),
+        )
+    )
   print("\n| student fwd+bwd compile | looped (s) | scanned (s) | scanned / looped |")
   print("|---|---:|---:|---:|")
   for layers, a, b in rows:

@@ -7,14 +7,13 @@ equal, log-probs close, for a fixed rng, through sliding windows the sequence ou
 to float32 rounding; shardings keep the stacked `layers` axis whole; HF files stay per-layer.
 """
 
-import dataclasses
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file
 
 import gkd_jax
@@ -192,8 +191,15 @@ def test_samples_match(name, kwargs):
   model, params, scanned, stacked = _pair(cfg, seed=3)
   tokens, mask = _prompts(cfg)
   run = lambda m, p: gkd_jax.sample(  # noqa: E731
-      m, p, tokens, mask, jax.random.key(7), max_new_tokens=10, eos_id=None, return_logits=True,
-      **kwargs
+      m,
+      p,
+      tokens,
+      mask,
+      jax.random.key(7),
+      max_new_tokens=10,
+      eos_id=None,
+      return_logits=True,
+      **kwargs,
   )
   (want, want_logits), (got, got_logits) = run(model, params), run(scanned, stacked)
   np.testing.assert_array_equal(got.tokens, want.tokens)
@@ -229,9 +235,7 @@ def test_stacked_shardings_keep_the_layers_axis_whole(shape):
     assert x.sharding == s
   on_mesh = jax.device_put(stacked, stacked_sh)
   tokens, mask = _tokens(cfg, B=8)
-  _close(
-      gkd_jax.score(scanned, on_mesh, tokens, mask), gkd_jax.score(model, params, tokens, mask)
-  )
+  _close(gkd_jax.score(scanned, on_mesh, tokens, mask), gkd_jax.score(model, params, tokens, mask))
 
 
 @pytest.mark.parametrize("name", TINY_PRESETS)
@@ -248,7 +252,9 @@ def test_load_scanned_then_save_round_trips_the_per_layer_files(name, tmp_path):
   assert sorted(os.listdir(tmp_path / "b")) == sorted(os.listdir(tmp_path / "a"))
   for f in ("config.json", "generation_config.json"):
     assert (tmp_path / "a" / f).read_text() == (tmp_path / "b" / f).read_text()
-  a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+  a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(
+      tmp_path / "b" / "model.safetensors"
+  )
   assert sorted(a) == sorted(b)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -7,9 +7,9 @@
     unembedding(model, params)                 # [D,V] (embed.T when tied)
     stack_layers(params) / unstack_layers(params)   # per-layer form <-> scanned form
 
-`Model` is a frozen dataclass (config + dtype + scan_layers) and so a valid static argument of `jax.jit`;
-`model.graphdef` is the NNX graph definition and `model.bind(params)` merges it with a params tree
-(do that inside `jit`: it is free at run time). The params tree (exactly `nnx.state(module,
+`Model` is a frozen dataclass (config, dtype, scan_layers) and so a valid static argument of
+`jax.jit`; `model.graphdef` is the NNX graph definition and `model.bind(params)` merges it with a
+params tree (do that inside `jit`: it is free at run time). The params tree (exactly `nnx.state(module,
 nnx.Param).to_pure_dict()`), with D=embed_dim, V=vocab, H/K=query/kv heads, Dh=head_dim, F=mlp_dim:
 
     embed                      [V,D]     (vocab, embed)

@@ -270,7 +270,6 @@ class Decoder(nnx.Module):
       extras.append(extra)
     return self.final_norm(x), extras
 
-
   def _scan(self, x_BxTxD, rot, masks, kv_fn: Optional["ScanKVFn"], kv_carry, remat: bool):
     """The blocks as one `lax.scan` over the stacked layer params: XLA compiles one block body
     (compile time flat in depth) and fetches one layer's weights per iteration.

@@ -438,8 +438,9 @@ def save_pretrained(path, model, params, max_shard_bytes: int = 5 * 2**30) -> No
   path = Path(path)
   if _model_api().is_stacked(params):
     get = lambda p: (
-        stacking.LayerSlice(_get(params["layers"], p[2:]), p[1]) if p[0] == "layers" else
-        _get(params, p)
+        stacking.LayerSlice(_get(params["layers"], p[2:]), p[1])
+        if p[0] == "layers"
+        else _get(params, p)
     )
   else:
     get = functools.partial(_get, params)

@@ -67,7 +67,9 @@ def stack_placed(params: dict, shardings) -> dict:
     xs = [flat[i][j] for i in range(num_layers)]
     for row in flat:
       row[j] = None
-    target = _stacked_target(shardings, ("layers",) + path, (num_layers,) + xs[0].shape, xs[0].dtype)
+    target = _stacked_target(
+        shardings, ("layers",) + path, (num_layers,) + xs[0].shape, xs[0].dtype
+    )
     stack = jax.jit(lambda *a: jnp.stack(a), out_shardings=target)
     stacked.append(stack(*xs))
     del xs

@@ -93,7 +93,7 @@ def programs(student, teacher, tokens, prompts):
 
 def time_interleaved(fns: dict, repeats: int) -> dict:
   times = {(name, s): [] for name in fns for s in (False, True)}
-  for name, fn in fns.items():
+  for fn in fns.values():
     for s in (False, True):
       jax.block_until_ready(fn(s))  # compile + warm up
   for r in range(repeats):

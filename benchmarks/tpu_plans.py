@@ -3,12 +3,18 @@
   nice -n 19 python benchmarks/tpu_plans.py                  # every row (minutes each, 2 cores)
   nice -n 19 python benchmarks/tpu_plans.py --only=gemma2_9b_to_2b@v5p-64
   python benchmarks/tpu_plans.py --render                    # rewrite the .md from the .json only
+  nice -n 19 python benchmarks/tpu_plans.py --only=gemma2_9b_to_2b@v5p-8 --programs=train_step \
+      --explain=benchmarks/results/memory_explain_before.md   # + the buffers live at each peak
 
 Each row is `gkd-jax plan` (gkd_jax/plan.py) of one config on one slice: train_step (on-policy
 sampler and its KV cache inside), eval_step and the eval sampler, compiled by XLA:TPU for the
 slice's devices from libtpu on this host. Results accumulate in tpu_plans.json (a row is re-planned
 only when asked with --only), so partial runs add up; rows never planned are listed as such.
 Knobs are not re-planned here (each re-plan is another compile of the same size).
+--explain=FILE.md appends each --only row's `gkd-jax plan --explain` output (gkd_jax/memory_report.py:
+the buffers live at each program's peak, grouped) to FILE.md with the command and commit, and
+leaves tpu_plans.json alone; --programs limits a row to some programs (a 9B train_step alone is
+6-20 minutes and ~10 GB of host memory).
 """
 
 from __future__ import annotations
@@ -66,6 +72,42 @@ def plan_row(config_name, topology):
       ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
   ).stdout.strip()
   return summary
+
+
+def explain_row(config_name, topology, programs, out_md):
+  """Appends the plan of `programs` with --explain's buffer tables to `out_md` (a section per row)."""
+  import contextlib  # pylint: disable=import-outside-toplevel
+  import io  # pylint: disable=import-outside-toplevel
+
+  from gkd_jax import plan  # pylint: disable=import-outside-toplevel
+
+  config = runpy.run_path(os.path.join(ROOT, "configs", f"{config_name}.py"))["get_config"]()
+  text = io.StringIO()
+  start = time.perf_counter()
+  with contextlib.redirect_stdout(text):
+    plan.plan(
+        config,
+        topology,
+        replan=False,
+        config_name=f"configs/{config_name}.py",
+        explain=True,
+        only=tuple(programs),
+    )
+  commit = subprocess.run(
+      ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+  ).stdout.strip()
+  command = (
+      f"nice -n 19 python benchmarks/tpu_plans.py --only={_key(config_name, topology)} "
+      f"--programs={','.join(programs)} --explain={os.path.relpath(out_md, ROOT)}"
+  )
+  section = (
+      f"\n## {config_name} on {topology}: {', '.join(programs)}\n\n"
+      f"`{command}` at commit {commit}, {time.perf_counter() - start:.0f} s on "
+      f"{platform.node()} ({os.cpu_count()} cores)\n\n```\n{text.getvalue().rstrip()}\n```\n"
+  )
+  print(section)
+  with open(out_md, "a") as f:
+    f.write(section)
 
 
 def _load():
@@ -143,12 +185,23 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--only", action="append", default=[], help="CONFIG@SLICE (repeatable)")
   parser.add_argument("--render", action="store_true", help="only rewrite the markdown")
+  parser.add_argument("--explain", default="", help="FILE.md: append --only rows' buffer tables")
+  parser.add_argument(
+      "--programs", default="train_step,eval_step,sampler", help="with --explain: which programs"
+  )
   args = parser.parse_args()
   results = _load()
   known = {_key(*row) for row in ROWS}
   for key in args.only:
     if key not in known:
       sys.exit(f"--only={key!r} is not one of: {', '.join(sorted(known))}")
+  if args.explain:
+    for key in args.only:
+      config, topology = key.split("@")
+      explain_row(
+          config, topology, args.programs.split(","), os.path.join(os.getcwd(), args.explain)
+      )
+    return
   todo = (
       []
       if args.render

@@ -18,7 +18,7 @@ EXPECTED = {
     "eval": {"config", "checkpoint"} | MULTIHOST,
     "sample": {"config", "checkpoint", "prompts", "chat"} | MULTIHOST,
     "compare": set(),
-    "plan": {"config", "topology", "json"},
+    "plan": {"config", "topology", "json", "explain"},
     "cache-teacher": {"config", "out"} | MULTIHOST,
     "convert": {"gguf", "out", "checkpoint", "to_gguf", "gguf_type"},
     "prune": {"checkpoint", "out", "num_layers", "prune_rule", "calibration"},

@@ -92,6 +92,7 @@ class Report:
   peak_at: str  # the instruction scheduled at the peak, and its name stack
   buffers: list  # [Buffer], the largest (`keep` of explain), largest first
   groups: dict  # {category: bytes}, largest first
+  counts: dict  # {category: number of buffers}
   temp_allocation: int  # bytes of the buffer assignment's temporaries in device memory
   live_bytes: int  # all buffers live at the peak
   count: int  # how many
@@ -305,14 +306,17 @@ def explain(
     at, live = xla_dump.parse_peak(f.read())
   buffers = peak_buffers(hlo, values, allocations, live, tuple(vocab_sizes))
   groups: dict[str, int] = {}
+  counts: dict[str, int] = {}
   for b in buffers:
     groups[b.category] = groups.get(b.category, 0) + b.size
+    counts[b.category] = counts.get(b.category, 0) + 1
   at_inst = hlo.instructions.get(at)
   return Report(
       module=module or hlo.entry,
       peak_at=f"{at} ({at_inst.op_name})" if at_inst and at_inst.op_name else at,
       buffers=buffers[:keep],
       groups=dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+      counts=counts,
       temp_allocation=sum(a.size for a in allocations.values() if a.kind == "temp" and not a.color),
       live_bytes=sum(b.size for b in buffers),
       count=len(buffers),
@@ -331,11 +335,12 @@ def format_report(report: Optional[Report], top: int = 15, indent: str = "  ") -
       f"{indent}live at the peak ({report.peak_at[:120]}): {report.live_bytes / 2**30:.3f} GiB "
       f"in {report.count} buffers; buffer assignment's temporaries "
       f"{report.temp_allocation / 2**30:.3f} GiB",
-      f"{indent}     GiB  share  group",
+      f"{indent}     GiB  share  buffers  group",
   ]
   total = max(report.live_bytes, 1)
   for name, size in report.groups.items():
-    lines.append(f"{indent}{_gib(size)}  {100 * size / total:4.0f}%  {name}")
+    count = report.counts.get(name, 0)
+    lines.append(f"{indent}{_gib(size)}  {100 * size / total:4.0f}%  {count:7d}  {name}")
   lines.append(f"{indent}     GiB  shape / group / op / what / source (largest {top} buffers)")
   for b in report.buffers[:top]:
     lines.append(

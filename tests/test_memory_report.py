@@ -74,6 +74,7 @@ def test_report_counts_shared_bytes_once():
       "arguments (other)": 64 * 1024,
   }
   assert report.live_bytes == sum(report.groups.values()) and report.count == 4
+  assert report.counts == dict.fromkeys(report.groups, 1)
   assert report.temp_allocation == 4292640
   text = memory_report.format_report(report)
   assert "backward (gradients, temporaries)" in text and "bf16[256,2048]" in text

@@ -34,6 +34,15 @@ def get_config() -> ml_collections.ConfigDict:
   # ModelConfig preset; only `gkd-jax plan` uses it (when path has no config.json).
   c.teacher.preset = ""  # e.g. "gemma2_9b"; see gkd_jax/models/presets.py.
 
+  # How the decoders (student and teacher) run their layers.
+  c.model = ml_collections.ConfigDict()
+  # One lax.scan over layer parameters stacked on a leading `layers` axis instead of a Python loop:
+  # XLA compiles one block body (compile time stops growing with depth) and under FSDP gathers one
+  # layer's weights at a time. Exact either way. "auto": scan on TPU and GPU, loop on CPU (where the
+  # scanned step measured 1.1-1.5x slower, benchmarks/results/scan_layers_cpu.md). Checkpoints of a
+  # run hold the form it trained with; exported HF/GGUF files are per layer either way.
+  c.model.scan_layers = config_dict.FieldReference("auto", field_type=object)  # True|False|"auto"
+
   # Several teachers instead of `teacher`: each example is distilled from the teacher its record
   # names ({"prompt": ..., "teacher": NAME}); every batch holds one teacher's records, so a step runs
   # that teacher only. Entries: c.teachers.NAME = ConfigDict(dict(path=..., dtype="bfloat16",

@@ -3,9 +3,11 @@ its parameters' logical axes, and the teacher's one-vocabulary check."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from gkd_jax import models, sharding, tokenizers
+from gkd_jax.models import stacking
 from gkd_jax.models.hf import is_gguf, read_model, read_params
 from gkd_jax.run_config import ModelSpec
 
@@ -17,9 +19,10 @@ def param_shardings(model, mesh, rules):
   )
 
 
-def load_model(spec: ModelSpec, mesh, rules):
+def load_model(spec: ModelSpec, mesh, rules, scan_layers: bool = False):
   """(model, params) of `spec.path`, placed with the shardings of its logical axes; errors name
-  the config field (`spec.where`)."""
+  the config field (`spec.where`). `scan_layers`: the scanned model, its layers read per layer and
+  stacked leaf by leaf (models/stacking.py)."""
   path, where = spec.path, spec.where
   gguf = is_gguf(path)
   if not gguf and not os.path.isfile(os.path.join(path, "config.json")):
@@ -34,13 +37,20 @@ def load_model(spec: ModelSpec, mesh, rules):
         f"{path if gguf else os.path.join(path, 'config.json')} ({where}.path): not a model config "
         f"this code reads ({type(e).__name__}: {e})"
     ) from None
-  shardings = param_shardings(model, mesh, rules)
-  return model, read_params(path, model, dtype, shardings, multimodal=multimodal)
+  if not scan_layers:
+    shardings = param_shardings(model, mesh, rules)
+    return model, read_params(path, model, dtype, shardings, multimodal=multimodal)
+  scanned = dataclasses.replace(model, scan_layers=True)
+  shardings = param_shardings(scanned, mesh, rules)
+  per_layer = stacking.per_layer_shardings(shardings, model.config.num_layers)
+  params = read_params(path, model, dtype, per_layer, multimodal=multimodal)
+  return scanned, stacking.stack_placed(params, shardings)
 
 
 def load_teacher(spec: ModelSpec, tokenizer, student, mesh, rules):
-  """(model, params) of a teacher, refused (one line) unless it shares the student's vocabulary."""
-  teacher, teacher_params = load_model(spec, mesh, rules)
+  """(model, params) of a teacher, in the student's form (looped or scanned), refused (one line)
+  unless it shares the student's vocabulary."""
+  teacher, teacher_params = load_model(spec, mesh, rules, student.scan_layers)
   sv, tv = student.config.vocab_size, teacher.config.vocab_size
   if sv != tv:
     raise ValueError(

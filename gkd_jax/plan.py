@@ -104,15 +104,16 @@ def abstract_run(config, devices) -> train.Run:
     )
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = config.sharding_rules
+  scan = config.model.scan(devices[0].platform)
   student = models.build(
-      model_config(config.student, "student"), models.DTYPES[config.student.dtype]
+      model_config(config.student, "student"), models.DTYPES[config.student.dtype], scan
   )
   params, param_shardings = _abstract_params(student, mesh, rules)
   teacher = teacher_params = None
   g = config.gkd
   if g.divergence_weight > 0 or g.seq_kd:
     teacher = models.build(
-        model_config(config.teacher, "teacher"), models.DTYPES[config.teacher.dtype]
+        model_config(config.teacher, "teacher"), models.DTYPES[config.teacher.dtype], scan
     )
     teacher_params, _ = _abstract_params(teacher, mesh, rules)
     sv, tv = student.config.vocab_size, teacher.config.vocab_size

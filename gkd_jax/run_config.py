@@ -38,6 +38,21 @@ class ModelSpec(Group):
     return self.where
 
 
+SCAN_CHOICES = (True, False, "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRunConfig(Group):
+  """How the decoders run (configs/default.py: `model`)."""
+
+  GROUP = "model"
+  scan_layers: Any = field(check=choice(*SCAN_CHOICES))
+
+  def scan(self, platform: str) -> bool:
+    """Whether to scan over layers on `platform` ("auto": everywhere but the CPU)."""
+    return platform != "cpu" if self.scan_layers == "auto" else bool(self.scan_layers)
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig(Group):
   GROUP = "tokenizer"
@@ -166,6 +181,7 @@ class RunConfig(Group):
   seed: int = field(check=integer(0))
   student: ModelSpec = field()
   teacher: ModelSpec = field()
+  model: ModelRunConfig = field()
   # Several teachers by name (sorted), instead of `teacher`; {} for one teacher.
   teachers: Mapping[str, ModelSpec] = field()
   default_teacher: str = field(check=string)
@@ -225,6 +241,7 @@ def from_config(config) -> RunConfig:
       seed=_node(config, "seed"),
       student=model("student"),
       teacher=model("teacher"),
+      model=group(ModelRunConfig),
       teachers=_teachers(_node(config, "teachers")),
       default_teacher=_node(config, "default_teacher"),
       tokenizer=group(TokenizerConfig),
@@ -259,6 +276,7 @@ def schema() -> dict:
 _GROUPS = {
     cls.GROUP: cls
     for cls in (
+        ModelRunConfig,
         TokenizerConfig,
         DataConfig,
         GKDConfig,

@@ -88,7 +88,7 @@ def build(config, mode: str = "train", devices=None) -> Run:
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = config.sharding_rules
   tokenizer = load_tokenizer(config.tokenizer.path or config.student.path)
-  student, params = _student(config, mesh, rules)
+  student, params = _student(config, mesh, rules, config.model.scan(devices[0].platform))
   source = teacher_sources.load(config, mode, tokenizer, student, mesh, rules)
   if tokenizer.vocab_size > student.config.vocab_size:
     raise ValueError(
@@ -106,12 +106,14 @@ def build(config, mode: str = "train", devices=None) -> Run:
   return Run(config, mesh, tokenizer, student, params, param_shardings, source, settings)
 
 
-def _student(config, mesh, rules):
+def _student(config, mesh, rules, scan_layers: bool):
   """(model, params) of the student: its checkpoint (student.path), or a preset initialised from
-  the seed."""
+  the seed; scanned over layers or looped (model.scan_layers)."""
   if config.student.path:
-    return loading.load_model(config.student, mesh, rules)
-  student = models.build(get_preset(config.student.preset), models.DTYPES[config.student.dtype])
+    return loading.load_model(config.student, mesh, rules, scan_layers)
+  student = models.build(
+      get_preset(config.student.preset), models.DTYPES[config.student.dtype], scan_layers
+  )
   params = models.init(
       student, jax.random.key(config.seed), shardings=loading.param_shardings(student, mesh, rules)
   )

@@ -23,7 +23,9 @@ def dense(x_NxD: jax.Array, w_DxF: jax.Array) -> jax.Array:
 
 
 def _fwd(x_NxD, w_DxF):
-  return dense(x_NxD, w_DxF), (x_NxD, w_DxF)
+  # A plain dot_general (not `dense`, whose custom_vjp call would hide it) so that remat policies
+  # that save matmul outputs (gkd_jax/remat.py: save_dots, offload) see it and can keep it.
+  return x_NxD @ w_DxF, (x_NxD, w_DxF)
 
 
 def _cpu_bwd(x_NxD, w_DxF, dy_NxF):

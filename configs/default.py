@@ -113,9 +113,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.preemption_check_every = 10  # >= 1: with several processes, check for SIGTERM/preemption
   #                                     every this many steps (an all-gather), all stopping together.
   c.train.export_final = True  # Write the final student as an HF checkpoint to WORKDIR/student.
-  # Recompute each student layer in the backward pass (saves activation memory, costs ~10% of a
-  # step); "auto": only when the step would not fit without it (gkd_jax/remat.py).
-  c.train.remat = config_dict.FieldReference("auto", field_type=object)  # True | False | "auto"
+  # What each student layer keeps for the backward pass (gkd_jax/remat.py), most memory first:
+  # "none" (= False): everything; "save_dots": the weight matmuls' outputs, the rest recomputed;
+  # "save_dots_except_mlp": the attention projections' outputs, the MLP recomputed; "full"
+  # (= True): the layer's input only, the whole layer recomputed (~10% of a step); "offload"
+  # (TPU/GPU): save_dots staged in host memory. "auto": "none" when the step fits, else "full".
+  c.train.remat = config_dict.FieldReference("auto", field_type=object)  # a name | True | False
   c.train.max_nonfinite_steps = 0  # >= 0: a step with a non-finite loss/gradient is never applied;
   #                                  0 = stop the run at the first; N = skip up to N, then stop.
 

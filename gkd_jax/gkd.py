@@ -50,8 +50,9 @@ class GKDSettings:
   # Platform the divergence kernels are built for; None = the default backend. "tpu" on a CPU host
   # builds the real Mosaic kernels instead of interpret mode (`gkd-jax plan` compiles for a TPU).
   kernel_platform: Optional[str] = None
-  remat: bool = False  # recompute student layers in the backward pass (programs.compile_steps
-  # resolves train.remat="auto")
+  # What student layers keep for the backward pass: a gkd_jax/remat.py policy name, True (= full)
+  # or False (= none); programs.compile_steps resolves train.remat="auto".
+  remat: bool | str = False
   sample_temperature: float = 1.0
   sample_top_k: int = 0
   sample_top_p: float = 1.0
@@ -86,7 +87,7 @@ class GKDSettings:
         divergence_weight=float(g.divergence_weight),
         ce_weight=float(g.ce_weight),
         kernel_impl=g.kernel_impl,
-        remat=config.train.remat is True,
+        remat=False if config.train.remat == "auto" else config.train.remat,
         sample_temperature=float(s.temperature),
         sample_top_k=int(s.top_k),
         sample_top_p=float(s.top_p),

@@ -25,7 +25,9 @@ class Steps:
   abstract_state: Any  # TrainState of ShapeDtypeStructs with shardings (checkpoint restore target)
   train_step: Any  # (state, teacher_params, batch, rng) -> (state, metrics); state donated
   eval_step: Any  # (params, teacher_params, batch) -> metrics
-  remat: bool = False  # whether train_step recomputes student layers (train.remat, "auto" resolved)
+  # What train_step's student layers keep for the backward pass (train.remat, "auto" resolved):
+  # True/False, or a gkd_jax/remat.py policy name.
+  remat: bool | str = False
   # The teacher source's variants (teacher_sources.Variant) and their (train_step, eval_step), in
   # the same order; train_step and eval_step above are the first's. The source routes each batch.
   variants: tuple = ()
@@ -91,7 +93,7 @@ def _train_step(run, variant, optimizer, state_sh, abstract_state):
   repl = sharding.replicated(run.mesh)
   batch_sh = sharding.batch_sharding(run.mesh, tuple(run.config.sharding_rules), 2)
 
-  def make(remat: bool):
+  def make(remat):
     return jax.jit(
         functools.partial(
             gkd.train_step,
@@ -107,7 +109,8 @@ def _train_step(run, variant, optimizer, state_sh, abstract_state):
 
   setting = run.config.train.remat
   if setting != "auto":
-    return bool(setting), make(bool(setting))
+    remat_lib.check_platform(setting, run.mesh.devices.flat[0].platform)
+    return setting, make(setting)
   key = jax.eval_shape(lambda: jax.random.key(0))
   args = (
       abstract_state,

@@ -41,7 +41,7 @@ def score(
     tokens,
     mask=None,
     return_hidden: bool = False,
-    remat: bool = False,
+    remat: bool | str = False,
     output_from: int = 0,
 ):
   """Logits [B,T,V] float32 (after the final soft-cap) predicting token t+1 from tokens <= t, or
@@ -50,7 +50,8 @@ def score(
   `mask` [B,T] (1 = real token, 0 = padding; default all ones) may pad on either side; outputs at
   padded positions are meaningless. Pure and jit-friendly (nested jit inlines). Attention is
   dense (a [B,H,T,T] float32 score matrix per layer). `remat=True` recomputes each layer in the
-  backward pass (`nnx.remat` per block), so gradients keep one layer's activations, not all.
+  backward pass (`nnx.remat` per block), so gradients keep one layer's activations, not all; a
+  policy name of gkd_jax/remat.py (e.g. "save_dots") keeps part of them.
   `output_from`: outputs for positions >= output_from only (the last layer runs there only).
   """
   if mask is None:

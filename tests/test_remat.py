@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from gkd_jax import programs, remat, train
+from gkd_jax import batches, programs, remat, train
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +17,8 @@ def demo_run():
   config.train.batch_size = 4
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
   run = train.build(config, devices=jax.devices()[:1])
-  loader = train._loader(run, config.data.train_path, batch_size=4, shuffle=False, num_epochs=1)  # pylint: disable=protected-access
-  batch = train._global_batch(run, next(iter(loader)))  # pylint: disable=protected-access
+  loader = batches.loader(run, config.data.train_path, batch_size=4, shuffle=False, num_epochs=1)
+  batch = batches.global_batch(run, next(iter(loader)))
   return run, batch
 
 
@@ -54,3 +54,17 @@ def test_auto_keeps_the_compiled_step_when_it_fits(demo_run, monkeypatch):
   _, m_off = _one_step(run, batch, False, monkeypatch, None)
   assert m_auto == m_off
   assert np.isfinite(m_auto["loss"])
+
+
+def test_a_named_policy_flows_to_the_step_and_keeps_its_numerics(demo_run, monkeypatch):
+  run, batch = demo_run
+  steps, m_dots = _one_step(run, batch, "save_dots", monkeypatch, None)
+  assert steps.remat == "save_dots"
+  _, m_off = _one_step(run, batch, False, monkeypatch, None)
+  np.testing.assert_allclose([m_dots[k] for k in m_off], list(m_off.values()), rtol=1e-6)
+
+
+def test_offload_is_refused_on_cpu_in_one_line(demo_run, monkeypatch):
+  run, batch = demo_run
+  with pytest.raises(ValueError, match=r"^train.remat='offload' needs a TPU or GPU[^\n]*$"):
+    _one_step(run, batch, "offload", monkeypatch, None)

@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
+from gkd_jax import remat as remat_lib
 from gkd_jax.models import matmul, rope
 from gkd_jax.models.config import ModelConfig
 
@@ -94,9 +96,10 @@ class Attention(nnx.Module):
     self.scale = float(scalar) ** -0.5
     self.logit_cap = cfg.attn_logit_softcap
 
-  def _project(self, x, w, b, norm):
+  def _project(self, x, w, b, norm, name):
     einsum = functools.partial(jnp.einsum, "btd,dnh->bnth")
     y = jax.lax.platform_dependent(x, w[...], cpu=_cpu_heads_projection, default=einsum)
+    y = checkpoint_name(y, name)  # what remat policies keep by name (gkd_jax/remat.py)
     if b is not None:
       y = y + b[...][None, :, None, :]
     if norm is not None:
@@ -106,9 +109,10 @@ class Attention(nnx.Module):
   def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv_fn: Optional[KVFn], query_from: int = 0):
     """Attention output for the queries at positions >= `query_from` (keys: every position)."""
     x_q, cos_q, sin_q = x_BxTxD[:, query_from:], cos[:, query_from:], sin[:, query_from:]
-    q = rope.apply(self._project(x_q, self.q, self.q_bias, self.q_norm), cos_q, sin_q)
-    k = rope.apply(self._project(x_BxTxD, self.k, self.k_bias, self.k_norm), cos, sin)
-    v = self._project(x_BxTxD, self.v, self.v_bias, None)
+    q_name, k_name, v_name, out_name = remat_lib.ATTENTION_OUTPUTS
+    q = rope.apply(self._project(x_q, self.q, self.q_bias, self.q_norm, q_name), cos_q, sin_q)
+    k = rope.apply(self._project(x_BxTxD, self.k, self.k_bias, self.k_norm, k_name), cos, sin)
+    v = self._project(x_BxTxD, self.v, self.v_bias, None, v_name)
     extra = None
     if kv_fn is not None:
       k, v, extra = kv_fn(k, v)
@@ -121,10 +125,8 @@ class Attention(nnx.Module):
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bksd->bkgtd", probs, v).reshape(B, H, T, Dh)
     einsum = functools.partial(jnp.einsum, "bnth,nhd->btd")
-    return (
-        jax.lax.platform_dependent(out, self.o[...], cpu=_cpu_output_projection, default=einsum),
-        extra,
-    )
+    out = jax.lax.platform_dependent(out, self.o[...], cpu=_cpu_output_projection, default=einsum)
+    return checkpoint_name(out, out_name), extra
 
 
 # On CPU the attention projections are plain [B*T, D] x [D, N*H] matmuls (`matmul.dense`): XLA:CPU
@@ -153,10 +155,15 @@ class MLP(nnx.Module):
     self.down = _param(rngs, (F, D), ("mlp", "embed"), dtype)
     self.activation = cfg.activation
 
-  def __call__(self, x):
-    g = matmul.dense(x, self.gate[...])
-    g = jax.nn.silu(g) if self.activation == "silu" else jax.nn.gelu(g, approximate=True)
-    return matmul.dense(g * matmul.dense(x, self.up[...]), self.down[...])
+  def __call__(self, x_BxTxD):
+    gate_name, up_name, down_name = remat_lib.MLP_OUTPUTS  # what remat policies name
+    g_BxTxF = checkpoint_name(matmul.dense(x_BxTxD, self.gate[...]), gate_name)
+    if self.activation == "silu":
+      g_BxTxF = jax.nn.silu(g_BxTxF)
+    else:
+      g_BxTxF = jax.nn.gelu(g_BxTxF, approximate=True)
+    u_BxTxF = checkpoint_name(matmul.dense(x_BxTxD, self.up[...]), up_name)
+    return checkpoint_name(matmul.dense(g_BxTxF * u_BxTxF, self.down[...]), down_name)
 
 
 class Block(nnx.Module):
@@ -230,7 +237,7 @@ class Decoder(nnx.Module):
       positions_BxT,
       masks: dict,
       kv_fns=None,
-      remat: bool = False,
+      remat: remat_lib.Setting = False,
       output_from: int = 0,
       kv_carry=None,
   ):
@@ -238,8 +245,9 @@ class Decoder(nnx.Module):
 
     masks: {False: full-attention mask [B,T,S], True: sliding mask [B,T,S']} (bool, True = visible).
     kv_fns: None or one `KVFn` per layer.
-    remat: recompute each layer in the backward pass instead of saving its activations (only
-      without kv_fns): activation memory of one layer instead of all of them.
+    remat: what each layer keeps for the backward pass (only without kv_fns): a policy of
+      gkd_jax/remat.py by name, True (= "full": recompute the whole layer, activation memory of
+      one layer instead of all of them) or False (= "none").
     output_from: return only positions >= output_from, [B, T - output_from, D]: the last layer
       computes its queries, MLP and final norm there only (earlier positions feed it keys and
       values), e.g. the completion positions of a prompt + completion batch.
@@ -258,19 +266,20 @@ class Decoder(nnx.Module):
     if kv_carry is not None:
       raise ValueError("kv_carry is for scan_layers decoders; the loop takes one kv_fn per layer")
     extras = []
+    remat = remat_lib.policy_name(remat)
     last = len(self.layers) - 1
     for i, layer in enumerate(self.layers):
       s = cfg.is_sliding[i]
       cos, sin = rot[s]
       query_from = output_from if i == last else 0
-      if remat and kv_fns is None and not query_from:
-        x, extra = _remat_block(layer, x, cos, sin, masks[s]), None
+      if remat != "none" and kv_fns is None and not query_from:
+        x, extra = _remat_block(remat)(layer, x, cos, sin, masks[s]), None
       else:
         x, extra = layer(x, cos, sin, masks[s], None if kv_fns is None else kv_fns[i], query_from)
       extras.append(extra)
     return self.final_norm(x), extras
 
-  def _scan(self, x_BxTxD, rot, masks, kv_fn: Optional["ScanKVFn"], kv_carry, remat: bool):
+  def _scan(self, x_BxTxD, rot, masks, kv_fn: Optional["ScanKVFn"], kv_carry, remat):
     """The blocks as one `lax.scan` over the stacked layer params: XLA compiles one block body
     (compile time flat in depth) and fetches one layer's weights per iteration.
 
@@ -283,7 +292,8 @@ class Decoder(nnx.Module):
 
     Every layer, the last included, runs over all positions (running the last one apart to skip
     the positions before `output_from` would slice, and so copy, the stacked weights); the caller
-    drops them after the scan. `remat` wraps the body in `jax.checkpoint` (without kv_fn).
+    drops them after the scan. `remat` (a gkd_jax/remat.py setting) wraps the body in
+    `jax.checkpoint` with that policy (without kv_fn).
     """
     cfg = self.cfg
     graphdef = _block_graphdef(cfg, self.dtype)
@@ -303,8 +313,10 @@ class Decoder(nnx.Module):
       fn = None if kv_fn is None else functools.partial(kv_fn, layer=i, kv_carry=carry)
       return nnx.merge(graphdef, params)(x, cos, sin, mask, fn)
 
-    if remat and kv_fn is None:
-      layer = jax.checkpoint(layer, prevent_cse=False)  # inside scan CSE cannot undo it
+    remat = remat_lib.policy_name(remat)
+    if remat != "none" and kv_fn is None:
+      policy = remat_lib.checkpoint_policy(remat)  # inside scan, CSE cannot undo the remat:
+      layer = jax.checkpoint(layer, prevent_cse=False, policy=policy)
 
     def body(carry, xs):
       return layer(carry[0], *xs, carry[1]), None
@@ -338,6 +350,12 @@ def _block_graphdef(cfg: ModelConfig, dtype):
   return nnx.split(block, nnx.Param)[0]
 
 
-@nnx.remat
-def _remat_block(block: Block, x, cos, sin, mask):
-  return block(x, cos, sin, mask)[0]
+@functools.lru_cache(maxsize=None)
+def _remat_block(policy_name: str):
+  """block(x, cos, sin, mask) -> x under `nnx.remat` with the named policy (one per name, so
+  jit's trace cache sees the same function each call)."""
+
+  def run(block: Block, x, cos, sin, mask):
+    return block(x, cos, sin, mask)[0]
+
+  return nnx.remat(run, policy=remat_lib.checkpoint_policy(policy_name))

@@ -243,7 +243,10 @@ def _knobs(config) -> list[tuple[str, dict, tuple]]:
   """(description, {dotted field: value}, programs affected) of changes that lower memory."""
   config = run_config.from_config(config)
   out = []
-  if config.train.remat is not True:  # "auto" plans without remat (no memory limit is known)
+  remat = config.train.remat  # "auto" plans without remat (no memory limit is known)
+  if remat in (False, "auto", "none"):  # keeps the matmul outputs: less recompute than True
+    out.append(("train.remat='save_dots'", {"train.remat": "save_dots"}, ("train_step",)))
+  if remat is not True and remat != "full":
     out.append(("train.remat=True", {"train.remat": True}, ("train_step",)))
   m = config.mesh
   if m.data > 1:

@@ -19,7 +19,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from gkd_jax import tasks, train
+from gkd_jax import evaluation, tasks, train
 from gkd_jax.sampling import sample
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
@@ -69,7 +69,7 @@ def main(_):
   config.eval.batch_size = 100
   run = train.build(config, mode="eval", devices=jax.devices()[:1])
   task = tasks.get_task(config.task.name)
-  prompts, completions = train.eval_completions(run, run.student, run.params, 0.0, 0)
+  prompts, completions = evaluation.eval_completions(run, run.student, run.params, 0.0, 0)
   with open(config.data.eval_path) as f:
     rows = [json.loads(line) for line in f if line.strip()]
   references = {r["prompt"]: r["completion"] for r in rows}

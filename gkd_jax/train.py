@@ -25,15 +25,6 @@ from gkd_jax.run_config import RunConfig
 from gkd_jax.summary import Summary
 from gkd_jax.tokenizers import load_tokenizer
 
-# The evaluation and the batches moved to their own modules; their names here stay for callers.
-eval_completions = evaluation.eval_completions
-task_metrics = evaluation.task_metrics
-evaluate = evaluation.evaluate
-_heldout = evaluation._heldout  # pylint: disable=protected-access
-_decode = evaluation._decode  # pylint: disable=protected-access
-_loader = batches.loader
-_global_batch = batches.global_batch
-
 
 @dataclasses.dataclass
 class Run:
@@ -136,7 +127,7 @@ def train(config, workdir: str, restart: bool = False) -> dict:
   run = build(config)
   c = run.config
   data_iter = iter(
-      _loader(
+      batches.loader(
           run,
           c.data.train_path,
           batch_size=c.train.batch_size,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import paper_table
-from gkd_jax import report, train
+from gkd_jax import evaluation, report, train
 from gkd_jax.tasks import slip_addition
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), os.pardir))
@@ -35,26 +35,30 @@ def run():
 
 
 def test_greedy_ignores_the_seed_and_sampling_does_not(run):
-  greedy = [train.eval_completions(run, run.student, run.params, 0.0, seed)[1] for seed in (0, 7)]
+  greedy = [
+      evaluation.eval_completions(run, run.student, run.params, 0.0, seed)[1] for seed in (0, 7)
+  ]
   assert greedy[0] == greedy[1]
-  sampled = [train.eval_completions(run, run.student, run.params, 1.0, seed)[1] for seed in (0, 7)]
+  sampled = [
+      evaluation.eval_completions(run, run.student, run.params, 1.0, seed)[1] for seed in (0, 7)
+  ]
   assert sampled[0] != sampled[1]
-  prompts, _ = train.eval_completions(run, run.student, run.params, 0.0, 0)
+  prompts, _ = evaluation.eval_completions(run, run.student, run.params, 0.0, 0)
   assert len(prompts) == 48 and all(p.startswith("Q: ") for p in prompts)
 
 
 def test_sampled_metrics_are_the_mean_over_k_samples_and_pass_at_k(run):
-  m = train.task_metrics(run, run.student, run.params)
+  m = evaluation.task_metrics(run, run.student, run.params)
   c = run.config
   per_sample, solved = [], np.zeros(48, bool)
   for j in range(3):  # the k decodes task_metrics documents: seeds seed+1 .. seed+k
-    prompts, comps = train.eval_completions(run, run.student, run.params, 1.0, c.seed + 1 + j)
+    prompts, comps = evaluation.eval_completions(run, run.student, run.params, 1.0, c.seed + 1 + j)
     per_sample.append(slip_addition.evaluate(prompts, comps))
     solved |= [slip_addition.is_correct(p, x) for p, x in zip(prompts, comps)]
   assert m["sampled/accuracy"] == pytest.approx(np.mean([s["accuracy"] for s in per_sample]))
   assert m["sampled/pass_at_k"] == pytest.approx(solved.mean())
   assert m["sampled/pass_at_k"] >= max(s["accuracy"] for s in per_sample)
-  prompts, comps = train.eval_completions(run, run.student, run.params, 0.0, c.seed)
+  prompts, comps = evaluation.eval_completions(run, run.student, run.params, 0.0, c.seed)
   assert m["accuracy"] == slip_addition.accuracy(prompts, comps) > 0.1  # an SFT'd student
   by_digits = {
       d: [

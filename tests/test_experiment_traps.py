@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from gkd_jax import programs, train
+from gkd_jax import batches, evaluation, programs, train
 from gkd_jax.tokenizers import load_tokenizer
 from test_train import ASSETS, _config, run_files  # noqa: F401 (fixture)
 
@@ -24,9 +24,9 @@ def test_heldout_metrics_are_means_over_tokens_whatever_the_eval_batch(run_files
     config.eval.batch_size = batch_size
     run = train.build(config, devices=jax.devices()[:1])
     if batch_size == 4:
-      loader = train._loader(run, config.data.eval_path, batch_size=4, shuffle=False, num_epochs=1)
+      loader = batches.loader(run, config.data.eval_path, batch_size=4, shuffle=False, num_epochs=1)
       tokens = [int(b["completion_mask"].sum()) for _, b in zip(range(4), loader)]
-    results[batch_size] = train._heldout(run, run.params, programs.compile_steps(run))
+    results[batch_size] = evaluation._heldout(run, run.params, programs.compile_steps(run))
   assert len(set(tokens)) > 1, tokens  # batches of unequal token counts: the weighting matters
   assert set(results[4]) == {
       "eval/divergence",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import arithmetic
-from gkd_jax import data, programs, testing, train
+from gkd_jax import batches, data, programs, testing, train
 from gkd_jax.tokenizers import load_tokenizer
 
 
@@ -120,9 +120,7 @@ def test_each_batch_is_scored_by_its_own_teacher_exactly_as_a_single_teacher_run
   # Replay: the same batches, each through the one-teacher run of its teacher.
   run = train.build(multi)
   loader = iter(
-      train._loader(  # pylint: disable=protected-access
-          run, multi.data.train_path, batch_size=8, shuffle=True, num_epochs=-1
-      )
+      batches.loader(run, multi.data.train_path, batch_size=8, shuffle=True, num_epochs=-1)
   )
   singles = {}
   for name, weight in (("a", 1.0), ("b", 0.5)):
@@ -136,7 +134,7 @@ def test_each_batch_is_scored_by_its_own_teacher_exactly_as_a_single_teacher_run
     name = "ab"[int(local.pop("teacher_index")[0])]
     seen.add(name)
     srun, steps = singles[name]
-    batch = train._global_batch(srun, local)  # pylint: disable=protected-access
+    batch = batches.global_batch(srun, local)
     state, m = steps.train_step(state, srun.teacher_params, batch, jax.random.key(multi.seed))
     assert float(m["loss"]) == logged[step]["loss"]
     assert logged[step][f"teacher/{name}/num_tokens"] == float(m["num_tokens"])

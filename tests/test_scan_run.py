@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from gkd_jax import config_validation, models, programs, run_config, train
+from gkd_jax import batches, config_validation, models, programs, run_config, train
 
 
 def _losses_and_params(scan_layers, steps=2):
@@ -19,10 +19,10 @@ def _losses_and_params(scan_layers, steps=2):
   assert run.student.scan_layers is scan_layers and run.teacher.scan_layers is scan_layers
   compiled = programs.compile_steps(run)
   state = compiled.init_state(run.params)
-  it = iter(train._loader(run, config.data.train_path, batch_size=8, shuffle=False, num_epochs=1))  # pylint: disable=protected-access
+  it = iter(batches.loader(run, config.data.train_path, batch_size=8, shuffle=False, num_epochs=1))
   rows = []
   for _ in range(steps):
-    batch = train._global_batch(run, next(it))  # pylint: disable=protected-access
+    batch = batches.global_batch(run, next(it))
     state, m = compiled.train_step(state, run.teacher_params, batch, jax.random.key(0))
     rows.append([float(m[k]) for k in ("loss", "grad_norm", "student_entropy", "teacher_entropy")])
   params = models.unstack_layers(state.params) if scan_layers else state.params

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from gkd_jax import programs, tasks, testing, train
+from gkd_jax import batches, programs, tasks, testing, train
 from gkd_jax.models.hf import load_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,11 +80,13 @@ def test_same_losses_on_every_mesh(run_files):
     )  # vocab-parallel divergence
     steps = programs.compile_steps(run)
     state = steps.init_state(run.params)
-    it = iter(train._loader(run, config.data.train_path, batch_size=8, shuffle=True, num_epochs=-1))
+    it = iter(
+        batches.loader(run, config.data.train_path, batch_size=8, shuffle=True, num_epochs=-1)
+    )
     losses = []
     for _ in range(3):
       state, m = steps.train_step(
-          state, run.teacher_params, train._global_batch(run, next(it)), jax.random.key(0)
+          state, run.teacher_params, batches.global_batch(run, next(it)), jax.random.key(0)
       )
       losses.append(
           [

@@ -32,7 +32,7 @@ tpu_topology.compile_only_env()  # before jax starts its backends (no-op if it a
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-from gkd_jax import gkd, models, programs, sharding, teacher_sources, train  # noqa: E402  pylint: disable=g-import-not-at-top
+from gkd_jax import evaluation, gkd, models, programs, sharding, teacher_sources, train  # noqa: E402  pylint: disable=g-import-not-at-top
 from gkd_jax import run_config  # noqa: E402
 from gkd_jax.config_validation import validate  # noqa: E402
 from gkd_jax.models.hf_config import config_from_hf  # noqa: E402
@@ -218,7 +218,7 @@ def plan_steps(config, devices, only=STEPS, explain=False) -> dict[str, StepPlan
       ),
       "eval_step": (steps.eval_step, (run.params, run.teacher_params, eval_batch)),
       "sampler": (
-          train._decode,  # pylint: disable=protected-access
+          evaluation._decode,  # pylint: disable=protected-access
           (
               run.student,
               run.params,

@@ -5,8 +5,8 @@
   print(format_report(report, top=15))
 
 `gkd-jax plan --explain` prints one per program. The numbers are XLA's own (gkd_jax/xla_dump.py):
-the heap's peak step from the live-range dump, the values live there and, from the buffer
-assignment, where each lives. Only device memory (memory space 0, HBM) is counted; the values that
+the live range of every value (the live-range dump) and where each lives (the buffer assignment)
+give the step at which the most device memory is live, and the values live there. Only device memory (memory space 0, HBM) is counted; the values that
 share bytes with another live value (in-place updates, a donated argument reused for an output) are
 counted once. Each buffer is then put in one group by the first rule that holds (`category`):
 
@@ -19,10 +19,13 @@ counted once. Each buffer is then put in one group by the first rule that holds 
       parameter, to one of those parameters: FSDP-sharded weights made whole for a matmul.
   student|teacher weight copies
       the same trace without an all-gather (e.g. a bf16 copy of an f32 weight).
-  sampler loop state (KV cache, tokens)
-      a while loop's own values (its carry) and its body's parameters: the decode loop's cache.
   KV cache
-      made inside a function of KV_CACHE_FRAMES (the sampler's prefill and decode-step writes).
+      an array of rank 4 or more that is a while loop's own value (its carry), a loop body's
+      parameter, or, made under the sampler's name stack, enters a loop's carry: the decode loop's
+      (and a scanned prefill's) caches, [B, K, S, Dh] per layer or [L, B, K, S, Dh] stacked; or a
+      value made inside a function of KV_CACHE_FRAMES (the prefill's and decode step's writes).
+  sampler loop state (tokens, logits)
+      the rest of a while loop's carry.
   logits-sized
       a buffer whose last dimension is a vocabulary size given (`vocab_sizes`), or a shard of one.
   backward (gradients, temporaries)
@@ -172,6 +175,33 @@ def _last_dim(shape: str) -> Optional[int]:
   return int(m.group(1)) if m else None
 
 
+def _rank(shape: str) -> int:
+  m = re.fullmatch(r"\w+\[([\d,]*)\]", shape)
+  return len(m.group(1).split(",")) if m and m.group(1) else 0
+
+
+def _loop_inputs(hlo: xla_dump.Hlo) -> frozenset:
+  """Instructions whose values enter a while loop's carry (through its operand tuple or copies)."""
+  cached = hlo.__dict__.get("_loop_inputs")
+  if cached is None:
+    names = set()
+    for inst in hlo.instructions.values():
+      if inst.opcode != "while" or not inst.operands:
+        continue
+      carry = hlo.instructions.get(inst.operands[0])
+      todo = list(carry.operands) if carry is not None and carry.opcode == "tuple" else []
+      for _ in range(4):  # through copies and bitcasts XLA puts in between
+        names.update(todo)
+        todo = [
+            o
+            for n in todo
+            if n in hlo.instructions and hlo.instructions[n].opcode in _MOVES
+            for o in hlo.instructions[n].operands[:1]
+        ]
+    cached = hlo.__dict__["_loop_inputs"] = frozenset(names)
+  return cached
+
+
 def _in_loop(hlo: xla_dump.Hlo, inst: xla_dump.Instruction) -> bool:
   return inst.opcode == "while" or (
       inst.opcode == "parameter"
@@ -202,8 +232,12 @@ def category(
   if owner:
     return f"gathered {owner} weights" if gathered else f"{owner} weight copies"
   origin = _origin(hlo, inst)
-  if _in_loop(hlo, inst) or _in_loop(hlo, origin):
-    return "sampler loop state (KV cache, tokens)"
+  in_loop = _in_loop(hlo, inst) or _in_loop(hlo, origin)
+  sampler = "_sample" in origin.op_name or "/while/" in origin.op_name
+  if _rank(shape) >= 4 and (in_loop or (sampler and inst.name in _loop_inputs(hlo))):
+    return "KV cache"
+  if in_loop:
+    return "sampler loop state (tokens, logits)"
   if _last_dim(shape) in vocab_sizes:
     return "logits-sized [..., vocab]"
   name_stack, functions = origin.op_name, {
@@ -233,13 +267,51 @@ def _source(hlo: xla_dump.Hlo, frame: int) -> str:
   return ""
 
 
+def _device_chunks(values: dict, allocations: dict, ranges: dict) -> dict:
+  """{(allocation, offset, size): [(first, last) step]} of the values in device memory, the
+  ranges of values that share one chunk merged where they overlap in time (an in-place update
+  and its operand are one buffer; a chunk reused later is another)."""
+  chunks: dict[tuple[int, int, int], list[list[int]]] = {}
+  for name, value in values.items():
+    if allocations[value.allocation].color != 0 or name not in ranges:
+      continue
+    chunks.setdefault((value.allocation, value.offset, value.size), []).append(list(ranges[name]))
+  for key, spans in chunks.items():
+    spans.sort()
+    merged = [spans[0]]
+    for s, e in spans[1:]:
+      if s <= merged[-1][1]:
+        merged[-1][1] = max(merged[-1][1], e)
+      else:
+        merged.append([s, e])
+    chunks[key] = [tuple(m) for m in merged]
+  return chunks
+
+
+def peak_step(values: dict, allocations: dict, ranges: dict) -> int:
+  """The schedule step at which the most device memory is live (the buffer assignment's sizes)."""
+  chunks = _device_chunks(values, allocations, ranges)
+  last = max((e for spans in chunks.values() for _, e in spans), default=0)
+  delta = [0] * (last + 2)
+  for (_, _, size), spans in chunks.items():
+    for s, e in spans:
+      delta[s] += size
+      delta[e + 1] -= size
+  best, best_step, live = -1, 0, 0
+  for step, d in enumerate(delta):
+    live += d
+    if live > best:
+      best, best_step = live, step
+  return best_step
+
+
 def peak_buffers(
-    hlo: xla_dump.Hlo, values: dict, allocations: dict, live: Sequence[tuple[str, int]], vocab=()
+    hlo: xla_dump.Hlo, values: dict, allocations: dict, live: Sequence[str], vocab=()
 ) -> list[Buffer]:
-  """The live values in device memory, each set of shared bytes once, largest first."""
+  """The values `live` that are in device memory, each set of shared bytes once, largest first."""
   taken: dict[int, list[tuple[int, int]]] = {}  # allocation -> [(start, end)] counted
   out = []
-  for name, _ in live:
+  for name in sorted(live, key=lambda n: -values[n].size if n in values else 0):
     value = values.get(name)
     if value is None:
       raise xla_dump.DumpError(f"live value {name} is not in the buffer assignment")
@@ -303,8 +375,11 @@ def explain(
   with open(files["buffer_assignment"]) as f:
     values, allocations = xla_dump.parse_buffer_assignment(f.read())
   with open(files["live_range"]) as f:
-    at, live = xla_dump.parse_peak(f.read())
+    schedule, ranges = xla_dump.parse_live_ranges(f.read())
+  step = peak_step(values, allocations, ranges)
+  live = [n for n, (s, e) in ranges.items() if s <= step <= e and n in values]
   buffers = peak_buffers(hlo, values, allocations, live, tuple(vocab_sizes))
+  at = schedule[step] if step < len(schedule) else f"step {step}"
   groups: dict[str, int] = {}
   counts: dict[str, int] = {}
   for b in buffers:
@@ -362,6 +437,7 @@ __all__ = [
     "format_report",
     "param_category",
     "peak_buffers",
+    "peak_step",
     "trace_weight",
     "vocab_shards",
 ]

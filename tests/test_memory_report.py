@@ -24,8 +24,9 @@ def _read(kind):
 
 
 def test_readers_on_a_real_dump():
-  at, live = xla_dump.parse_peak(_read("live_range"))
-  assert at == "all-reduce" and live[0] == ("all-reduce{}", 8 * MIB) and len(live) == 5
+  schedule, ranges = xla_dump.parse_live_ranges(_read("live_range"))
+  assert schedule[0] == "param" and schedule[-1] == "all-reduce" and len(schedule) == 16
+  assert ranges["param.1{}"] == (0, 16) and ranges["all-reduce{}"] == (15, 16)
   values, allocations = xla_dump.parse_buffer_assignment(_read("buffer_assignment"))
   assert allocations[2] == xla_dump.Allocation(2, 2 * MIB, "parameter", 0, parameter=0)
   assert allocations[7].kind == "temp" and allocations[7].size == 4292640
@@ -60,20 +61,26 @@ def test_gathered_weights_trace_back_to_their_parameter():
 
 def test_report_counts_shared_bytes_once():
   report = memory_report.explain(FIXTURE, "jit_loss")
-  # The gradient's fusion and its all-reduce share one output buffer (in place): counted once.
+  # The most is live at the gradient's last matmul (step 14): the gradient's fusion, which shares
+  # one output buffer with the all-reduce after it (in place: counted once), the arguments, and the
+  # teacher's bf16 matmul output that the backward still needs (grouped as student forward: the
+  # fixture's `loss` is not one of TEACHER_FRAMES, and the name stack cannot tell them apart).
+  assert report.peak_at.startswith("fusion (jit(loss)/transpose(jvp())/dot_general)")
   assert [(b.instruction, b.size) for b in report.buffers] == [
-      ("all-reduce{}", 8 * MIB),
+      ("fusion{}", 8 * MIB),
       ("param.1{}", 2 * MIB),
       ("param.2{}", 1 * MIB),
       ("param{}", 64 * 1024),
+      ("fusion.8{}", 64 * 1024),
   ]
   assert report.groups == {
       "backward (gradients, temporaries)": 8 * MIB,
       "student params": 2 * MIB,
       "teacher params": 1 * MIB,
       "arguments (other)": 64 * 1024,
+      "student forward (kept for backward)": 64 * 1024,
   }
-  assert report.live_bytes == sum(report.groups.values()) and report.count == 4
+  assert report.live_bytes == sum(report.groups.values()) and report.count == 5
   assert report.counts == dict.fromkeys(report.groups, 1)
   assert report.temp_allocation == 4292640
   text = memory_report.format_report(report)
@@ -83,8 +90,8 @@ def test_report_counts_shared_bytes_once():
 def test_absent_or_malformed_dump_says_why(tmp_path):
   with pytest.raises(xla_dump.DumpError, match="compiler_options"):
     memory_report.explain(str(tmp_path), "jit_train_step")
-  with pytest.raises(xla_dump.DumpError, match="peak"):
-    xla_dump.parse_peak("HloLiveRange (max 3):\n")
+  with pytest.raises(xla_dump.DumpError, match="BufferLiveRange"):
+    xla_dump.parse_live_ranges("HloLiveRange (max 3):\n")
   with pytest.raises(xla_dump.DumpError, match="allocation"):
     xla_dump.parse_buffer_assignment("BufferAssignment:\n")
   assert "did not compile" in memory_report.format_report(None)
@@ -165,8 +172,12 @@ def test_peak_buffers_agree_with_xla_memory_analysis(plans, program):
 def test_sampler_kv_cache_is_found_with_its_size(plans):
   r = plans["sampler"].explain
   cache = [b for b in r.buffers if b.category == "KV cache" and b.size > 64 * 1024]
-  # 2 layers x (keys, values), each [B/4=2, K=2, S=1024, Dh=128] in float32 (the student's dtype)
-  assert [(b.shape, b.size) for b in cache] == [("f32[2,2,1024,128]", 2 * 2 * 1024 * 128 * 4)] * 4
+  # 2 layers x (keys, values), each [B/4=2, K=2, S=1024, Dh=128] in float32 (the student's dtype):
+  # four [2,2,1024,128] buffers (looped decoder) or two [L=2,2,2,1024,128] (scanned)
+  assert sum(b.size for b in cache) == 4 * (2 * 2 * 1024 * 128 * 4)
+  assert all(
+      b.shape.startswith("f32[") and b.shape.endswith(",2,2,1024,128]") for b in cache
+  ) or all(b.shape == "f32[2,2,1024,128]" for b in cache)
   assert 4 * 2 * MIB <= r.groups["KV cache"] < 4 * 2 * MIB + 64 * 1024  # + the slot indices
   assert max(r.groups, key=r.groups.get) == "KV cache"
   assert all("sampling.py" in b.source for b in cache)
@@ -174,7 +185,7 @@ def test_sampler_kv_cache_is_found_with_its_size(plans):
 
 def test_train_step_groups_params_by_owner(plans):
   r = plans["train_step"].explain
-  params = [b for b in r.buffers if b.opcode == "parameter"]
+  params = [b for b in r.buffers if b.opcode == "parameter" and b.what]  # the entry's
   assert params and all(
       b.category
       == {"state.params": "student params", "teacher_params": "teacher params"}.get(

@@ -280,7 +280,7 @@ class GkdJaxSide:
     )
     self._sample = {}
     for dtype in ("float32", "bfloat16"):  # sampling precision (issue: bf16 is TPU's common case)
-      model = models.build(run.student.config, getattr(jnp, dtype))
+      model = models.build(run.student.config, getattr(jnp, dtype), run.student.scan_layers)
       self._sample[dtype] = (jax.jit(functools.partial(sample, model, **kw)), model.dtype)
     self._alone = None  # each half's weight matmuls alone (matmul_floor.py), built on first use
     self._compiled = {}

@@ -143,6 +143,12 @@ def check(
     )
   if mode == "train":  # eval and sample train nothing
     _refuse_wrong_experiments(cfg)
+  if cfg.model.scan_layers is True and cfg.optim.name == "adafactor" and mode == "train":
+    raise ValueError(
+        "model.scan_layers=True with optim.name='adafactor': adafactor's parameter scale and "
+        "update clipping would be computed over all layers' stacked weights, not per layer as "
+        "the looped model trains; use model.scan_layers=False or 'auto' (which loops for adafactor)"
+    )
   _check_teachers(cfg)
   student_path, preset = cfg.student.path, cfg.student.preset
   if not student_path and not preset:

@@ -55,8 +55,13 @@ def integer(lo=None, hi=None) -> Check:
 
 
 def choice(*options) -> Check:
+  """One of `options`; True/False match only themselves (not 1/0, which `in` would accept)."""
+
+  def same(v, o):
+    return v is o if isinstance(v, bool) or isinstance(o, bool) else v == o
+
   def check(v):
-    if v not in options:
+    if not any(same(v, o) for o in options):
       return "is not one of " + ", ".join(repr(o) if o == "" else str(o) for o in options)
     return None
 

@@ -7,8 +7,7 @@ import dataclasses
 import os
 
 from gkd_jax import models, sharding, tokenizers
-from gkd_jax.models import stacking
-from gkd_jax.models.hf import is_gguf, read_model, read_params
+from gkd_jax.models.hf import is_gguf, load_pretrained, read_model
 from gkd_jax.run_config import ModelSpec
 
 
@@ -31,20 +30,14 @@ def load_model(spec: ModelSpec, mesh, rules, scan_layers: bool = False):
     )
   dtype = models.DTYPES[spec.dtype]
   try:
-    model, multimodal = read_model(path, dtype)
+    model, _ = read_model(path, dtype)  # a config this code reads, or one line naming the field
   except (KeyError, TypeError, ValueError) as e:
     raise ValueError(
         f"{path if gguf else os.path.join(path, 'config.json')} ({where}.path): not a model config "
         f"this code reads ({type(e).__name__}: {e})"
     ) from None
-  if not scan_layers:
-    shardings = param_shardings(model, mesh, rules)
-    return model, read_params(path, model, dtype, shardings, multimodal=multimodal)
-  scanned = dataclasses.replace(model, scan_layers=True)
-  shardings = param_shardings(scanned, mesh, rules)
-  per_layer = stacking.per_layer_shardings(shardings, model.config.num_layers)
-  params = read_params(path, model, dtype, per_layer, multimodal=multimodal)
-  return scanned, stacking.stack_placed(params, shardings)
+  shardings = param_shardings(dataclasses.replace(model, scan_layers=scan_layers), mesh, rules)
+  return load_pretrained(path, dtype, shardings, scan_layers=scan_layers)
 
 
 def load_teacher(spec: ModelSpec, tokenizer, student, mesh, rules):

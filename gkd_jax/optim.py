@@ -1,6 +1,6 @@
 """The optimizer of a run: `OptimConfig` (typed, from `config.optim`) and its optax transformation.
 
-  tx = OptimConfig.from_config(config.optim).build(num_steps)
+  tx = OptimConfig.read(config.optim).build(num_steps)  # a run: run.config.optim.build(...)
 
 Warmup is linear from 0 to the peak learning rate, then `schedule` decays over the remaining
 updates; gradient accumulation is `optax.MultiSteps` (the schedule counts updates, not micro-steps).
@@ -32,11 +32,6 @@ class OptimConfig(fields.Group):
   b2: float = fields.field(0.999, fields.number(0, 1, hi_open=True))
   grad_clip: float = fields.field(1.0, fields.number(0))  # 0 = off
   grad_accum_steps: int = fields.field(1, fields.integer(1))
-
-  @classmethod
-  def from_config(cls, optim) -> "OptimConfig":
-    """From the `config.optim` group (a ConfigDict or any mapping with these fields)."""
-    return cls.read(optim)
 
   def build(self, num_steps: int) -> optax.GradientTransformation:
     accum = int(self.grad_accum_steps)

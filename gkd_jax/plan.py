@@ -104,7 +104,7 @@ def abstract_run(config, devices) -> train.Run:
     )
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = config.sharding_rules
-  scan = config.model.scan(devices[0].platform)
+  scan = run_config.scan_layers(config, devices[0].platform)
   student = models.build(
       model_config(config.student, "student"), models.DTYPES[config.student.dtype], scan
   )

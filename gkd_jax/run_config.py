@@ -48,10 +48,6 @@ class ModelRunConfig(Group):
   GROUP = "model"
   scan_layers: Any = field(check=choice(*SCAN_CHOICES))
 
-  def scan(self, platform: str) -> bool:
-    """Whether to scan over layers on `platform` ("auto": everywhere but the CPU)."""
-    return platform != "cpu" if self.scan_layers == "auto" else bool(self.scan_layers)
-
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig(Group):
@@ -226,7 +222,7 @@ def from_config(config) -> RunConfig:
   naming the dotted field) for the first field out of its range, in configs/default.py's order."""
   if isinstance(config, RunConfig):
     return config
-  for name in ("seed", "default_teacher"):  # top-level fields, checked in the schema's order
+  for name in ("seed", "default_teacher"):  # the top-level fields, before the groups
     check = _FIELD_CHECKS[name]
     if check(_node(config, name)):
       fail(name, _node(config, name), check(_node(config, name)))
@@ -288,3 +284,13 @@ _GROUPS = {
         TaskConfig,
     )
 }
+
+
+def scan_layers(cfg: RunConfig, platform: str) -> bool:
+  """Whether the decoders scan over layers on `platform`. "auto": on TPU and GPU, not on CPU (where
+  the scanned step is slower), and not with adafactor, whose parameter scale and update clipping
+  would then be computed over all layers' stacked weights at once instead of per layer."""
+  setting = cfg.model.scan_layers
+  if setting == "auto":
+    return platform != "cpu" and cfg.optim.name != "adafactor"
+  return setting

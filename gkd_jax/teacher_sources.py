@@ -9,10 +9,10 @@
              teacher serves the on-policy steps and the cache the off-policy ones.
 
 A source owns its loading (`load` picks and builds it: the one place that branches on the mode),
-the compiled programs it needs (`variants`: which teacher scores a step, with which settings,
-where the host draws the step's on-policy coin, `GKDSettings.coin`), which of them serves a batch (`train_variant`,
-`eval_variant`), and the extra per-row fields of its batches (`row_extras`, `batch_fields`). The
-algorithm (gkd.py) sees the configured λ in every program.
+the compiled programs it needs (`variants`: which teacher scores a step, with which settings, where
+the host draws the step's on-policy coin, `GKDSettings.coin`), which of them serves a batch
+(`train_variant`, `eval_variant`), and the extra per-row fields of its batches (`row_extras`,
+`batch_fields`). The algorithm (gkd.py) sees the configured λ in every program.
 
 A new mode is a new class here with these members, and a branch in `load`.
 """

@@ -8,6 +8,7 @@ before anything is written to the workdir, so a bad launch never damages an exis
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 from typing import Any, Optional
@@ -17,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from gkd_jax import batches, checkpoints, config_validation, data, evaluation, gkd, kernels
 from gkd_jax import hooks as hooks_lib
-from gkd_jax import loading, loop, metrics, models, programs, sharding, teacher_sources
+from gkd_jax import loading, loop, metrics, models, programs, run_config, sharding, teacher_sources
 from gkd_jax import workdir as workdir_lib
 from gkd_jax.finite import NonFiniteGuard
 from gkd_jax.models.presets import get_preset
@@ -79,7 +80,8 @@ def build(config, mode: str = "train", devices=None) -> Run:
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = config.sharding_rules
   tokenizer = load_tokenizer(config.tokenizer.path or config.student.path)
-  student, params = _student(config, mesh, rules, config.model.scan(devices[0].platform))
+  scan = run_config.scan_layers(config, devices[0].platform)
+  student, params = _student(config, mesh, rules, scan)
   source = teacher_sources.load(config, mode, tokenizer, student, mesh, rules)
   if tokenizer.vocab_size > student.config.vocab_size:
     raise ValueError(
@@ -136,12 +138,20 @@ def train(config, workdir: str, restart: bool = False) -> dict:
           row_extras=run.source.row_extras,
       )
   )
-  lock = _claim_workdir(config, workdir, restart)
+  lock = _claim_workdir(_as_run(config, run), workdir, restart)
   try:
     return _train(run, data_iter, workdir)
   finally:
     if lock is not None:
       lock.release()
+
+
+def _as_run(config, run: Run):
+  """The user's config with what "auto" resolved to on this platform (model.scan_layers: the form
+  of the parameters in the checkpoints), so the workdir records what a resume must match."""
+  recorded = copy.deepcopy(config)
+  recorded.model.scan_layers = bool(run.student.scan_layers)
+  return recorded
 
 
 def _claim_workdir(config, workdir: str, restart: bool):

@@ -66,6 +66,8 @@ SAFE_TO_CHANGE = (
     "mesh.",
     "sharding_rules",
 )
+# Fields that runs recorded before the field existed had implicitly (the value they ran with).
+LEGACY = {"model.scan_layers": False}
 # Compared by the identity of what they point to, not by the path string.
 PATH_FIELDS = ("student.path", "teacher.path", "tokenizer.path", "data.train_path")
 _MODEL_FILES = (
@@ -310,7 +312,7 @@ def differences(recorded: dict, current: dict) -> list[str]:
   old, new = recorded.get("config", {}), current["config"]
   out = []
   for field in sorted(set(old) | set(new)):
-    a, b = old.get(field, "<unset>"), new.get(field, "<unset>")
+    a, b = old.get(field, LEGACY.get(field, "<unset>")), new.get(field, "<unset>")
     if a == b or _safe(field) or field in PATH_FIELDS:
       continue
     if field == "train.num_steps" and _num_steps_safe(old, new):

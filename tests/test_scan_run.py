@@ -39,11 +39,18 @@ def test_scanned_run_takes_the_looped_runs_steps():
   )
 
 
-def test_scan_layers_field_is_checked_and_auto_follows_the_platform():
+def test_scan_layers_field_is_checked_and_auto_follows_the_platform_and_optimizer():
   config = demo.get_config()
-  group = run_config.from_config(config).model
-  assert group.scan_layers == "auto"
-  assert group.scan("tpu") and group.scan("gpu") and not group.scan("cpu")
-  config.model.scan_layers = "yes"
-  with pytest.raises(ValueError, match=r"^model.scan_layers='yes' is not one of True, False, auto"):
+  cfg = run_config.from_config(config)
+  assert cfg.model.scan_layers == "auto"
+  scan = lambda cfg, platform: run_config.scan_layers(cfg, platform)  # noqa: E731
+  assert scan(cfg, "tpu") and scan(cfg, "gpu") and not scan(cfg, "cpu")
+  config.optim.name = "adafactor"  # per-layer statistics: stays looped
+  assert not scan(run_config.from_config(config), "tpu")
+  config.model.scan_layers = True
+  with pytest.raises(ValueError, match=r"^model.scan_layers=True with optim.name='adafactor'"):
     config_validation.validate(config, num_devices=8)
+  for bad in ("yes", 1):
+    config.model.scan_layers = bad
+    with pytest.raises(ValueError, match=rf"^model.scan_layers={bad!r} is not one of True, False"):
+      config_validation.validate(config, num_devices=8)

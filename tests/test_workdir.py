@@ -132,3 +132,13 @@ def test_metrics_tolerate_a_torn_last_line_but_name_a_bad_middle_one(tmp_path):
   path.write_text('{"step": 1}\n{"ste\n{"step": 3}\n')
   with pytest.raises(ValueError, match="metrics.jsonl:2"):
     metrics.read_metrics(str(path))
+
+
+def test_a_record_from_before_model_scan_layers_resumes_only_as_the_loop_it_ran():
+  """Records written before the field existed ran looped: resuming looped is the same run, scanned
+  is not (the checkpoints hold per-layer parameters)."""
+  recorded = {"config": {"gkd.lmbda": 0.5}, "identities": {}}
+  looped = {"config": {"gkd.lmbda": 0.5, "model.scan_layers": False}, "identities": {}}
+  scanned = {"config": {"gkd.lmbda": 0.5, "model.scan_layers": True}, "identities": {}}
+  assert workdir.differences(recorded, looped) == []
+  assert workdir.differences(recorded, scanned) == ["model.scan_layers: false -> true"]

@@ -38,9 +38,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   # One lax.scan over layer parameters stacked on a leading `layers` axis instead of a Python loop:
   # XLA compiles one block body (compile time stops growing with depth) and under FSDP gathers one
-  # layer's weights at a time. Exact either way. "auto": scan on TPU and GPU, loop on CPU (where the
-  # scanned step measured 1.1-1.5x slower, benchmarks/results/scan_layers_cpu.md). Checkpoints of a
-  # run hold the form it trained with; exported HF/GGUF files are per layer either way.
+  # layer's weights at a time. Same numbers either way, except adafactor (its parameter scale and
+  # update clipping would span all layers: refused). "auto": scan on TPU and GPU, loop on CPU (where
+  # the scanned step measured 1.1-1.5x slower, benchmarks/results/scan_layers_cpu.md) and for
+  # adafactor. A run's checkpoints hold the form it trained with (the workdir records it); exported
+  # HF/GGUF files are per layer either way.
   c.model.scan_layers = config_dict.FieldReference("auto", field_type=object)  # True|False|"auto"
 
   # Several teachers instead of `teacher`: each example is distilled from the teacher its record

@@ -180,9 +180,12 @@ def choose_completions(student, params, teacher, teacher_params, batch, rng, s: 
   return tokens, mask, jnp.full((b,), coin, jnp.float32), logprob
 
 
-def _completion_hidden(model, params, tokens_BxT, mask_BxT, prompt_len, remat=False):
+def _completion_hidden(
+    model, params, tokens_BxT, mask_BxT, prompt_len, s: GKDSettings, remat=False
+):
   """Final hidden states at the positions that predict each completion token: [B,C,D]. The last
-  layer runs at those positions only (the prompt feeds it keys and values)."""
+  layer runs at those positions only (the prompt feeds it keys and values). The residual stream
+  keeps the batch's rows over the mesh's batch axes (`activation_sharding`)."""
   hidden_BxCxD = score(
       model,
       params,
@@ -191,8 +194,21 @@ def _completion_hidden(model, params, tokens_BxT, mask_BxT, prompt_len, remat=Fa
       return_hidden=True,
       remat=remat,
       output_from=prompt_len - 1,
+      activations=activation_sharding(s, tokens_BxT.shape[0]),
   )
   return hidden_BxCxD[:, :-1]
+
+
+def activation_sharding(s: GKDSettings, batch: int):
+  """Rows over the layout's token (batch) axes for a [B, T, D] activation; None on one device or
+  when the rows do not split evenly."""
+  if s.layout is None or not s.layout.token_axes:
+    return None
+  axes = s.layout.token_axes
+  shards = int(np.prod([s.layout.mesh.shape[a] for a in axes]))
+  if batch % shards:
+    return None
+  return jax.sharding.NamedSharding(s.layout.mesh, jax.sharding.PartitionSpec(axes))
 
 
 def _divergence(hs_NxD, ws_DxV, ht_NxD, wt_DxV, tokens_N, spec, s: GKDSettings):
@@ -295,7 +311,7 @@ def _live_divergence_term(st, teacher, teacher_params, sequences, s, mismatch):
   [N], on-policy token mask [N]) or None)."""
   tokens_BxT, mask_BxT, prompt_len = sequences
   ht_NxD = jax.lax.stop_gradient(
-      _completion_hidden(teacher, teacher_params, tokens_BxT, mask_BxT, prompt_len)
+      _completion_hidden(teacher, teacher_params, tokens_BxT, mask_BxT, prompt_len, s)
   ).reshape(st.hidden_NxD.shape[0], -1)
   wt_DxV = jax.lax.stop_gradient(models.unembedding(teacher, teacher_params))
   spec = dataclasses.replace(
@@ -360,7 +376,7 @@ def loss_fn(
   `teacher_topk`: (ids, log-probs) [B, C, k] from a teacher cache, used when `teacher` is None."""
   targets_BxC = tokens_BxT[:, prompt_len:]
   b, c = targets_BxC.shape
-  hs_BxCxD = _completion_hidden(student, params, tokens_BxT, mask_BxT, prompt_len, s.remat)
+  hs_BxCxD = _completion_hidden(student, params, tokens_BxT, mask_BxT, prompt_len, s, s.remat)
   st = _StudentSide(
       hs_BxCxD.reshape(b * c, -1),
       models.unembedding(student, params),

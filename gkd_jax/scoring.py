@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,9 @@ def attention_masks(model: Model, mask_BxT: jax.Array) -> dict:
   return masks
 
 
-@functools.partial(jax.jit, static_argnames=("model", "return_hidden", "remat", "output_from"))
+@functools.partial(
+    jax.jit, static_argnames=("model", "return_hidden", "remat", "output_from", "activations")
+)
 def score(
     model: Model,
     params: Params,
@@ -43,6 +46,7 @@ def score(
     return_hidden: bool = False,
     remat: bool | str = False,
     output_from: int = 0,
+    activations: Optional[jax.sharding.Sharding] = None,
 ):
   """Logits [B,T,V] float32 (after the final soft-cap) predicting token t+1 from tokens <= t, or
   with `return_hidden=True` the final-norm hidden states [B,T,D] in the model dtype.
@@ -53,6 +57,7 @@ def score(
   backward pass (`nnx.remat` per block), so gradients keep one layer's activations, not all; a
   policy name of gkd_jax/remat.py (e.g. "save_dots") keeps part of them.
   `output_from`: outputs for positions >= output_from only (the last layer runs there only).
+  `activations`: the sharding of the residual stream [B,T,D] on a mesh (see `Decoder.__call__`).
   """
   if mask is None:
     mask = jnp.ones(tokens.shape, jnp.int32)
@@ -63,6 +68,7 @@ def score(
       attention_masks(model, mask),
       remat=remat,
       output_from=output_from,
+      activations=activations,
   )
   if return_hidden:
     return hidden

@@ -240,6 +240,7 @@ class Decoder(nnx.Module):
       remat: remat_lib.Setting = False,
       output_from: int = 0,
       kv_carry=None,
+      activations: Optional[jax.sharding.Sharding] = None,
   ):
     """Final-norm hidden states [B,T,D] and the per-layer `kv_fn` results.
 
@@ -251,17 +252,21 @@ class Decoder(nnx.Module):
     output_from: return only positions >= output_from, [B, T - output_from, D]: the last layer
       computes its queries, MLP and final norm there only (earlier positions feed it keys and
       values), e.g. the completion positions of a prompt + completion batch.
+    activations: where the residual stream [B,T,D] lives on the mesh (e.g. rows over the batch
+      axes), constrained after the embedding and after every layer. Without it XLA may follow the
+      FSDP-sharded weights and shard the hidden width instead, leaving every chip with all rows'
+      activations (and their backward) however many chips share the batch.
 
     With `scan_layers` the arguments differ as `_scan` documents: `kv_fns` is one `ScanKVFn` and
     `kv_carry` its initial state, and the second result is the final `kv_carry`.
     """
     cfg = self.cfg
-    x = self.embed_tokens(tokens_BxT)
+    x = _constrain(self.embed_tokens(tokens_BxT), activations)
     rot = {}
     for sliding in sorted(set(cfg.is_sliding)):
       rot[sliding] = rope.cos_sin(rope.inv_freq(cfg, sliding), positions_BxT, x.dtype)
     if self.scan_layers:
-      x, kv_carry = self._scan(x, rot, masks, kv_fns, kv_carry, remat)
+      x, kv_carry = self._scan(x, rot, masks, kv_fns, kv_carry, remat, activations)
       return self.final_norm(x[:, output_from:]), kv_carry
     if kv_carry is not None:
       raise ValueError("kv_carry is for scan_layers decoders; the loop takes one kv_fn per layer")
@@ -276,10 +281,11 @@ class Decoder(nnx.Module):
         x, extra = _remat_block(remat)(layer, x, cos, sin, masks[s]), None
       else:
         x, extra = layer(x, cos, sin, masks[s], None if kv_fns is None else kv_fns[i], query_from)
+      x = _constrain(x, activations)
       extras.append(extra)
     return self.final_norm(x), extras
 
-  def _scan(self, x_BxTxD, rot, masks, kv_fn: Optional["ScanKVFn"], kv_carry, remat):
+  def _scan(self, x_BxTxD, rot, masks, kv_fn: Optional["ScanKVFn"], kv_carry, remat, activations):
     """The blocks as one `lax.scan` over the stacked layer params: XLA compiles one block body
     (compile time flat in depth) and fetches one layer's weights per iteration.
 
@@ -319,11 +325,16 @@ class Decoder(nnx.Module):
       layer = jax.checkpoint(layer, prevent_cse=False, policy=policy)
 
     def body(carry, xs):
-      return layer(carry[0], *xs, carry[1]), None
+      x, kv = layer(carry[0], *xs, carry[1])
+      return (_constrain(x, activations), kv), None
 
     xs = (params_L, jnp.asarray(cfg.is_sliding), jnp.arange(cfg.num_layers, dtype=jnp.int32))
     (x_BxTxD, kv_carry), _ = jax.lax.scan(body, (x_BxTxD, kv_carry), xs)
     return x_BxTxD, kv_carry
+
+
+def _constrain(x, sharding):
+  return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
 # kv_fn(k_BxKxTxH, v_BxKxTxH, *, layer, kv_carry) -> (keys, values, new kv_carry): the scanned

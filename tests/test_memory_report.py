@@ -193,7 +193,9 @@ def test_train_step_groups_params_by_owner(plans):
       )
       for b in params
   )
-  assert {"student params", "teacher params", "optimizer state"} <= set(r.groups)
+  # The teacher's weights are not donated: live all through the step. The student's state is
+  # donated, so its buffers may be reused for the new state before the peak.
+  assert "teacher params" in r.groups
 
 
 def test_plan_prints_the_tables(config, capsys):

@@ -51,7 +51,7 @@ from gkd_jax.divergences import DivergenceSpec
 from gkd_jax.kernels import chunked, common, vocab_parallel
 from gkd_jax.kernels.layout import Layout
 from gkd_jax.kernels.single import cross_entropy, entropy
-from gkd_jax.kernels.topk import fused_linear_topk_divergence
+from gkd_jax.kernels.fused_topk import fused_linear_topk_divergence
 
 if TYPE_CHECKING:  # Pallas is imported only when impl="pallas" runs (`_local`)
   from jax.experimental.pallas import tpu as pltpu

@@ -22,7 +22,7 @@ Per kind (``M`` the mixture, ``m = log M``):
 
 sampled_reverse_kl's g is not df/ds: its gradient is the policy-gradient (REINFORCE) estimator
 d * d/dz log p_S(y) with d = s_y - t_y held constant, i.e. dz = d (onehot(y) - p_S) (G = d), unbiased
-for the gradient of KL(p_S || p_T) when y ~ p_S (divergences.py). A non-finite d gets g = 0.
+for the gradient of KL(p_S || p_T) when y ~ p_S (divergences/dense.py). A non-finite d gets g = 0.
 
 Online normalisers: ``(m, l)`` with ``lse = m + log l``; log-probs are formed as ``(z - m) - log l`` so
 logits of magnitude 1e4 keep their precision. The same statistics, merged over a mesh axis
@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from gkd_jax import divergences
-from gkd_jax.divergences import DivergenceSpec
+from gkd_jax.divergences import DivergenceSpec, dense
 
 NEG_INF = -jnp.inf
 
@@ -94,7 +94,7 @@ def split(spec: DivergenceSpec) -> tuple[Structure, jax.Array]:
 def require_numbers(spec: DivergenceSpec) -> DivergenceSpec:
   """The streaming kernels compile the hyperparameters in: they must be Python numbers."""
   for name in ("beta", "alpha", "temperature"):
-    if not divergences._is_concrete_number(getattr(spec, name)):  # pylint: disable=protected-access
+    if not dense._is_concrete_number(getattr(spec, name)):  # pylint: disable=protected-access
       raise ValueError(
           f"{name}={getattr(spec, name)!r} must be a Python number for the streaming " "kernels"
       )

@@ -260,6 +260,3 @@ def masked_mean(values, mask):
   total = jnp.sum(jnp.where(mask > 0, values, 0.0) * mask)
   count = jnp.sum(mask)
   return total / jnp.maximum(count, 1.0)
-
-
-from gkd_jax.topk import topk_divergence  # noqa: E402,F401  (re-export)

@@ -1,6 +1,6 @@
 """Top-k divergence fused with the student's unembedding: never builds the [N, V] logits.
 
-The (k+1)-way math is `gkd_jax.topk`'s; what the student contributes to it is three per-token
+The (k+1)-way math is `gkd_jax.divergences.topk`'s; what the student contributes to it is three per-token
 statistics of its scaled logits ``z = scale(hidden @ unembed)``:
 
   zk [N, k]     z at the teacher's top-k ids K,
@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from gkd_jax import divergences, topk
+from gkd_jax import divergences
+from gkd_jax.divergences import topk
 from gkd_jax.divergences import DivergenceSpec
 from gkd_jax.kernels import common
 from gkd_jax.kernels.layout import Layout

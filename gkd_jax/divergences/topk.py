@@ -34,17 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# gkd_jax.divergences re-exports `topk_divergence` from this module, so it is imported lazily here
-# (a module-level import would make `import gkd_jax.topk` first a circular import).
+from gkd_jax.divergences import dense
 
 NEG_INF = -jnp.inf
 SUM_TOLERANCE = 1e-3  # exp(teacher_topk_logprobs) may sum to at most 1 + this (rounding of a cache)
-
-
-def _divergences():
-  from gkd_jax import divergences
-
-  return divergences
 
 
 def _concrete(x):
@@ -161,7 +154,7 @@ def kplus1_divergence(s_k1, t_k1, *, kind, beta, alpha, bucket=None):
   """The kind of `divergences.token_divergence` applied to (k+1)-way log-probs -> float32 [...]."""
   # Already normalised log-probs: temperature 1 and no soft-cap make token_divergence's log-softmax
   # the identity (its normaliser is log 1 = 0, with zero gradient).
-  return _divergences().token_divergence(
+  return dense.token_divergence(
       s_k1,
       t_k1,
       kind=kind,
@@ -197,10 +190,10 @@ def topk_divergence(
   if zs.ndim < 1:
     raise ValueError(f"student_logits.shape={tuple(zs.shape)} must have a vocabulary axis")
   V = zs.shape[-1]
-  spec = _divergences().DivergenceSpec(kind, beta, alpha, temperature, student_softcap)
-  _divergences().validate_divergence_args(spec, tokens=tokens)
+  spec = dense.DivergenceSpec(kind, beta, alpha, temperature, student_softcap)
+  dense.validate_divergence_args(spec, tokens=tokens)
   validate_topk_args(V, zs.shape[:-1], ids, lp, tokens)
-  z = _divergences().softcap_and_scale(zs, student_softcap, temperature)
+  z = dense.softcap_and_scale(zs, student_softcap, temperature)
   ids = ids.astype(jnp.int32)
   s_k1 = dense_student_kplus1(z, ids)
   t_k1 = teacher_kplus1(lp, V)

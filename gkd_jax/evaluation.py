@@ -17,12 +17,14 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
-from gkd_jax import batches, programs, tasks
+from gkd_jax import batches, gkd, programs, tasks
 from gkd_jax.sampling import sample
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_id"))
-def _decode(model, params, prompt_BxP, pmask_BxP, rng, temperature, *, max_new_tokens, eos_id):
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "eos_id", "activations"))
+def _decode(
+    model, params, prompt_BxP, pmask_BxP, rng, temperature, *, max_new_tokens, eos_id, activations
+):
   return sample(
       model,
       params,
@@ -32,6 +34,7 @@ def _decode(model, params, prompt_BxP, pmask_BxP, rng, temperature, *, max_new_t
       max_new_tokens=max_new_tokens,
       temperature=temperature,
       eos_id=eos_id,
+      activations=activations,
   )
 
 
@@ -55,6 +58,7 @@ def eval_completions(run, model, params, temperature: float, seed: int):
         jnp.float32(temperature),
         max_new_tokens=c.eval.max_new_tokens,
         eos_id=stops,
+        activations=gkd.activation_sharding(run.settings, batch["prompt_tokens"].shape[0]),
     )
     prompt_BxP, pmask_BxP, tokens_BxN, mask_BxN = (
         np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -117,7 +117,15 @@ def _fit_length(length, pad_id, tokens_BxN, *rest_BxN):
 
 def _samples(model, params, prompt_BxP, prompt_mask_BxP, rng, length, s: GKDSettings):
   """(tokens, mask, log-prob the sampler recorded) [B, length] of `model`'s samples."""
-  out = sample(model, jax.lax.stop_gradient(params), prompt_BxP, prompt_mask_BxP, rng, **s.sampler)
+  out = sample(
+      model,
+      jax.lax.stop_gradient(params),
+      prompt_BxP,
+      prompt_mask_BxP,
+      rng,
+      activations=activation_sharding(s, prompt_BxP.shape[0]),
+      **s.sampler,
+  )
   tokens, mask, logprob = _fit_length(
       length, model.config.pad_id, out.tokens, out.mask.astype(jnp.int32), out.logprobs
   )

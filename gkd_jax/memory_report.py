@@ -20,8 +20,9 @@ counted once. Each buffer is then put in one group by the first rule that holds 
   student|teacher weight copies
       the same trace without an all-gather (e.g. a bf16 copy of an f32 weight).
   KV cache
-      made under the sampler's name stack (`_sample`), an array of rank 4 or more that is a while
-      loop's own value (its carry), a loop body's parameter, or enters a loop's carry: the decode loop's
+      not under differentiation (a scan over layers' stacked residuals are), an array of rank 4
+      or more that is a while loop's own value (its carry), a loop body's parameter, or, made
+      under the sampler's name stack, enters a loop's carry: the decode loop's
       (and a scanned prefill's) caches, [B, K, S, Dh] per layer or [L, B, K, S, Dh] stacked; or a
       value made inside a function of KV_CACHE_FRAMES (the prefill's and decode step's writes).
   sampler loop state (tokens, logits)
@@ -233,10 +234,12 @@ def category(
   if owner:
     return f"gathered {owner} weights" if gathered else f"{owner} weight copies"
   origin = _origin(hlo, inst)
-  # Loops of the sampler only: a scan over layers (scan_layers) is a while loop too, whose stacked
-  # values are the forward's residuals or the backward's temporaries, not decode state.
-  sampler = "_sample" in origin.op_name
-  in_loop = sampler and (_in_loop(hlo, inst) or _in_loop(hlo, origin))
+  # A scan over layers (scan_layers) is a while loop too: under differentiation (jvp/transpose in
+  # the name stack) its stacked values are the forward's residuals or the backward's temporaries,
+  # not decode state (the sampler never runs under differentiation).
+  grad = "jvp(" in origin.op_name or "transpose(" in origin.op_name
+  sampler = "_sample" in origin.op_name or "/while/" in origin.op_name
+  in_loop = not grad and (_in_loop(hlo, inst) or _in_loop(hlo, origin))
   if _rank(shape) >= 4 and (in_loop or (sampler and inst.name in _loop_inputs(hlo))):
     return "KV cache"
   if in_loop:

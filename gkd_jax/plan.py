@@ -227,7 +227,11 @@ def plan_steps(config, devices, only=STEPS, explain=False) -> dict[str, StepPlan
               rng,
               jax.ShapeDtypeStruct((), jnp.float32, sharding=repl),
           ),  # temperature
-          dict(max_new_tokens=c.eval.max_new_tokens, eos_id=run.settings.eos_id),
+          dict(
+              max_new_tokens=c.eval.max_new_tokens,
+              eos_id=run.settings.eos_id,
+              activations=gkd.activation_sharding(run.settings, c.eval.batch_size),
+          ),
       ),
   }
   out = {}

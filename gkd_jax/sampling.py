@@ -59,6 +59,7 @@ def sample(
     top_p: float = 1.0,
     eos_id: Union[None, int, Sequence[int]] = None,
     return_logits: bool = False,
+    activations: Optional[jax.sharding.Sharding] = None,
 ):
   """Generate `max_new_tokens` tokens after each prompt.
 
@@ -73,6 +74,8 @@ def sample(
   set and renormalised; for temperature 0, log_softmax(logits)), 0 where mask is 0.
   return_logits=True (for tests and debugging) returns (SampleOutput, logits [B,N,V] float32), the
   model's next-token logits at each step (zeros for steps never run).
+  activations: where the residual stream [B,T,D] lives on a mesh (rows over the batch axes; see
+  `Decoder.__call__`): without it the prefill may hold every row's activations on every device.
   """
   if int(max_new_tokens) < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
@@ -88,7 +91,9 @@ def sample(
     raise ValueError(f"top_p={top_p} must be in (0, 1]")
   greedy = bool(temperature == 0) if static_t else None  # None: the traced temperature decides
   use_top_p = not (isinstance(top_p, (int, float)) and top_p >= 1.0)
-  static = _Static(int(max_new_tokens), int(top_k), eos_ids, greedy, use_top_p, bool(return_logits))
+  static = _Static(
+      int(max_new_tokens), int(top_k), eos_ids, greedy, use_top_p, bool(return_logits), activations
+  )
   return _sample(model, static, params, prompt_tokens, prompt_mask, rng, temperature, top_p)
 
 
@@ -182,13 +187,14 @@ class _Static(NamedTuple):
   greedy: Optional[bool]
   use_top_p: bool
   return_logits: bool
+  activations: Optional[jax.sharding.Sharding] = None
 
 
 @functools.partial(jax.jit, static_argnames=("model", "static"))
 def _sample(
     model: Model, static: _Static, params, prompt_tokens, prompt_mask, rng, temperature, top_p
 ):
-  max_new_tokens, top_k, eos_ids, greedy, use_top_p, return_logits = static
+  max_new_tokens, top_k, eos_ids, greedy, use_top_p, return_logits, activations = static
   cfg = model.config
   B, P = prompt_tokens.shape
   N = max_new_tokens
@@ -226,6 +232,7 @@ def _sample(
         attention_masks(model, mask),
         prefill_scan_fn,
         kv_carry=(jnp.zeros(shape, model.dtype), jnp.zeros(shape, model.dtype)),
+        activations=activations,
     )
   else:
     hidden, caches = decoder(
@@ -233,6 +240,7 @@ def _sample(
         positions_from_mask(mask),
         attention_masks(model, mask),
         [prefill_fn(s) for s in sizes],
+        activations=activations,
     )
   logits0 = decoder.logits(hidden[:, -1:])[:, 0]
 
@@ -282,11 +290,15 @@ def _sample(
     positions = (t - pad_B)[:, None]
     if model.scan_layers:
       hidden, new_caches = decoder(
-          tok_B[:, None], positions, masks, update_scan_fn, kv_carry=caches
+          tok_B[:, None], positions, masks, update_scan_fn, kv_carry=caches, activations=activations
       )
     else:
       hidden, new_caches = decoder(
-          tok_B[:, None], positions, masks, [update_fn(c, s) for c, s in zip(caches, sizes)]
+          tok_B[:, None],
+          positions,
+          masks,
+          [update_fn(c, s) for c, s in zip(caches, sizes)],
+          activations=activations,
       )
     return decoder.logits(hidden)[:, 0], new_caches
 

@@ -66,3 +66,21 @@ def test_rows_over_the_batch_axes_cut_temporaries_and_keep_values():
     want = _grad_fn(model, None)(params, toks)
     got = _grad_fn(model, rows)(params, toks)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), got, want)
+
+
+def test_the_sampler_with_rows_over_the_batch_axes_draws_the_same_tokens():
+  from gkd_jax.sampling import sample  # pylint: disable=import-outside-toplevel
+
+  for scan_layers in (False, True):
+    model, mesh, psh = _setup(scan_layers, shape=(2, 4, 1))
+    rows = NamedSharding(mesh, P(("data", "fsdp")))
+    params = jax.device_put(models.init(model, jax.random.key(3)), psh)
+    prompt = jax.device_put(
+        jax.random.randint(jax.random.key(4), (8, 6), 1, model.config.vocab_size), rows
+    )
+    mask = jax.device_put(jnp.ones((8, 6), jnp.int32), rows)
+    kw = dict(max_new_tokens=5, temperature=1.0, eos_id=0)
+    want = sample(model, params, prompt, mask, jax.random.key(5), **kw)
+    got = sample(model, params, prompt, mask, jax.random.key(5), activations=rows, **kw)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, rtol=1e-5, atol=1e-6)

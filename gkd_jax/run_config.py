@@ -206,7 +206,9 @@ def _teachers(group) -> dict:
         raise ValueError(
             f"teachers.{name}.{f} is missing (each teacher needs path, dtype and weight)"
         )
-    out[name] = ModelSpec(entry.path, entry.dtype, weight=entry.weight, where=f"teachers.{name}")
+    out[name] = ModelSpec(
+        entry["path"], entry["dtype"], weight=entry["weight"], where=f"teachers.{name}"
+    )
   return out
 
 

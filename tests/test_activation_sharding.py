@@ -9,16 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gkd_jax import models, sharding, testing
 from gkd_jax.scoring import score
-
-RULES = (
-    ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("vocab", "tensor"),
-)
+from test_sharding import RULES
 
 
 def _setup(scan_layers, shape=(1, 8, 1)):

@@ -4,15 +4,13 @@ The readers on a committed dump (tests/fixtures/xla_dump, made by make_xla_dump_
 tiny FSDP gradient step for a 4-chip v5p), then whole plans compiled for a v5p slice (libtpu).
 """
 
-import json
 import os
 import runpy
 
 import pytest
 
 from gkd_jax import memory_report, plan, xla_dump
-from gkd_jax.models import presets
-from tpu_helpers import tpu_devices
+from tpu_helpers import tpu_devices, write_model_config
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "xla_dump")
 MIB = 2**20
@@ -110,22 +108,15 @@ def test_strip_layout_and_vocab_shards():
 # ---- whole programs compiled for a 4-chip v5p slice ------------------------------------------------
 
 
-def _write_model(path, preset, **changes):
-  os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(dict(presets.preset_hf_config(preset), **changes), f)
-  return str(path)
-
-
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
   """Llama-like student with 128-wide heads and a long eval generation, so that the sampler's KV
   cache ([B/4, K=2, S=1024, 128] f32 per layer and per K/V: 2 MiB each) dominates its peak."""
   d = tmp_path_factory.mktemp("explain")
-  student = _write_model(
+  student = write_model_config(
       d / "student", "tiny_llama", head_dim=128, num_attention_heads=2, num_key_value_heads=2
   )
-  teacher = _write_model(d / "teacher", "tiny_llama", num_hidden_layers=3)
+  teacher = write_model_config(d / "teacher", "tiny_llama", num_hidden_layers=3)
   path = d / "config.py"
   path.write_text(f"""
 from configs import default

@@ -11,26 +11,18 @@ import sys
 import pytest
 
 from gkd_jax import plan, tpu_topology
-from gkd_jax.models import presets
-from tpu_helpers import tpu_devices
+from tpu_helpers import tpu_devices, write_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _write_model(path, preset, **changes):
-  os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(dict(presets.preset_hf_config(preset), **changes), f)
-  return str(path)
 
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
   """A config whose student and teacher are config.json files only (no weights anywhere)."""
   d = tmp_path_factory.mktemp("plan")
-  student = _write_model(d / "student", "tiny_gemma2")  # soft-capped logits, vocab 256
-  teacher = _write_model(d / "teacher", "tiny_gemma2", num_hidden_layers=3)
-  big = _write_model(
+  student = write_model_config(d / "student", "tiny_gemma2")  # soft-capped logits, vocab 256
+  teacher = write_model_config(d / "teacher", "tiny_gemma2", num_hidden_layers=3)
+  big = write_model_config(
       d / "big",
       "tiny_llama",
       vocab_size=256000,
